@@ -1,0 +1,12 @@
+"""Attacks with L-inf budgets that are a float or a tensor broadcastable to the input (B, C, H, W).
+
+All are batched, run on the model's device, leave the model's train/eval mode, BatchNorm buffers and
+parameter gradients as they found them, and return images within the budget of x and in [0, 1].
+"""
+from .autoattack import autoattack, autoattack_version
+from .core import as_budget, frozen, project
+from .pgd import mma, pgd
+from .trades_mart import mart_attack, mart_loss, trades_attack, trades_loss
+
+__all__ = ["pgd", "mma", "trades_attack", "mart_attack", "trades_loss", "mart_loss", "autoattack",
+           "autoattack_version", "frozen", "as_budget", "project"]

@@ -1,0 +1,61 @@
+"""What every attack shares: a frozen-model context, per-element budgets, and one projected ascent loop."""
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def frozen(model: torch.nn.Module):
+    """Run `model` in eval mode with its parameters' requires_grad off (no weight gradients are built, BN
+    statistics are not updated); on exit its train/eval mode and requires_grad flags are as they were."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def as_budget(eps, x: torch.Tensor) -> torch.Tensor:
+    """The L-inf budget as a tensor broadcastable to x (a float becomes a 0-d tensor), on x's device.
+    Raises ValueError if the budget cannot broadcast to x or is negative."""
+    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    try:
+        torch.broadcast_shapes(e.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(f"budget of shape {tuple(e.shape)} does not broadcast to input {tuple(x.shape)}") from None
+    return e
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Clip x_adv - x element-wise to [-eps, eps] (its own budget per element), then the image to [0, 1]."""
+    delta = torch.minimum(torch.maximum(x_adv - x, -eps), eps)
+    return (x + delta).clamp_(0.0, 1.0)
+
+
+def uniform_start(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x plus noise uniform in [-eps, eps] per element (its own budget), clipped to [0, 1]."""
+    return (x + (torch.rand_like(x) * 2 - 1) * eps).clamp_(0.0, 1.0)
+
+
+def gaussian_start(x: torch.Tensor, eps: torch.Tensor, scale: float = 0.001) -> torch.Tensor:
+    """TRADES/MART start x + 0.001 * N(0, 1), projected into the budget and [0, 1]."""
+    return project(x + scale * torch.randn_like(x), x, eps)
+
+
+def ascend(model, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, step_size: float, steps: int,
+           loss_fn) -> torch.Tensor:
+    """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)), each followed by `project`.
+    The model must already be frozen. Returns a detached tensor shaped like x."""
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(model(x_adv))
+            grad, = torch.autograd.grad(loss, x_adv)
+        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    return x_adv.detach()

@@ -1,0 +1,52 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_NPZ = os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth():
+    from utils.data import synthetic
+    return synthetic(n_train=1000, n_test=200)
+
+
+@pytest.fixture(scope="session")
+def trained(synth):
+    """A width-8 ResNet-18 trained naturally (not robustly) on the synthetic set; returns (model, test acc)."""
+    import torch.nn.functional as F
+
+    from models import build_model
+    from utils.data import epoch_generator, to_float, train_batches
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(8):
+        for x, y in train_batches(synth, 64, epoch_generator(0, epoch)):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(to_float(synth.x_test)).argmax(1) == synth.y_test).float().mean().item()
+    return model, acc
