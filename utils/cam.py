@@ -37,9 +37,10 @@ _JET = torch.from_numpy(jet_table())
 
 def jet(v: torch.Tensor) -> torch.Tensor:
     """Colour v (any shape, values in [0, 1]) as matplotlib's cm.get_cmap('jet')(v)[..., :3] does:
-    index min(floor(v * 256), 255) into the table. Returns v.shape + (3,), float64, on v's device."""
-    idx = (v.double() * 256).floor().clamp_(0, 255).long()
-    return _JET.to(v.device)[idx]
+    index min(floor(v * 256), 255) into the table, NaN as black. Returns v.shape + (3,), float64, on v's device."""
+    v = v.double()
+    idx = (v.nan_to_num(0.0) * 256).floor().clamp_(0, 255).long()
+    return _JET.to(v.device)[idx].masked_fill_(v.isnan()[..., None], 0.0)
 
 
 def _standardise(a: torch.Tensor, dims) -> torch.Tensor:

@@ -125,10 +125,10 @@ def train_epoch(cfg, epoch, model, train_module, optimizer, data, device, rank, 
         optimizer.step()
         loss_sum += loss.detach().float()
         steps += 1
+        value = loss.item()  # one scalar sync a batch; the CAM pass synchronises every batch anyway
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, batch {i}")
         if i % cfg["log_interval"] == 0 or i == total - 1:
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, batch {i}")
             bar.set_postfix(loss=f"{value:.4f}", eps="mask" if masked else "full")
     mean = (loss_sum / max(steps, 1)).item()
     if not math.isfinite(mean):
@@ -271,13 +271,12 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         raise UsageError(f"--eval-only: no checkpoint at {path}")
     obj = torch.load(path, map_location="cpu", weights_only=False)
     saved = obj.get("config") if isinstance(obj, dict) else None
-    run_cfg = dict(saved) if saved else dict(cfg)
-    for key in ("data_dir", "download", "device", "n_eval", "eval_attacks", "eval_batch_size", "eval_epsilon",
-                "mask_figure"):
-        if key in explicit or key not in run_cfg:
-            run_cfg[key] = cfg[key]
-    if not saved:  # a foreign checkpoint: everything comes from the flags
-        run_cfg = dict(cfg)
+    run_cfg = dict(cfg)  # a foreign checkpoint (TRADES, MART, official PART): everything comes from the flags
+    if saved:
+        run_cfg = dict(saved)
+        for key in ("data_dir", "download", "device", "n_eval", "eval_attacks", "eval_batch_size", "eval_epsilon"):
+            if key in explicit or key not in run_cfg:
+                run_cfg[key] = cfg[key]
     device = pick_device(run_cfg["device"], 0)
     data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False)).to(device)
     model = prepare_model(run_cfg, data.num_classes, device)

@@ -1,0 +1,156 @@
+"""End-to-end runs of the three scripts on the synthetic set with tiny budgets."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from utils.engine import main
+
+TINY = ["--data", "synthetic", "--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32",
+        "--n-train", "64", "--num-steps", "2", "--n-eval", "32", "--n-eval-epoch", "32",
+        "--eval-attacks", "natural", "pgd20", "mma", "--eval-batch-size", "32", "--no-mask-figure"]
+SCRIPTS = {"part": "train_eval_part.py", "part_t": "train_eval_part_t.py", "part_m": "train_eval_part_m.py"}
+
+
+def constants(script):
+    """The constants block of a script, read as the script itself does."""
+    ns = {}
+    with open(os.path.join(ROOT, script)) as f:
+        exec(compile(f.read(), script, "exec"), ns)
+    return {k: v for k, v in ns.items() if k.isupper()}
+
+
+def run(variant, out, *extra):
+    return main(variant, constants(SCRIPTS[variant]), [*TINY, "--out", str(out), *extra])
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("variant", list(SCRIPTS))
+def test_script_end_to_end(variant, tmp_path):
+    extra = ["--eval-attacks", "natural", "pgd20", "mma", "aa", "--n-eval", "8"] if variant == "part" else []
+    assert run(variant, tmp_path / "run", "--mask-figure", *extra) == 0
+    files = set(os.listdir(tmp_path / "run"))
+    assert {"config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md",
+            "mask.png"} <= files
+    rec = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key in ("natural", "pgd20", "mma", "aa"):
+        assert key in rec
+        assert rec[key] is None or 0 <= rec[key] <= 100
+    assert isinstance(rec["aa"], float) if variant == "part" else rec["aa"] is None
+    assert rec["n_test"] == 500 and rec["n_eval"] == (8 if variant == "part" else 32)
+    assert rec["method"] == {"part": "PART", "part_t": "PART-T", "part_m": "PART-M"}[variant]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["variant"] == variant and cfg["step_size"] == pytest.approx(2 / 255)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,phase,lr,loss") and len(rows) == 3
+    assert ",warm-up," in rows[1] and ",part," in rows[2]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "config:" in log.splitlines()[0] and "PGD-20" in log
+
+
+@pytest.mark.parametrize("variant", ["part", "part_t"])
+def test_equal_budgets_train_exactly_like_the_baseline(variant, tmp_path):
+    """With eps_low == eps the mask is computed every batch but equals eps everywhere: same weights as --no-mask."""
+    common = ["--num-steps", "5", "--eval-attacks", "natural"]  # 5 steps of 2/255 reach the 7/255 budget
+    assert run(variant, tmp_path / "a", "--low-epsilon", "8/255", *common) == 0
+    assert run(variant, tmp_path / "b", "--no-mask", *common) == 0
+    assert same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    # and the mask does matter when the budgets differ
+    assert run(variant, tmp_path / "c", *common) == 0
+    assert not same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "c" / "last.pt"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL in the middle of epoch 2 (of 3), then --resume: the same final weights as an uninterrupted run."""
+    args = [sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--epochs", "3",
+            "--eval-attacks", "natural"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    killed = subprocess.run([*args, "--out", str(tmp_path / "cut")], capture_output=True, text=True,
+                            env=dict(env, PART_FAULT_KILL_AT="2,1"))
+    assert killed.returncode == -9
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    a = json.loads((tmp_path / "whole" / "results.json").read_text())
+    b = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert (a["natural"], a["pgd20"]) == (b["natural"], b["pgd20"])
+
+
+def test_eval_only_reproduces_the_final_record(tmp_path):
+    assert run("part_m", tmp_path / "r") == 0
+    rec = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert main("part_m", constants(SCRIPTS["part_m"]), ["--eval-only", str(tmp_path / "r" / "last.pt")]) == 0
+    again = json.loads((tmp_path / "r" / "eval_last.json").read_text())
+    for key in ("natural", "pgd20", "mma", "aa", "n_eval"):
+        assert again[key] == rec[key], key
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--data", "mnist"], "invalid choice: 'mnist'"),
+    (["--model", "vgg"], "invalid choice: 'vgg'"),
+    (["--cam", "scorecam"], "invalid choice: 'scorecam'"),
+    (["--mask-rule", "top"], "invalid choice: 'top'"),
+    (["--low-epsilon", "9/255"], "--low-epsilon"),
+    (["--warm-up", "5"], "--warm-up (5) must be between 0 and --epochs (2)"),
+    (["--epsilon", "eight"], "fraction like 8/255"),
+    (["--data", "cifar10", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
+])
+def test_bad_input_exits_2_with_a_clear_message(argv, needle, tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY,
+                           "--out", str(tmp_path / "x"), *argv], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_that_does_not_match_exits_2(tmp_path, capsys):
+    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+    code = main("part", constants(SCRIPTS["part"]),
+                [*TINY, "--width", "8", "--eval-only", str(tmp_path / "r" / "last.pt")])
+    assert code == 0  # eval-only reads the model width back from the checkpoint's config
+    torch.save({"model": torch.load(tmp_path / "r" / "last.pt", weights_only=False)["model"]}, tmp_path / "bare.pt")
+    code = main("part", constants(SCRIPTS["part"]), [*TINY, "--width", "8", "--eval-only", str(tmp_path / "bare.pt")])
+    assert code == 2 and "does not match the model" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+    good = weights(tmp_path / "r" / "last.pt")
+    capsys.readouterr()
+    code = run("part", tmp_path / "r", "--epochs", "2", "--lr", "1e30", "--resume")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "loss is nan" in err.lower() and "last.pt" in err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
+    assert same_weights(good, weights(tmp_path / "r" / "last.pt"))
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["epochs"] == 1  # not overwritten
+
+
+def test_two_process_torchrun_on_cpu(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517",
+                           os.path.join(ROOT, "train_eval_part.py"), *TINY, "--eval-attacks", "natural",
+                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "results.json").exists()
+    assert (tmp_path / "ddp" / "log.txt").read_text().count("epoch   2") == 1  # rank 0 alone writes
+    assert "2 process(es)" in (tmp_path / "ddp" / "log.txt").read_text()
