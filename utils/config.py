@@ -2,7 +2,7 @@
 
 Every constant a script defines (upper case) becomes a flag of the same name in kebab case
 (WARM_UP -> --warm-up). Run-control flags (where to write, resume, eval-only, evaluation size, speed
-options) are not constants: their defaults live in RUN_DEFAULTS below.
+options) are not constants: their defaults are in `build_parser`.
 """
 import argparse
 import sys
@@ -68,15 +68,6 @@ SPEC = {
     "SEED": (dict(type=int), "random seed"),
 }
 
-RUN_DEFAULTS = {
-    "out": None, "resume": None, "eval_only": None, "download": False, "device": "auto",
-    "n_train": 0, "n_eval": 0, "n_eval_epoch": 1000, "eval_attacks": list(EVAL_ATTACKS),
-    "eval_epsilon": 8 / 255, "eval_batch_size": 256, "save_freq": 10, "log_interval": 50,
-    "amp": "none", "channels_last": False, "tf32": False, "compile": False, "mask_figure": True,
-    "cam_layer": None,
-}
-
-
 def build_parser(variant: str, constants: dict) -> argparse.ArgumentParser:
     name, baseline = VARIANTS[variant]
     p = argparse.ArgumentParser(
@@ -110,6 +101,7 @@ def build_parser(variant: str, constants: dict) -> argparse.ArgumentParser:
                    help="save mask.png (images, CAMs, masks) at the end")
     e = p.add_argument_group("evaluation")
     e.add_argument("--n-eval", type=int, default=0, help="test images in the final evaluation (0: all)")
+    e.add_argument("--n-eval-aa", type=int, default=0, help="test images for AutoAttack (0: the --n-eval images)")
     e.add_argument("--n-eval-epoch", type=int, default=1000, help="test images for the per-epoch PGD-20 check")
     e.add_argument("--eval-attacks", nargs="+", choices=EVAL_ATTACKS, default=list(EVAL_ATTACKS),
                    help="what the final evaluation runs")

@@ -147,15 +147,18 @@ def final_record(cfg, model, data, log, checkpoint_path=None):
     """Full evaluation -> the RobustBench-style record written as results.json."""
     t = time.time()
     res = evaluate(model, data, eps=cfg["eval_epsilon"], step_size=cfg["step_size"], steps=20,
-                   attacks=tuple(cfg["eval_attacks"]), n_eval=cfg["n_eval"], batch_size=cfg["eval_batch_size"],
+                   attacks=tuple(cfg["eval_attacks"]), n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
+                   batch_size=cfg["eval_batch_size"],
                    seed=cfg["seed"], progress=True)
     method = cfg["method"] if cfg["mask"] else cfg["baseline"]
     record = {"method": method, "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
               "seed": cfg["seed"], **{k: res[k] for k in ("natural", "pgd20", "mma", "aa")},
-              "n_eval": res["n_eval"], "n_test": res["n_test"], "eval_epsilon": cfg["eval_epsilon"],
+              "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"], "eval_epsilon": cfg["eval_epsilon"],
               "eval_time_s": round(time.time() - t, 1), "attack_time_s": res["time_s"],
               "checkpoint": checkpoint_path, "versions": library_versions(), "config": cfg}
-    log.info("evaluation on %d of %d test images:\n%s", res["n_eval"], res["n_test"], markdown_table(record, method))
+    aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
+    log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
+             markdown_table(record, method))
     return record
 
 
@@ -274,7 +277,8 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     run_cfg = dict(cfg)  # a foreign checkpoint (TRADES, MART, official PART): everything comes from the flags
     if saved:
         run_cfg = dict(saved)
-        for key in ("data_dir", "download", "device", "n_eval", "eval_attacks", "eval_batch_size", "eval_epsilon"):
+        for key in ("data_dir", "download", "device", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
+                    "eval_epsilon"):
             if key in explicit or key not in run_cfg:
                 run_cfg[key] = cfg[key]
     device = pick_device(run_cfg["device"], 0)

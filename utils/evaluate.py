@@ -25,11 +25,12 @@ def library_versions() -> dict:
 
 
 def evaluate(model: torch.nn.Module, data: Dataset, *, eps: float = 8 / 255, step_size: float = 2 / 255,
-             steps: int = 20, attacks=("natural", "pgd20", "mma", "aa"), n_eval: int = 0, batch_size: int = 256,
-             seed: int = 0, progress: bool = False) -> dict:
+             steps: int = 20, attacks=("natural", "pgd20", "mma", "aa"), n_eval: int = 0, n_eval_aa: int = 0,
+             batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
     """Accuracy in percent on the first `n_eval` test images (all when 0) under each of `attacks`:
-    natural; PGD-20 and MMA (k=3, `steps` steps of `step_size`, random start); AutoAttack standard.
-    Returns {'natural', 'pgd20', 'mma', 'aa' (None when not run), 'n_eval', 'n_test', 'time_s': {...}}.
+    natural; PGD-20 and MMA (k=3, `steps` steps of `step_size`, random start); AutoAttack standard, on the
+    first `n_eval_aa` images (0: the same n_eval images; AA is by far the most expensive).
+    Returns {'natural', 'pgd20', 'mma', 'aa' (None when not run), 'n_eval', 'n_eval_aa', 'n_test', 'time_s'}.
     The model's mode is left as it was; the global RNG is seeded with `seed` first (repeatable)."""
     from tqdm import tqdm
     torch.manual_seed(seed)
@@ -38,6 +39,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, eps: float = 8 / 255, ste
     model.eval()
     n_test = data.x_test.shape[0]
     n = n_test if not n_eval else min(n_eval, n_test)
+    n_aa = n if not n_eval_aa else min(n_eval_aa, n_test)
     correct = {a: 0 for a in attacks}
     times = {a: 0.0 for a in attacks}
 
@@ -62,18 +64,20 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, eps: float = 8 / 255, ste
                     with torch.no_grad():
                         correct[name] += (model(xa).argmax(1) == y).sum()
         if "aa" in attacks:
-            x = to_float(data.x_test[:n]).to(device)
-            y = data.y_test[:n].to(device)
+            x = to_float(data.x_test[:n_aa]).to(device)
+            y = data.y_test[:n_aa].to(device)
             num_classes = data.num_classes
             xa = timed("aa", lambda: autoattack(model, x, y, eps, num_classes=num_classes, batch_size=batch_size,
                                                 seed=seed))
             with torch.no_grad():
                 correct["aa"] = sum((model(xa[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
-                                    for i in range(0, n, batch_size))
+                                    for i in range(0, n_aa, batch_size))
     finally:
         model.train(was_training)
-    result = {name: (100.0 * int(correct[name]) / n if name in attacks else None) for name, _ in COLUMNS}
-    result.update(n_eval=n, n_test=n_test, time_s={k: round(v, 2) for k, v in times.items()})
+    count = {"aa": n_aa}
+    result = {name: (100.0 * int(correct[name]) / count.get(name, n) if name in attacks else None)
+              for name, _ in COLUMNS}
+    result.update(n_eval=n, n_eval_aa=n_aa if "aa" in attacks else None, n_test=n_test, time_s={k: round(v, 2) for k, v in times.items()})
     return result
 
 
