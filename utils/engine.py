@@ -143,6 +143,13 @@ def quick_eval(cfg, model, data):
                     seed=cfg["seed"])
 
 
+def method_label(cfg: dict) -> str:
+    """The paper's row name: AT / PART, TRADES / PART-T, MART / PART-M, and MMA / PART-MMA for --attack mma."""
+    if cfg["variant"] == "part" and cfg.get("attack") == "mma":
+        return "PART-MMA" if cfg["mask"] else "MMA"
+    return cfg["method"] if cfg["mask"] else cfg["baseline"]
+
+
 def final_record(cfg, model, data, log, checkpoint_path=None):
     """Full evaluation -> the RobustBench-style record written as results.json."""
     t = time.time()
@@ -150,7 +157,7 @@ def final_record(cfg, model, data, log, checkpoint_path=None):
                    attacks=tuple(cfg["eval_attacks"]), n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
                    batch_size=cfg["eval_batch_size"],
                    seed=cfg["seed"], progress=True)
-    method = cfg["method"] if cfg["mask"] else cfg["baseline"]
+    method = method_label(cfg)
     record = {"method": method, "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
               "seed": cfg["seed"], **{k: res[k] for k in ("natural", "pgd20", "mma", "aa")},
               "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"], "eval_epsilon": cfg["eval_epsilon"],
