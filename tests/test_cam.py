@@ -115,15 +115,16 @@ def test_mask_finds_the_pasted_pattern(trained, synth):
     assert recall > 0.6, recall
 
 
+@pytest.mark.parametrize("backend", ["grad-cam", "torch"])
 @pytest.mark.parametrize("cam", ["gradcam", "xgradcam", "layercam"])
-def test_model_left_as_found(cam):
+def test_model_left_as_found(cam, backend):
     model = tiny("resnet18").train()
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.25)
     frozen = next(model.parameters())
     frozen.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    epsilon_mask(model, torch.rand(4, 3, 32, 32), EPS, LOW, cam)
+    epsilon_mask(model, torch.rand(4, 3, 32, 32), EPS, LOW, cam, backend=backend)
     assert model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(torch.equal(p.grad, torch.full_like(p, 0.25)) for p in model.parameters())
@@ -131,7 +132,7 @@ def test_model_left_as_found(cam):
     for mod in model.modules():
         assert not mod._forward_hooks and not mod._backward_hooks and not mod._forward_pre_hooks
     model.eval()
-    epsilon_mask(model, torch.rand(2, 3, 32, 32), EPS, LOW, cam)
+    epsilon_mask(model, torch.rand(2, 3, 32, 32), EPS, LOW, cam, backend=backend)
     assert not model.training
 
 
@@ -160,3 +161,21 @@ def test_mask_figure(trained, synth, tmp_path):
     with Image.open(tmp_path / "m.png") as im:
         w, h = im.size
     assert h > 3 * 32 * 4 and w > 4 * 32 * 4
+
+
+@pytest.mark.parametrize("cam", ["gradcam", "xgradcam", "layercam"])
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("wrn34-10", 64)])
+def test_torch_backend_matches_grad_cam(trained, synth, cam, name, size):
+    model = trained[0] if (name, size) == ("resnet18", 32) else tiny(name).eval()
+    x = to_float(synth.x_test[:16])
+    if size == 64:
+        x = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
+    ref = compute_cam(model, x, cam, backend="grad-cam")
+    got = compute_cam(model, x, cam, backend="torch")
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-4
+    model.train()
+    compute_cam(model, x, cam, backend="torch")
+    assert model.training
+    for mod in model.modules():
+        assert not mod._forward_hooks
+    model.eval()

@@ -6,7 +6,7 @@
 Measures, on the current device, for each model and each speed setting:
   at_step    PGD-10 AT step (attack + update)
   part_step  PART step (CAM mask + PGD-10 + update)
-  mask       the CAM mask alone
+  mask       the CAM mask alone (grad-cam in fp32, the torch backend in the fast settings)
   pgd20_eval PGD-20 evaluation of a batch
 and prints the PART / AT ratio and the implied time of a 50,000-image CIFAR-10 epoch. Writes a JSON record
 (device, versions, settings, figures) to --json.
@@ -25,9 +25,9 @@ from utils.engine import autocast, configure_backends, pick_device, prepare_mode
 from utils.evaluate import library_versions
 
 SETTINGS = {
-    "fp32": dict(channels_last=False, tf32=False, amp="none"),
-    "fast": dict(channels_last=True, tf32=True, amp="none"),
-    "fast-bf16": dict(channels_last=True, tf32=True, amp="bf16"),
+    "fp32": dict(channels_last=False, tf32=False, amp="none", cam_backend="grad-cam"),
+    "fast": dict(channels_last=True, tf32=True, amp="none", cam_backend="torch"),
+    "fast-bf16": dict(channels_last=True, tf32=True, amp="bf16", cam_backend="torch"),
 }
 
 
@@ -72,7 +72,7 @@ def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup,
         update(x_adv)
 
     def mask():
-        return epsilon_mask(model, x, eps, low)
+        return epsilon_mask(model, x, eps, low, backend=cfg["cam_backend"])
 
     def part_step():
         budget = mask()

@@ -100,38 +100,81 @@ def _cam_class(cam: str):
         raise ValueError(f"unknown CAM method {cam!r}; choose from {', '.join(CAMS)}") from None
 
 
+CAM_BACKENDS = ("grad-cam", "torch")
+
+
+def _torch_cam(net: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, cam: str) -> torch.Tensor:
+    """GradCAM / XGradCAM / LayerCAM in torch on x's device, computed as the grad-cam package computes them
+    (predicted-class target, ReLU, per-image min-max scaling before and after a bilinear resize), without
+    copies to the host or per-image loops. Returns (B, H, W) in [0, 1]."""
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            xin = x.detach().requires_grad_(True)
+            logits = net(xin)
+            act = store["a"]
+            target = logits.detach().argmax(1)
+            grads, = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), act)
+    finally:
+        handle.remove()
+    act, grads = act.detach().float(), grads.float()
+    if cam == "gradcam":
+        maps = (grads.mean(dim=(2, 3), keepdim=True) * act).sum(1)
+    elif cam == "xgradcam":
+        weights = (grads * act).sum(dim=(2, 3), keepdim=True) / (act.sum(dim=(2, 3), keepdim=True) + 1e-7)
+        maps = (weights * act).sum(1)
+    else:
+        maps = (grads.clamp(min=0) * act).sum(1)
+
+    def scale(m):
+        m = m - m.amin(dim=(1, 2), keepdim=True)
+        return m / (1e-7 + m.amax(dim=(1, 2), keepdim=True))
+
+    maps = scale(maps.clamp(min=0))
+    maps = torch.nn.functional.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear",
+                                           align_corners=False)[:, 0]
+    return scale(maps.clamp(min=0))
+
+
 def compute_cam(model: torch.nn.Module, x: torch.Tensor, cam: str = "gradcam",
-                target_layer: str | None = None) -> torch.Tensor:
-    """CAM maps (B, H, W) in [0, 1] on x's device, from the grad-cam package, one map per image for the
-    model's predicted class on x. The model is left in the mode it was in, its BN statistics, parameter
-    gradients and requires_grad flags untouched, and no hooks registered."""
+                target_layer: str | None = None, backend: str = "grad-cam") -> torch.Tensor:
+    """CAM maps (B, H, W) in [0, 1] on x's device, one map per image for the model's predicted class on x.
+    backend 'grad-cam' uses the grad-cam package; 'torch' computes the same maps on x's device (tested to
+    match grad-cam to 1e-4). The model is left in the mode it was in, its BN statistics, parameter gradients
+    and requires_grad flags untouched, and no hooks registered."""
     net = unwrap(model)
     layer = find_target_layer(net, target_layer)
     cls = _cam_class(cam)
+    if backend not in CAM_BACKENDS:
+        raise ValueError(f"unknown CAM backend {backend!r}; choose from {', '.join(CAM_BACKENDS)}")
     was_training = net.training
     params = list(net.parameters())
     saved = [(p, p.requires_grad, p.grad) for p in params]
     for p in params:
         p.requires_grad_(False)  # gradients flow to the activations through the input, never to weights
     try:
+        net.eval()
+        if backend == "torch":
+            return _torch_cam(net, layer, x, cam)
         with cls(model=net, target_layers=[layer]) as extractor:
             extractor.compute_input_gradient = True  # read in forward(); the subclasses do not pass it on
             maps = extractor(input_tensor=x.detach(), targets=None)
+        return torch.from_numpy(np.asarray(maps, dtype=np.float32)).to(x.device)
     finally:
         for p, flag, grad in saved:
             p.requires_grad_(flag)
             p.grad = grad  # grad-cam calls model.zero_grad(); put back whatever was there
         net.train(was_training)
-    return torch.from_numpy(np.asarray(maps, dtype=np.float32)).to(x.device)
 
 
 def epsilon_mask(model: torch.nn.Module, x: torch.Tensor, eps: float, eps_low: float, cam: str = "gradcam",
-                 rule: str = "official", target_layer: str | None = None) -> torch.Tensor:
+                 rule: str = "official", target_layer: str | None = None, backend: str = "grad-cam") -> torch.Tensor:
     """Per-element L-inf budgets for x (B, 3, H, W): a tensor shaped like x, on x's device, whose values are
     exactly eps or eps_low. Same guarantees on the model as `compute_cam`."""
     if rule not in RULES:
         raise ValueError(f"unknown mask rule {rule!r}; choose from {', '.join(RULES)}")
-    return mask_from_cam(compute_cam(model, x, cam, target_layer), eps, eps_low, rule)
+    return mask_from_cam(compute_cam(model, x, cam, target_layer, backend), eps, eps_low, rule)
 
 
 def save_mask_figure(path: str, x: torch.Tensor, cam: torch.Tensor, mask: torch.Tensor, eps: float,

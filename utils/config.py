@@ -111,6 +111,8 @@ def build_parser(variant: str, constants: dict) -> argparse.ArgumentParser:
     s.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     s.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
+    s.add_argument("--cam-backend", choices=("grad-cam", "torch"), default="grad-cam",
+                   help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     return p
 

@@ -115,7 +115,7 @@ def train_epoch(cfg, epoch, model, train_module, optimizer, data, device, rank, 
         eps = cfg["epsilon"]
         if masked:
             eps = epsilon_mask(model, x, cfg["epsilon"], cfg["low_epsilon"], cfg["cam"], cfg["mask_rule"],
-                               cfg.get("cam_layer"))
+                               cfg.get("cam_layer"), cfg.get("cam_backend", "grad-cam"))
         with autocast(cfg, device):
             x_adv = method.attack(model, x, y, eps, cfg)
             model.train()
@@ -171,7 +171,7 @@ def final_record(cfg, model, data, log, checkpoint_path=None):
 
 def write_mask_figure(cfg, model, data, path, n=8):
     x = to_float(data.x_test[:n]).to(next(model.parameters()).device)
-    cam = compute_cam(model, x, cfg["cam"], cfg.get("cam_layer"))
+    cam = compute_cam(model, x, cfg["cam"], cfg.get("cam_layer"), cfg.get("cam_backend", "grad-cam"))
     mask = mask_from_cam(cam, cfg["epsilon"], cfg["low_epsilon"], cfg["mask_rule"])
     save_mask_figure(path, x, cam, mask, cfg["epsilon"])
 
