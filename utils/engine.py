@@ -107,7 +107,7 @@ def train_epoch(cfg, epoch, model, train_module, optimizer, data, device, rank, 
     loss_sum = torch.zeros((), device=device)
     steps = 0
     bar = tqdm(train_batches(data, cfg["batch_size"], gen, rank, world, cfg["n_train"]), total=total,
-               desc=f"epoch {epoch}/{cfg['epochs']}", leave=False, disable=None if rank == 0 else True)
+               desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
     for i, (x, y) in enumerate(bar):
         _fault_point(epoch, i)
         if cfg.get("channels_last"):
@@ -233,9 +233,11 @@ def train(cfg: dict) -> dict:
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                                "best_pgd20": best, "rng": rng_state(), "config": cfg})
 
+    from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
     with logging_redirect_tqdm([log]):
-        for epoch in range(start_epoch, cfg["epochs"] + 1):
+        for epoch in tqdm(range(start_epoch, cfg["epochs"] + 1), desc="epochs", initial=start_epoch - 1,
+                          total=cfg["epochs"], disable=None if rank == 0 else True):
             t0 = time.time()
             lr = lr_at(cfg, epoch)
             for group in optimizer.param_groups:
