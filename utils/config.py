@@ -7,12 +7,13 @@ options) are not constants: their defaults are in `build_parser`.
 import argparse
 import sys
 
+from models import MODELS
+
+from .cam import CAM_BACKENDS, CAMS
+from .cam import RULES as MASK_RULES
+from .data import DATASETS
 from .errors import UsageError
 
-DATASETS = ("cifar10", "svhn", "tinyimagenet", "synthetic", "cifar10-npz")
-MODELS = ("resnet18", "wrn34-10")
-CAMS = ("gradcam", "xgradcam", "layercam")
-MASK_RULES = ("official", "monotonic")
 EVAL_ATTACKS = ("natural", "pgd20", "mma", "aa")
 VARIANTS = {"part": ("PART", "AT"), "part_t": ("PART-T", "TRADES"), "part_m": ("PART-M", "MART")}
 ATTACKS = {"part": ("pgd", "mma"), "part_t": ("trades",), "part_m": ("mart",)}
@@ -111,7 +112,7 @@ def build_parser(variant: str, constants: dict) -> argparse.ArgumentParser:
     s.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
     s.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     s.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
-    s.add_argument("--cam-backend", choices=("grad-cam", "torch"), default="grad-cam",
+    s.add_argument("--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
                    help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     return p
