@@ -16,7 +16,6 @@ import sys
 
 COLUMNS = (("natural", "Natural"), ("pgd20", "PGD-20"), ("mma", "MMA"), ("aa", "AA"))
 PAIRS = (("AT", "PART"), ("TRADES", "PART-T"), ("MART", "PART-M"), ("MMA", "PART-MMA"))
-ORDER = [m for pair in PAIRS for m in pair]
 
 
 def find_runs(paths):

@@ -93,11 +93,8 @@ def find_target_layer(model: torch.nn.Module, layer: str | None = None) -> torch
 
 
 def _cam_class(cam: str):
-    from pytorch_grad_cam import GradCAM, LayerCAM, XGradCAM
-    try:
-        return {"gradcam": GradCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}[cam]
-    except KeyError:
-        raise ValueError(f"unknown CAM method {cam!r}; choose from {', '.join(CAMS)}") from None
+    from pytorch_grad_cam import GradCAM, LayerCAM, XGradCAM  # imported only when grad-cam is the backend
+    return {"gradcam": GradCAM, "xgradcam": XGradCAM, "layercam": LayerCAM}[cam]
 
 
 CAM_BACKENDS = ("grad-cam", "torch")
@@ -145,7 +142,8 @@ def compute_cam(model: torch.nn.Module, x: torch.Tensor, cam: str = "gradcam",
     and requires_grad flags untouched, and no hooks registered."""
     net = unwrap(model)
     layer = find_target_layer(net, target_layer)
-    cls = _cam_class(cam)
+    if cam not in CAMS:
+        raise ValueError(f"unknown CAM method {cam!r}; choose from {', '.join(CAMS)}")
     if backend not in CAM_BACKENDS:
         raise ValueError(f"unknown CAM backend {backend!r}; choose from {', '.join(CAM_BACKENDS)}")
     was_training = net.training
@@ -157,7 +155,7 @@ def compute_cam(model: torch.nn.Module, x: torch.Tensor, cam: str = "gradcam",
         net.eval()
         if backend == "torch":
             return _torch_cam(net, layer, x, cam)
-        with cls(model=net, target_layers=[layer]) as extractor:
+        with _cam_class(cam)(model=net, target_layers=[layer]) as extractor:
             extractor.compute_input_gradient = True  # read in forward(); the subclasses do not pass it on
             maps = extractor(input_tensor=x.detach(), targets=None)
         return torch.from_numpy(np.asarray(maps, dtype=np.float32)).to(x.device)
