@@ -5,8 +5,8 @@ parameter gradients as they found them, and return images within the budget of x
 """
 from .autoattack import autoattack, autoattack_version
 from .core import as_budget, frozen, project
-from .pgd import mma, pgd
-from .trades_mart import mart_attack, mart_loss, trades_attack, trades_loss
+from .pgd import cw, mma, pgd
+from .trades_mart import mart_attack, trades_attack
 
-__all__ = ["pgd", "mma", "trades_attack", "mart_attack", "trades_loss", "mart_loss", "autoattack",
-           "autoattack_version", "frozen", "as_budget", "project"]
+__all__ = ["pgd", "mma", "cw", "trades_attack", "mart_attack", "autoattack", "autoattack_version", "frozen",
+           "as_budget", "project"]

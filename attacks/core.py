@@ -1,4 +1,5 @@
-"""What every attack shares: a frozen-model context, per-element budgets, and one projected ascent loop."""
+"""What every attack shares: the frozen-model guarantee, per-element budgets, and one projected ascent loop."""
+import math
 from contextlib import contextmanager
 
 import torch
@@ -6,29 +7,38 @@ import torch
 
 @contextmanager
 def frozen(model: torch.nn.Module):
-    """Run `model` in eval mode with its parameters' requires_grad off (no weight gradients are built, BN
-    statistics are not updated); on exit its train/eval mode and requires_grad flags are as they were."""
+    """Run `model` in eval mode with its parameters' requires_grad off, so no weight gradients are built and
+    BatchNorm statistics are not updated. On exit, however the block ends, the model's train/eval mode, every
+    parameter's requires_grad flag and its `.grad` (the very tensor, or None) are as they were on entry.
+    This is the one place that guarantee is written: attacks, CAMs and the evaluation all use it."""
     was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     model.eval()
-    for p, _ in flags:
+    for p, _, _ in saved:
         p.requires_grad_(False)
     try:
         yield model
     finally:
-        for p, flag in flags:
+        for p, flag, grad in saved:
             p.requires_grad_(flag)
+            p.grad = grad
         model.train(was_training)
 
 
 def as_budget(eps, x: torch.Tensor) -> torch.Tensor:
     """The L-inf budget as a tensor broadcastable to x (a float becomes a 0-d tensor), on x's device.
-    Raises ValueError if the budget cannot broadcast to x or is negative."""
+    Raises ValueError if the budget does not broadcast to x, or if any value is negative or not finite."""
+    if isinstance(eps, (int, float)):
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"an L-inf budget must be finite and non-negative, got {eps}")
+        return torch.tensor(float(eps), dtype=x.dtype, device=x.device)
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     try:
         torch.broadcast_shapes(e.shape, x.shape)
     except RuntimeError:
         raise ValueError(f"budget of shape {tuple(e.shape)} does not broadcast to input {tuple(x.shape)}") from None
+    if not bool((torch.isfinite(e) & (e >= 0)).all()):  # one check per attack, not per step
+        raise ValueError("an L-inf budget must be finite and non-negative everywhere")
     return e
 
 

@@ -1,4 +1,4 @@
-"""PGD on cross-entropy and the minimum-margin attack (MMA), with per-element L-inf budgets."""
+"""PGD on cross-entropy, the minimum-margin attack (MMA) and CW-inf, with per-element L-inf budgets."""
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +42,18 @@ def mma(model, x, y, eps, step_size, steps, k=3, random_start=True, confidence=5
             scores.append(z[rows, t] - z[rows, y])
         best = torch.stack(scores, 1).argmax(1)
         return torch.stack(candidates, 0)[best, rows]
+
+
+def cw(model, x, y, eps, step_size, steps, confidence=50.0, random_start=True):
+    """CW-inf as the TRADES and MART papers evaluate it: L-inf PGD from a uniform start on the Carlini-Wagner
+    margin loss -sum(max(z_y - max_{j != y} z_j + confidence, 0)). Same budget semantics and guarantees as
+    `pgd`."""
+    with frozen(model):
+        e = as_budget(eps, x)
+        x0 = uniform_start(x, e) if random_start else x.clone()
+
+        def margin(z):
+            wrong = z.scatter(1, y[:, None], float("-inf")).amax(1)
+            return -(z.gather(1, y[:, None]).squeeze(1) - wrong + confidence).clamp(min=0).sum()
+
+        return ascend(model, x, x0, e, step_size, steps, margin)

@@ -38,11 +38,12 @@ def extract_state_dict(obj) -> dict:
     return out
 
 
-def load_checkpoint(model: torch.nn.Module, path) -> dict:
-    """Load weights from `path` into `model` (strict). Accepts our checkpoints and those of the TRADES, MART
-    and official PART code. Raises CheckpointMismatch naming missing, unexpected and mis-shaped keys.
-    Returns the loaded object (our checkpoints carry config, epoch and more)."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(model: torch.nn.Module, path, obj=None) -> dict:
+    """Load weights from `path` (or from `obj`, its content already loaded) into `model` (strict). Accepts our
+    checkpoints and those of the TRADES, MART and official PART code. Raises CheckpointMismatch naming missing,
+    unexpected and mis-shaped keys. Returns the loaded object (our checkpoints carry config, epoch and more)."""
+    if obj is None:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
     state = extract_state_dict(obj)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import autoattack, mart_attack, mart_loss, mma, pgd, trades_attack, trades_loss
+from attacks import autoattack, cw, mart_attack, mma, pgd, trades_attack
 from models import build_model
 from utils.data import to_float
 from utils.evaluate import evaluate, markdown_table
+from utils.methods import mart_loss, trades_loss
 
 EPS, LOW = 8 / 255, 7 / 255
 ATTACKS = {
@@ -16,6 +17,7 @@ ATTACKS = {
     "mma": lambda m, x, y, e, steps=3: mma(m, x, y, e, 2 / 255, steps, k=3),
     "trades": lambda m, x, y, e, steps=3: trades_attack(m, x, y, e, 2 / 255, steps),
     "mart": lambda m, x, y, e, steps=3: mart_attack(m, x, y, e, 2 / 255, steps),
+    "cw": lambda m, x, y, e, steps=3: cw(m, x, y, e, 2 / 255, steps),
 }
 
 
@@ -185,7 +187,7 @@ def test_autoattack_runs_through_the_real_package(trained, batch):
     model, _ = trained
     x, y = batch[0][:6], batch[1][:6]
     model.train()
-    xa = autoattack(model, x, y, EPS, num_classes=10, batch_size=6)
+    xa, _ = autoattack(model, x, y, EPS, num_classes=10, batch_size=6)
     assert model.training
     model.eval()
     assert ((xa - x).abs() <= EPS + 1e-6).all() and xa.min() >= 0 and xa.max() <= 1
@@ -195,7 +197,7 @@ def test_autoattack_runs_through_the_real_package(trained, batch):
 
 def test_evaluation_record_and_table(trained, synth, tmp_path):
     model, _ = trained
-    rec = evaluate(model, synth, attacks=("natural", "pgd20", "mma", "aa"), n_eval=8, batch_size=8, steps=2)
+    rec = evaluate(model, synth, attacks=("natural", "pgd20", "mma", "aa"), n_eval=8, batch_size=8)
     assert rec["n_eval"] == 8 and rec["n_test"] == len(synth.y_test)
     for key in ("natural", "pgd20", "mma", "aa"):
         assert 0.0 <= rec[key] <= 100.0 and (rec[key] * 8 / 100) == pytest.approx(round(rec[key] * 8 / 100))

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from models import build_model
-from utils.cam import (compute_cam, epsilon_mask, find_target_layer, jet_table, mask_from_cam,
-                       save_mask_figure)
+from utils.cams import compute_cam, find_target_layer
+from utils.figures import save_mask_figure
+from utils.mask_rules import jet_table, mask_from_cam
+from utils.mask_sources import epsilon_mask
 from utils.data import to_float
 
 EPS, LOW = 8 / 255, 7 / 255
@@ -157,7 +159,7 @@ def test_mask_figure(trained, synth, tmp_path):
     model, _ = trained
     x = to_float(synth.x_test[:4])
     cam = compute_cam(model, x)
-    save_mask_figure(str(tmp_path / "m.png"), x, cam, mask_from_cam(cam, EPS, LOW), EPS)
+    save_mask_figure(str(tmp_path / "m.png"), x, cam, mask_from_cam(cam, EPS, LOW), EPS, LOW, "test")
     with Image.open(tmp_path / "m.png") as im:
         w, h = im.size
     assert h > 3 * 32 * 4 and w > 4 * 32 * 4

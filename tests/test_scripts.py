@@ -131,17 +131,21 @@ def test_checkpoint_that_does_not_match_exits_2(tmp_path, capsys):
     assert code == 2 and "does not match the model" in capsys.readouterr().err
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
-    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
-    good = weights(tmp_path / "r" / "last.pt")
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    assert run("part", tmp_path / "whole", "--save-freq", "1", "--eval-attacks", "natural") == 0
+    good = weights(tmp_path / "whole" / "epoch_1.pt")
     capsys.readouterr()
-    code = run("part", tmp_path / "r", "--epochs", "2", "--lr", "1e30", "--resume")
+    monkeypatch.setenv("PART_FAULT_NAN_AT", "2,0")  # the loss of epoch 2's first batch becomes NaN
+    code = run("part", tmp_path / "r", "--eval-attacks", "natural")
     assert code == 3
     err = capsys.readouterr().err
-    assert "loss is nan" in err.lower() and "last.pt" in err
+    assert "loss is nan" in err.lower() and "last.pt (epoch 1)" in err
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
     assert same_weights(good, weights(tmp_path / "r" / "last.pt"))
-    assert json.loads((tmp_path / "r" / "results.json").read_text())["config"]["epochs"] == 1  # not overwritten
+    assert not (tmp_path / "r" / "results.json").exists()  # no record of a failed run
+    monkeypatch.setenv("PART_FAULT_NAN_AT", "1,1")  # before any checkpoint: the message says none exists
+    assert run("part", tmp_path / "s", "--eval-attacks", "natural") == 3
+    assert "no checkpoint was written" in capsys.readouterr().err and not (tmp_path / "s" / "last.pt").exists()
 
 
 def test_two_process_torchrun_on_cpu(tmp_path):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks import pgd
-from utils.cam import epsilon_mask
+from utils.mask_sources import epsilon_mask
 from utils.data import load_dataset, to_float
 from utils.engine import autocast, configure_backends, pick_device, prepare_model
 from utils.evaluate import library_versions

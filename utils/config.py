@@ -1,151 +1,246 @@
-"""Turn a script's block of constants into typed CLI flags, and resolve + validate the run's config.
+"""Turn a script's block of constants into typed CLI flags, and resolve and check the run's config.
 
 Every constant a script defines (upper case) becomes a flag of the same name in kebab case
-(WARM_UP -> --warm-up). Run-control flags (where to write, resume, eval-only, evaluation size, speed
-options) are not constants: their defaults are in `build_parser`.
+(WARM_UP -> --warm-up). Run-control flags (where to write, resume, evaluation, speed) are not constants:
+their defaults are in `build_parser`. Every value is range-checked where it is parsed; a bad one raises
+UsageError with one line naming the flag, which the scripts print before exiting with code 2.
 """
 import argparse
+import math
 import sys
+from dataclasses import dataclass
+
+import torch
 
 from models import MODELS
 
-from .cam import CAM_BACKENDS, CAMS
-from .cam import RULES as MASK_RULES
+from .cams import CAM_BACKENDS, CAMS
 from .data import DATASETS
 from .errors import UsageError
+from .evaluate import DEFAULT_EVAL_ATTACKS, check_eval_attack
+from .mask_rules import RULES
+from .mask_sources import MASK_SOURCES
+from .methods import METHODS
+from .units import fraction_text, parse_fraction
 
-EVAL_ATTACKS = ("natural", "pgd20", "mma", "aa")
-VARIANTS = {"part": ("PART", "AT"), "part_t": ("PART-T", "TRADES"), "part_m": ("PART-M", "MART")}
-ATTACKS = {"part": ("pgd", "mma"), "part_t": ("trades",), "part_m": ("mart",)}
-
-# per-data-set defaults applied where a constant is None (what the official code forces for SVHN)
-DATA_DEFAULTS = {
-    "svhn": {"step_size": 1 / 255, "weight_decay": 3.5e-3},
-    None: {"step_size": 2 / 255, "weight_decay": 2e-4},
-}
-
-
-def parse_fraction(text: str) -> float:
-    """'8/255' -> 0.0313..., '0.01' -> 0.01. Raises argparse.ArgumentTypeError on anything else."""
-    try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+# Keys that do not change how the weights are trained: they may differ when a run is resumed, and runs that
+# differ only in them are the same training configuration. EVAL_KEYS among them change the reported numbers.
+EVAL_KEYS = ("n_eval", "n_eval_aa", "eval_epsilon", "eval_corruptions")
+RUN_CONTROL_KEYS = ("out", "resume", "overwrite", "eval_only", "download", "device", "data_dir", "save_freq",
+                    "log_interval", "mask_figure", "tensorboard", "n_eval_epoch", "eval_attacks", "eval_batch_size",
+                    "channels_last", "compile") + EVAL_KEYS
+# Keys that matter only once masks are used (after warm-up, without --no-mask); which of them a run reads
+# depends on its mask source.
+MASK_KEYS = ("mask_source", "low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend", "mask_refresh",
+             "region_eps", "warm_up")
 
 
-def _optional(kind):
+def lr_at(cfg: dict, epoch: int) -> float:
+    """The schedule: learning rate of global epoch `epoch` (1-based), lr * 0.1 ** (milestones <= epoch)."""
+    return cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["lr_milestones"])
+
+
+def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+    """An argparse type: a finite number of `kind` (fractions accepted for floats) within [lo, hi] (open ends
+    where asked); 'none' gives None when `optional`."""
     def parse(text):
-        return None if text.lower() in ("none", "default") else kind(text)
+        if optional and text.lower() in ("none", "default"):
+            return None
+        if kind is int:
+            try:
+                v = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        else:
+            v = parse_fraction(text)
+        if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or \
+                (hi is not None and (v > hi or (hi_open and v == hi))):
+            lo_s = "" if lo is None else ("(" if lo_open else "[") + fraction_text(lo)
+            hi_s = "" if hi is None else fraction_text(hi) + (")" if hi_open else "]")
+            where = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else \
+                (f"{'>' if lo_open else '>='} {lo}" if lo is not None else f"<= {hi}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text}")
+        return v
     parse.__name__ = kind.__name__
     return parse
 
 
-# constant name -> (argparse keyword arguments, help)
+BUDGET = number(float, 0, 1)
+COUNT = number(int, 0)
+POSITIVE = number(int, 1)
+
+
+def device_name(text: str) -> str:
+    """auto, cpu, cuda or cuda:N (one that exists here), or another torch device name."""
+    if text == "auto":
+        return text
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text} asked for, but CUDA is not available here")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return text
+
+
+def eval_attack(text: str) -> str:
+    try:
+        return check_eval_attack(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class Flag:
+    kwargs: dict
+    help: str
+
+
+# constant name -> its flag
 SPEC = {
-    "DATA": (dict(choices=DATASETS), "data set"),
-    "DATA_DIR": (dict(type=str), "data-set root folder (for cifar10-npz: the .npz file)"),
-    "MODEL": (dict(choices=MODELS), "architecture"),
-    "WIDTH": (dict(type=_optional(int)), "None: standard width; else ResNet-18's first-stage channels or the "
-                                         "WRN's widen factor (small values for quick CPU runs)"),
-    "EPOCHS": (dict(type=int), "total epochs, warm-up included"),
-    "WARM_UP": (dict(type=int), "warm-up epochs with the plain method at full eps"),
-    "BATCH_SIZE": (dict(type=int), "global batch size (split across torchrun processes)"),
-    "LR": (dict(type=parse_fraction), "initial learning rate (SGD)"),
-    "LR_MILESTONES": (dict(type=int, nargs="*"), "global epochs from which lr is multiplied by 0.1, 0.01, ..."),
-    "MOMENTUM": (dict(type=parse_fraction), "SGD momentum"),
-    "WEIGHT_DECAY": (dict(type=_optional(parse_fraction)), "None: 2e-4 (3.5e-3 on SVHN)"),
-    "EPSILON": (dict(type=parse_fraction), "L-inf budget of important pixels (and of warm-up/baselines)"),
-    "LOW_EPSILON": (dict(type=parse_fraction), "L-inf budget of the other pixels"),
-    "STEP_SIZE": (dict(type=_optional(parse_fraction)), "attack step size; None: 2/255 (1/255 on SVHN)"),
-    "NUM_STEPS": (dict(type=int), "attack steps in training"),
-    "BETA": (dict(type=parse_fraction), "TRADES / MART regularisation weight"),
-    "ATTACK": (dict(), "training attack"),
-    "CAM": (dict(choices=CAMS), "class activation map method"),
-    "MASK_RULE": (dict(choices=MASK_RULES), "how a CAM becomes a mask (README: official vs monotonic)"),
-    "MASK": (dict(action=argparse.BooleanOptionalAction), "--no-mask trains the plain baseline (AT/TRADES/MART)"),
-    "SEED": (dict(type=int), "random seed"),
+    "DATA": Flag(dict(choices=list(DATASETS)), "data set"),
+    "DATA_DIR": Flag(dict(type=str), "data-set root folder (for cifar10-npz: the .npz file)"),
+    "MODEL": Flag(dict(choices=list(MODELS)), "architecture"),
+    "WIDTH": Flag(dict(type=number(int, 1, optional=True)),
+                  "none: the standard model; else ResNet-18's first-stage channels (64) or the WRN's widen factor (10)"),
+    "EPOCHS": Flag(dict(type=POSITIVE), "total epochs, warm-up included"),
+    "WARM_UP": Flag(dict(type=COUNT), "epochs of the plain method at full eps before masks are used"),
+    "BATCH_SIZE": Flag(dict(type=POSITIVE), "global batch size (split across torchrun processes)"),
+    "LR": Flag(dict(type=number(float, 0, lo_open=True)), "initial learning rate (SGD)"),
+    "LR_MILESTONES": Flag(dict(type=POSITIVE, nargs="*"),
+                          "global epochs from which lr is x0.1, x0.01, ...; default: the last epoch"),
+    "MOMENTUM": Flag(dict(type=number(float, 0, 1, hi_open=True)), "SGD momentum"),
+    "WEIGHT_DECAY": Flag(dict(type=number(float, 0, optional=True)), "none: the data set's (2e-4; 3.5e-3 on SVHN)"),
+    "EPSILON": Flag(dict(type=BUDGET), "L-inf budget of important pixels, and of warm-up and baselines"),
+    "LOW_EPSILON": Flag(dict(type=BUDGET), "L-inf budget of the other pixels (at most --epsilon)"),
+    "STEP_SIZE": Flag(dict(type=number(float, 0, 1, lo_open=True, optional=True)),
+                      "attack step size; none: the data set's (2/255; 1/255 on SVHN)"),
+    "NUM_STEPS": Flag(dict(type=COUNT), "attack steps in training"),
+    "BETA": Flag(dict(type=number(float, 0)), "TRADES / MART regularisation weight"),
+    "ATTACK": Flag(dict(), "training attack"),
+    "CAM": Flag(dict(choices=list(CAMS)), "class activation map method"),
+    "MASK_RULE": Flag(dict(choices=list(RULES)), "how a CAM becomes budgets (README: official vs monotonic)"),
+    "MASK_SOURCE": Flag(dict(choices=list(MASK_SOURCES)), "where the budgets come from after warm-up (README: "
+                        "cam, official, permuted, regions)"),
+    "MASK_REFRESH": Flag(dict(type=POSITIVE), "official source: recompute the masks every N epochs"),
+    "REGION_EPS": Flag(dict(type=BUDGET, nargs=4, metavar=("UL", "UR", "BR", "BL")),
+                       "regions source: the budget of each quadrant (may exceed --epsilon)"),
+    "MASK": Flag(dict(action=argparse.BooleanOptionalAction), "--no-mask trains the plain baseline with the same code"),
+    "SEED": Flag(dict(type=COUNT), "seeds the model, the data order, augmentation and attacks"),
 }
 
-def build_parser(variant: str, constants: dict) -> argparse.ArgumentParser:
-    name, baseline = VARIANTS[variant]
-    p = argparse.ArgumentParser(
-        description=f"{name}: train with {baseline} warm-up then pixel-reweighted {baseline}, then evaluate "
-                    f"(natural, PGD-20, MMA, AutoAttack). Flags override the constants at the top of the script.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError (one line, exit code 2 in the scripts)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def _shown(default) -> str:
+    if isinstance(default, (list, tuple)):
+        return " ".join(fraction_text(v) for v in default) or "none"
+    return "none" if default is None else fraction_text(default)
+
+
+def build_parser(variant: str, constants: dict) -> Parser:
+    method = METHODS[variant]
+    name, baseline = method.names[method.attacks[0]]
+    p = Parser(description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
+                           f"evaluate (natural, PGD-20, MMA, AutoAttack). Flags override the constants at the top "
+                           f"of the script; budgets may be given as fractions (8/255).")
+    p.flags = []  # every action added, so that `explicit_flags` can suppress their defaults
+
+    def add(group, *names, **kwargs):
+        p.flags.append(group.add_argument(*names, **kwargs))
+
     g = p.add_argument_group("method (constants at the top of the script)")
     for const, default in constants.items():
         if const not in SPEC:
             raise KeyError(f"constant {const} has no flag spec in utils/config.py")
-        kwargs, help_text = SPEC[const]
-        kwargs = dict(kwargs)
+        kwargs = dict(SPEC[const].kwargs)
         if const == "ATTACK":
-            kwargs["choices"] = ATTACKS[variant]
-        if const == "LR_MILESTONES":
+            kwargs["choices"] = list(method.attacks)
+        if isinstance(default, tuple):
             default = list(default)
-        g.add_argument("--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
-                       help=help_text, **kwargs)
+        add(g, "--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
+                       help=f"{SPEC[const].help} (default: {_shown(default)})", **kwargs)
     r = p.add_argument_group("run")
-    r.add_argument("--out", help="run folder (default runs/<variant>-<data>-<model>-seed<N>)")
-    r.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
-                   help="continue from CKPT, or from <out>/last.pt when no path is given")
-    r.add_argument("--eval-only", metavar="CKPT", help="evaluate a saved checkpoint (its config is read back)")
-    r.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 / SVHN")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--n-train", type=int, default=0, help="use only the first N training images (0: all)")
-    r.add_argument("--save-freq", type=int, default=10, help="keep epoch_N.pt every N epochs (0: never)")
-    r.add_argument("--log-interval", type=int, default=50, help="batches between loss checks / progress updates")
-    r.add_argument("--cam-layer", default=None, help="dotted name of the CAM target layer (default: layer4 / block3)")
-    r.add_argument("--mask-figure", action=argparse.BooleanOptionalAction, default=True,
-                   help="save mask.png (images, CAMs, masks) at the end")
+    add(r, "--out", help="run folder (default: runs/<variant>-<data>-<model>-seed<N>)")
+    add(r, "--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue the run in --out from CKPT, or from <out>/last.pt when no path is given; the "
+                        "training settings must equal the checkpoint's (--epochs may grow)")
+    add(r, "--overwrite", action="store_true",
+                   help="start a fresh run in an --out that holds another run, deleting that run's files")
+    add(r, "--eval-only", metavar="CKPT", help="evaluate a saved checkpoint (its config is read back)")
+    add(r, "--download", action="store_true", help="let torchvision download CIFAR-10 / SVHN")
+    add(r, "--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    add(r, "--n-train", type=COUNT, default=0, help="train on the first N training images (0: all)")
+    add(r, "--save-freq", type=COUNT, default=10, help="keep epoch_N.pt every N epochs (0: never)")
+    add(r, "--log-interval", type=POSITIVE, default=50,
+                   help="batches between updates of the progress bar's loss")
+    add(r, "--cam-layer", default=None,
+                   help="dotted name of the CAM target layer (default: layer4 for ResNet-18, block3 for the WRN)")
+    add(r, "--mask-figure", action=argparse.BooleanOptionalAction, default=True,
+                   help="save mask.png (images, CAMs, budgets) at the end")
+    add(r, "--tensorboard", action="store_true",
+                   help="also write per-epoch scalars for TensorBoard into <out>/tb (needs the tensorboard package)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--n-eval", type=int, default=0, help="test images in the final evaluation (0: all)")
-    e.add_argument("--n-eval-aa", type=int, default=0, help="test images for AutoAttack (0: the --n-eval images)")
-    e.add_argument("--n-eval-epoch", type=int, default=1000, help="test images for the per-epoch PGD-20 check")
-    e.add_argument("--eval-attacks", nargs="+", choices=EVAL_ATTACKS, default=list(EVAL_ATTACKS),
-                   help="what the final evaluation runs")
-    e.add_argument("--eval-epsilon", type=parse_fraction, default=8 / 255, help="evaluation L-inf budget")
-    e.add_argument("--eval-batch-size", type=int, default=256)
+    add(e, "--n-eval", type=COUNT, default=0, help="test images in the final evaluation (0: all)")
+    add(e, "--n-eval-aa", type=COUNT, default=0, help="test images for AutoAttack (0: the --n-eval images)")
+    add(e, "--n-eval-epoch", type=COUNT, default=1000,
+                   help="test images for the per-epoch natural / PGD-20 check (0: all; lower it to speed up small runs)")
+    add(e, "--eval-attacks", nargs="+", type=eval_attack, default=list(DEFAULT_EVAL_ATTACKS),
+                   metavar="ATTACK", help="what the final evaluation runs: natural, pgdN (PGD with N steps, e.g. "
+                   "pgd20 pgd50 pgd100), mma, cw, part-pgd, aa (default: natural pgd20 mma aa)")
+    add(e, "--eval-epsilon", type=BUDGET, default=8 / 255, help="evaluation L-inf budget (default: 8/255)")
+    add(e, "--eval-batch-size", type=POSITIVE, default=256, help="evaluation batch size (default: 256)")
+    add(e, "--eval-corruptions", metavar="DIR",
+                   help="also evaluate CIFAR-10-C from DIR (<name>.npy per corruption, labels.npy)")
     s = p.add_argument_group("speed (defaults are faithful fp32)")
-    s.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA")
-    s.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    s.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
-    s.add_argument("--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
-                   help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4)")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add(s, "--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA (default: none)")
+    add(s, "--channels-last", action="store_true", help="channels_last memory format")
+    add(s, "--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
+    add(s, "--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
+                   help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4; "
+                        "default: grad-cam)")
+    add(s, "--compile", action="store_true", help="torch.compile the training forward (experimental)")
     return p
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv) -> set:
-    """The dest names of the flags that appear on the command line (as opposed to defaults)."""
-    shadow = argparse.ArgumentParser(add_help=False)
-    for a in parser._actions:
-        if a.option_strings and a.dest != "help":
-            kw = {"dest": a.dest, "default": argparse.SUPPRESS}
-            if a.nargs is not None and not isinstance(a, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
-                kw["nargs"] = a.nargs
-            if isinstance(a, argparse._StoreTrueAction):
-                kw["action"] = "store_true"
-            elif isinstance(a, argparse.BooleanOptionalAction):
-                kw["action"] = argparse.BooleanOptionalAction
-            shadow.add_argument(*a.option_strings, **kw)
-    ns, _ = shadow.parse_known_args(argv)
-    return set(vars(ns))
+def explicit_flags(parser: Parser, argv) -> set:
+    """The dest names of the flags that appear on the command line (as opposed to defaults): parse again
+    with every action's default set to argparse.SUPPRESS (public argparse API only)."""
+    for action in parser.flags:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
-def resolve(variant: str, args: argparse.Namespace) -> dict:
-    """The run's full config as a plain dict: data-set defaults filled in, names added, values checked.
-    Raises UsageError with a message fit for the user."""
-    cfg = dict(vars(args))
+def resolve(variant: str, args: dict) -> dict:
+    """The run's full config as a plain dict: data-set defaults and the lr schedule filled in, the method's
+    names added, values checked. Raises UsageError with a message fit for the user."""
+    cfg = dict(args)
+    method = METHODS[variant]
     cfg["variant"] = variant
-    cfg["method"], cfg["baseline"] = VARIANTS[variant]
-    cfg.setdefault("attack", ATTACKS[variant][0])
+    cfg.setdefault("attack", method.attacks[0])
     cfg.setdefault("beta", None)
-    for key, value in DATA_DEFAULTS.get(cfg["data"], DATA_DEFAULTS[None]).items():
+    cfg.setdefault("mask_source", "cam")
+    cfg.setdefault("mask_refresh", 1)
+    cfg.setdefault("region_eps", [6 / 255, 12 / 255, 12 / 255, 12 / 255])
+    cfg.setdefault("cam_backend", "grad-cam")
+    cfg["region_eps"] = list(cfg["region_eps"])
+    spec = DATASETS[cfg["data"]]
+    for key in ("step_size", "weight_decay"):
         if cfg.get(key) is None:
-            cfg[key] = value
+            cfg[key] = getattr(spec, key)
+    if cfg.get("lr_milestones") is None:
+        cfg["lr_milestones"] = [cfg["epochs"]]
+    cfg["method"] = method.label(cfg["attack"], cfg["mask"])
+    cfg.pop("baseline", None)
+    cfg["num_classes"], cfg["image_size"] = spec.num_classes, spec.image_size
     validate(cfg)
     if not cfg.get("out"):
         cfg["out"] = f"runs/{variant}-{cfg['data']}-{cfg['model']}-seed{cfg['seed']}"
@@ -153,27 +248,60 @@ def resolve(variant: str, args: argparse.Namespace) -> dict:
 
 
 def validate(cfg: dict) -> None:
-    def bad(msg):
-        raise UsageError(msg)
-    if cfg["epochs"] < 1:
-        bad(f"--epochs must be at least 1, got {cfg['epochs']}")
+    """Checks that involve more than one value (single values are checked when parsed)."""
     if not 0 <= cfg["warm_up"] <= cfg["epochs"]:
-        bad(f"--warm-up ({cfg['warm_up']}) must be between 0 and --epochs ({cfg['epochs']})")
-    if cfg["epsilon"] < 0 or cfg["low_epsilon"] < 0:
-        bad("--epsilon and --low-epsilon must be non-negative")
+        raise UsageError(f"--warm-up ({cfg['warm_up']}) must be between 0 and --epochs ({cfg['epochs']})")
     if cfg["low_epsilon"] > cfg["epsilon"]:
-        bad(f"--low-epsilon ({cfg['low_epsilon']:.6g}) must not exceed --epsilon ({cfg['epsilon']:.6g})")
-    if cfg["batch_size"] < 1 or cfg["num_steps"] < 0:
-        bad("--batch-size must be positive and --num-steps non-negative")
-    if cfg.get("width") is not None and cfg["width"] < 1:
-        bad(f"--width must be positive, got {cfg['width']}")
-    if cfg["lr"] <= 0:
-        bad(f"--lr must be positive, got {cfg['lr']}")
+        raise UsageError(f"--low-epsilon ({fraction_text(cfg['low_epsilon'])}) must not exceed --epsilon "
+                         f"({fraction_text(cfg['epsilon'])})")
+    if cfg.get("beta") is None and METHODS[cfg["variant"]].uses_beta:
+        raise UsageError("this method needs --beta")
 
 
 def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
-    """Parse argv (default sys.argv[1:]) against the script's constants. Returns (config, explicit flags)."""
+    """Parse argv (default sys.argv[1:]) against the script's constants. Returns (config, explicit flags).
+    Raises UsageError for any bad value."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(variant, constants)
-    args = parser.parse_args(argv)
-    return resolve(variant, args), explicit_flags(parser, argv)
+    args = vars(build_parser(variant, constants).parse_args(argv))
+    return resolve(variant, args), explicit_flags(build_parser(variant, constants), argv)
+
+
+def training_differences(saved: dict, new: dict, epochs_done: int) -> list[str]:
+    """What keeps `new` from continuing the run whose checkpoint config is `saved` after `epochs_done`
+    epochs: one 'key: saved -> new' line per differing training key. --epochs may grow (not below the epochs
+    done) and the lr schedule must agree on the epochs already trained."""
+    skip = set(RUN_CONTROL_KEYS) | {"epochs", "lr_milestones", "method", "num_classes", "image_size"}
+    out = []
+    for key in sorted((set(saved) | set(new)) - skip):
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, tuple):
+            a = list(a)
+        if isinstance(b, tuple):
+            b = list(b)
+        if key == "data_fingerprint" and a is None:  # checkpoints written before fingerprints were stored
+            continue
+        if a != b:
+            out.append(f"{key}: {_shown(a)} -> {_shown(b)}")
+    if new["epochs"] < epochs_done:
+        out.append(f"epochs: {new['epochs']} is fewer than the {epochs_done} epochs already done")
+    if any(abs(lr_at(saved, e) - lr_at(new, e)) > 1e-15 for e in range(1, epochs_done + 1)):
+        out.append(f"lr_milestones: {_shown(saved.get('lr_milestones'))} -> {_shown(new['lr_milestones'])} "
+                   f"changes the lr of epochs already trained (pass --lr-milestones "
+                   f"{_shown(saved.get('lr_milestones'))} to keep the run's schedule)")
+    return out
+
+
+def effective(cfg: dict) -> dict:
+    """The config keys that determine a run's numbers: training and evaluation keys, without the run-control
+    ones and without mask settings the run never used (a --no-mask run reads none; each source reads its own)."""
+    out = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS or k in EVAL_KEYS}
+    for k in ("seed", "method", "num_classes", "image_size"):
+        out.pop(k, None)
+    used = set(MASK_SOURCES[cfg.get("mask_source", "cam")].keys) | {"mask_source", "warm_up"} if cfg.get("mask") else set()
+    for k in MASK_KEYS:
+        if k not in used:
+            out.pop(k, None)
+    if not METHODS[cfg["variant"]].uses_beta:
+        out.pop("beta", None)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+

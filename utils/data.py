@@ -4,16 +4,15 @@ Every data set is loaded whole into memory (CIFAR-10 and SVHN are ~150-220 MB as
 ~1.2 GB), so batches are cut from a resident tensor: no DataLoader workers, the same code on CPU and GPU,
 and a shuffling order that is a pure function of (seed, epoch), which makes resume exact.
 """
+import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .errors import DataNotFound, UsageError
-
-DATASETS = ("cifar10", "svhn", "tinyimagenet", "synthetic", "cifar10-npz")
-
 
 @dataclass
 class Dataset:
@@ -27,6 +26,14 @@ class Dataset:
     crop_padding: int | None = None
     flip: bool = False
     extra: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A hash of the images and labels of both splits (first 16 hex digits of SHA-256)."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def to(self, device) -> "Dataset":
         for k in ("x_train", "y_train", "x_test", "y_test"):
@@ -68,45 +75,99 @@ def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, siz
 # ----------------------------------------------------------------------------------------------------
 # real data sets
 # ----------------------------------------------------------------------------------------------------
+def _torchvision(cls, name: str, root: str, download: bool, files: str, url: str, **splits):
+    """Load a torchvision data set's two splits; a missing folder or a failed download is a DataNotFound
+    that names the folder and the manual fix."""
+    try:
+        return [cls(root, download=download, **kw) for kw in splits.values()]
+    except Exception as e:  # torchvision raises RuntimeError when files are missing, URLError/OSError offline
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if download:
+            raise DataNotFound(f"downloading {name} into {os.path.abspath(root)} failed ({reason}); on a machine "
+                               f"without network access fetch {url} by hand and put {files} in that folder") from None
+        raise DataNotFound(f"{name} not found in {os.path.abspath(root)} (looked for {files}). Add --download to "
+                           f"fetch it with torchvision, or point --data-dir at the folder holding it.") from None
+
+
 def _cifar10(root: str, download: bool) -> Dataset:
     from torchvision.datasets import CIFAR10
-    try:
-        tr = CIFAR10(root, train=True, download=download)
-        te = CIFAR10(root, train=False, download=download)
-    except RuntimeError as e:
-        raise DataNotFound(
-            f"CIFAR-10 not found in {os.path.abspath(root)} (looked for cifar-10-batches-py/). "
-            f"Add --download to fetch it with torchvision, or point --data-dir at the folder holding it. ({e})") from None
+    tr, te = _torchvision(CIFAR10, "CIFAR-10", root, download, "cifar-10-batches-py/ (extracted)",
+                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                          train={"train": True}, test={"train": False})
     return Dataset("cifar10", _hwc_to_chw(tr.data), torch.tensor(tr.targets), _hwc_to_chw(te.data),
-                   torch.tensor(te.targets), 10, crop_padding=4, flip=True)
+                   torch.tensor(te.targets), 10)
 
 
 def _svhn(root: str, download: bool) -> Dataset:
     from torchvision.datasets import SVHN
-    try:
-        tr = SVHN(root, split="train", download=download)
-        te = SVHN(root, split="test", download=download)
-    except RuntimeError as e:
-        raise DataNotFound(
-            f"SVHN not found in {os.path.abspath(root)} (looked for train_32x32.mat and test_32x32.mat). "
-            f"Add --download to fetch it with torchvision, or point --data-dir at the folder holding it. ({e})") from None
+    tr, te = _torchvision(SVHN, "SVHN", root, download, "train_32x32.mat and test_32x32.mat",
+                          "http://ufldl.stanford.edu/housenumbers/{train,test}_32x32.mat",
+                          train={"split": "train"}, test={"split": "test"})
     return Dataset("svhn", torch.from_numpy(tr.data), torch.from_numpy(tr.labels.astype(np.int64)),
                    torch.from_numpy(te.data), torch.from_numpy(te.labels.astype(np.int64)), 10)
 
 
 def _read_images(paths) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     out = np.empty((len(paths), 64, 64, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if im.size != (64, 64):
-                im = im.resize((64, 64))
-            out[i] = np.asarray(im)
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (64, 64):
+                    im = im.resize((64, 64))
+                out[i] = np.asarray(im)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataNotFound(f"TinyImageNet image {p} cannot be read ({type(e).__name__}: {e}); "
+                               f"re-extract tiny-imagenet-200.zip") from None
     return _hwc_to_chw(out)
 
 
-def _tinyimagenet(root: str) -> Dataset:
+# the distributed TinyImageNet-200; a folder with other counts is refused (tests lower these)
+TINY_EXPECTED = {"classes": 200, "train": 100_000, "test": 10_000}
+
+
+def _tiny_listing(base: str):
+    """(train paths, train labels, test paths, test labels, number of classes) of the folder as distributed.
+    Raises DataNotFound naming what is missing or what does not add up."""
+    wnids_file = os.path.join(base, "wnids.txt")
+    if os.path.isfile(wnids_file):
+        with open(wnids_file) as f:
+            wnids = sorted(w.strip() for w in f if w.strip())
+    else:
+        wnids = sorted(os.listdir(os.path.join(base, "train")))
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for w in wnids:
+        d = os.path.join(base, "train", w, "images")
+        if not os.path.isdir(d):
+            raise DataNotFound(f"TinyImageNet class folder {d} is missing (listed in wnids.txt); "
+                               f"re-extract tiny-imagenet-200.zip")
+        for fn in sorted(os.listdir(d)):
+            train_paths.append(os.path.join(d, fn))
+            train_labels.append(index[w])
+    test_paths, test_labels = [], []
+    with open(os.path.join(base, "val", "val_annotations.txt")) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2 or parts[1] not in index:
+                raise DataNotFound(f"{base}/val/val_annotations.txt line {n} is not '<file>\\t<known wnid>\\t...': "
+                                   f"{line.strip()[:80]!r}")
+            path = os.path.join(base, "val", "images", parts[0])
+            if not os.path.isfile(path):
+                raise DataNotFound(f"TinyImageNet validation image {path} is missing; re-extract tiny-imagenet-200.zip")
+            test_paths.append(path)
+            test_labels.append(index[parts[1]])
+    found = {"classes": len(wnids), "train": len(train_paths), "test": len(test_paths)}
+    if found != TINY_EXPECTED:
+        raise DataNotFound(f"{base} looks incomplete or is not TinyImageNet-200: {found['classes']} classes, "
+                           f"{found['train']} training and {found['test']} validation images (expected "
+                           f"{TINY_EXPECTED['classes']}, {TINY_EXPECTED['train']} and {TINY_EXPECTED['test']}); "
+                           f"re-extract tiny-imagenet-200.zip")
+    return train_paths, train_labels, test_paths, test_labels, len(wnids)
+
+
+def _tinyimagenet(root: str, download: bool = False) -> Dataset:
     base = os.path.join(root, "tiny-imagenet-200")
     if not os.path.isdir(os.path.join(base, "train")) or not os.path.isfile(
             os.path.join(base, "val", "val_annotations.txt")):
@@ -114,74 +175,102 @@ def _tinyimagenet(root: str) -> Dataset:
             f"TinyImageNet-200 not found: expected {os.path.abspath(base)}/ with train/<wnid>/images and "
             f"val/images plus val/val_annotations.txt. Download http://cs231n.stanford.edu/tiny-imagenet-200.zip "
             f"and unzip it into {os.path.abspath(root)}/ (no reorganising needed).")
+    tr_paths, tr_labels, te_paths, te_labels, classes = _tiny_listing(base)
+    listing = hashlib.sha256("\n".join(f"{os.path.relpath(p, base)} {y}" for p, y in
+                                       zip(tr_paths + te_paths, tr_labels + te_labels)).encode()).hexdigest()
     cache = os.path.join(base, "part_cache_uint8.pt")
-    if os.path.isfile(cache):
-        d = torch.load(cache, weights_only=True)
-        return Dataset("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], 200,
-                       crop_padding=4, flip=True)
-    wnids_file = os.path.join(base, "wnids.txt")
-    if os.path.isfile(wnids_file):
-        with open(wnids_file) as f:
-            wnids = [w.strip() for w in f if w.strip()]
-    else:
-        wnids = sorted(os.listdir(os.path.join(base, "train")))
-    index = {w: i for i, w in enumerate(sorted(wnids))}
-    train_paths, train_labels = [], []
-    for w in sorted(wnids):
-        d = os.path.join(base, "train", w, "images")
-        for fn in sorted(os.listdir(d)):
-            train_paths.append(os.path.join(d, fn))
-            train_labels.append(index[w])
-    val_paths, val_labels = [], []
-    with open(os.path.join(base, "val", "val_annotations.txt")) as f:
-        for line in f:
-            parts = line.split("\t")
-            if len(parts) >= 2:
-                val_paths.append(os.path.join(base, "val", "images", parts[0]))
-                val_labels.append(index[parts[1]])
-    d = {"x_train": _read_images(train_paths), "y_train": torch.tensor(train_labels),
-         "x_test": _read_images(val_paths), "y_test": torch.tensor(val_labels)}
+    if os.path.isfile(cache):  # used only when it was built from this very listing; else rebuilt
+        try:
+            d = torch.load(cache, weights_only=True)
+            if d.get("listing") == listing and d["x_train"].shape[0] == len(tr_paths):
+                return Dataset("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], classes)
+        except Exception:
+            pass
+    d = {"x_train": _read_images(tr_paths), "y_train": torch.tensor(tr_labels),
+         "x_test": _read_images(te_paths), "y_test": torch.tensor(te_labels), "listing": listing}
     try:
         torch.save(d, cache + ".tmp")
         os.replace(cache + ".tmp", cache)
     except OSError:
         pass  # a read-only data folder only costs the decode next time
-    return Dataset("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], len(wnids),
-                   crop_padding=4, flip=True)
+    return Dataset("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], classes)
 
 
-def _cifar10_npz(path: str) -> Dataset:
+def _cifar10_npz(path: str, download: bool = False) -> Dataset:
+    """A CIFAR-10-style .npz: x_train, x_test uint8 (N, H, W, 3) with N > 0 and the same H, W; y_train, y_test
+    1-D integer labels in [0, 10) of the same lengths. Anything else raises UsageError naming the key."""
     if not os.path.isfile(path):
         raise DataNotFound(
             f"cifar10-npz needs --data-dir to be a .npz file with x_train, y_train, x_test, y_test; "
             f"{os.path.abspath(path)} is not a file.")
-    with np.load(path) as z:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z]
-        if missing:
-            raise UsageError(f"{path} lacks the keys {missing} (expects x_train, y_train, x_test, y_test)")
-        x_tr, y_tr, x_te, y_te = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    if x_tr.ndim != 4 or x_tr.shape[-1] != 3:
-        raise UsageError(f"{path}: x_train must be uint8 (N, H, W, 3), got shape {x_tr.shape}")
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
-    return Dataset("cifar10-npz", _hwc_to_chw(x_tr), torch.from_numpy(y_tr.astype(np.int64)),
-                   _hwc_to_chw(x_te), torch.from_numpy(y_te.astype(np.int64)), max(num_classes, 10),
-                   crop_padding=4, flip=True)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise UsageError(f"{path} lacks the keys {missing} (expects x_train, y_train, x_test, y_test)")
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except UsageError:
+        raise
+    except Exception as e:  # not a zip, truncated, pickled objects, ...
+        raise UsageError(f"{path} is not a readable .npz file ({type(e).__name__}: {str(e)[:120]})") from None
+    shape = None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
+            raise UsageError(f"{path}: x_{split} must be uint8 images (N, H, W, 3) with N > 0, got {x.dtype} "
+                             f"{x.shape}")
+        if shape is not None and x.shape[1:] != shape:
+            raise UsageError(f"{path}: x_train and x_test differ in image shape ({shape} vs {x.shape[1:]})")
+        shape = x.shape[1:]
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise UsageError(f"{path}: y_{split} must be 1-D integer labels, got {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise UsageError(f"{path}: y_{split} has {len(y)} labels for {len(x)} images in x_{split}")
+        if y.min() < 0 or y.max() >= 10:
+            raise UsageError(f"{path}: y_{split} must lie in [0, 10) (CIFAR-10 classes), found {y.min()}..{y.max()}")
+    return Dataset("cifar10-npz", _hwc_to_chw(arrays["x_train"]), torch.from_numpy(arrays["y_train"].astype(np.int64)),
+                   _hwc_to_chw(arrays["x_test"]), torch.from_numpy(arrays["y_test"].astype(np.int64)), 10)
+
+
+def _synthetic(root: str, download: bool = False) -> Dataset:
+    return synthetic()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data set: its loader (data_dir, download) -> Dataset, and everything a run needs to know about it."""
+    load: Callable
+    num_classes: int
+    image_size: int
+    crop_padding: int | None  # random crop with this zero padding (None: no crop)
+    flip: bool                # random horizontal flip
+    step_size: float = 2 / 255
+    weight_decay: float = 2e-4
+    how_to_get: str = ""
+
+
+DATASETS = {
+    "cifar10": DataSpec(_cifar10, 10, 32, 4, True, how_to_get="--download once"),
+    # the official code forces step 1/255 and weight decay 3.5e-3 on SVHN
+    "svhn": DataSpec(_svhn, 10, 32, None, False, step_size=1 / 255, weight_decay=3.5e-3, how_to_get="--download once"),
+    # our choices: the official code lists TinyImageNet but cannot run it
+    "tinyimagenet": DataSpec(_tinyimagenet, 200, 64, 4, True,
+                             how_to_get="unzip tiny-imagenet-200.zip into the data folder"),
+    "cifar10-npz": DataSpec(_cifar10_npz, 10, 32, 4, True, how_to_get="--data-dir path/to/file.npz"),
+    "synthetic": DataSpec(_synthetic, 10, 32, None, False, how_to_get="built in"),
+}
 
 
 def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> Dataset:
-    """Load a data set by name (see DATASETS). For `cifar10-npz`, `data_dir` is the .npz file.
-    Raises DataNotFound (naming the folder and how to get the files) or UsageError."""
-    if name == "synthetic":
-        return synthetic()
-    if name == "cifar10":
-        return _cifar10(data_dir, download)
-    if name == "svhn":
-        return _svhn(data_dir, download)
-    if name == "tinyimagenet":
-        return _tinyimagenet(data_dir)
-    if name == "cifar10-npz":
-        return _cifar10_npz(data_dir)
-    raise UsageError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    """Load a data set by name (a key of DATASETS), with its augmentation settings. For `cifar10-npz`,
+    `data_dir` is the .npz file. Raises DataNotFound (naming the folder and how to get the files) or
+    UsageError (a malformed file)."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    data = spec.load(data_dir, download)
+    data.crop_padding, data.flip = spec.crop_padding, spec.flip
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,14 +311,20 @@ def num_batches(n: int, batch_size: int, world: int = 1) -> int:
     return (per_rank + batch_size // world - 1) // (batch_size // world)
 
 
+def epoch_permutation(n: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The order of one epoch's first n training images on this rank: the generator's first draw is a
+    permutation of range(n), cut to a multiple of `world` and dealt out round-robin."""
+    perm = torch.randperm(n, generator=generator)
+    return perm[: (n // world) * world][rank::world]
+
+
 def train_batches(data: Dataset, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
                   n_train: int = 0):
     """Yield (x float [0, 1] (b, 3, H, W), y) for one shuffled, augmented epoch on the data's device.
     `batch_size` is global: each of `world` ranks gets batch_size // world images of every batch.
     The order and augmentation are a function of the generator's seed alone."""
     n = data.x_train.shape[0] if not n_train else min(n_train, data.x_train.shape[0])
-    perm = torch.randperm(n, generator=generator)
-    perm = perm[: (n // world) * world][rank::world]
+    perm = epoch_permutation(n, generator, rank, world)
     per = batch_size // world
     for start in range(0, perm.numel(), per):
         idx = perm[start:start + per].to(data.x_train.device)

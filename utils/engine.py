@@ -1,8 +1,9 @@
 """The one training engine behind train_eval_part.py, train_eval_part_t.py and train_eval_part_m.py.
 
 Schedule: epochs 1..warm_up train the plain method (AT / TRADES / MART) at full eps; later epochs attack
-each batch within a per-pixel budget from `utils.cam.epsilon_mask`, computed for that very (augmented)
-batch with the current model. Then natural / PGD-20 / MMA / AutoAttack on the test set.
+each batch within the per-element budget its mask source gives (utils.mask_sources). Then the evaluation
+suite on the test set (utils.evaluate). Reading order: `train` sets up a run, runs its epochs and writes its
+record; `train_epoch` is one epoch; `eval_only` evaluates a saved checkpoint.
 """
 import math
 import os
@@ -10,33 +11,44 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
-from models import CheckpointMismatch, build_model, extract_state_dict, load_checkpoint
+from models import CheckpointMismatch, build_model, load_checkpoint
 
 from . import config as config_mod
-from .cam import compute_cam, epsilon_mask, mask_from_cam, save_mask_figure, unwrap
-from .data import epoch_generator, load_dataset, num_batches, to_float, train_batches
+from .cams import find_target_layer
+from .config import lr_at
+from .data import Dataset, epoch_generator, load_dataset, num_batches, to_float, train_batches
 from .errors import UsageError
-from .evaluate import evaluate, library_versions, markdown_table
+from .evaluate import corruption_files, evaluate, evaluate_corruptions, make_record, markdown_table
+from .figures import save_mask_figure
+from .mask_sources import MASK_SOURCES, BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
-from .runs import (append_metrics, make_logger, rng_state, save_checkpoint, save_json, save_text,
-                   seed_everything, set_rng_state, truncate_metrics)
+from .runs import (RunFolder, append_metrics, check_out_path, clear_run, holds_run, make_logger, read_checkpoint,
+                   rng_state, save_checkpoint, save_json, save_text, seed_everything, set_rng_state, truncate_metrics)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFinite(RuntimeError):
+    """The loss or the weights stopped being finite; the message says which checkpoint is the last good one."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C."""
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM after it started: the exit code and what to do next."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------------
-# set-up
+# devices and models
 # ----------------------------------------------------------------------------------------------------
-def lr_at(cfg: dict, epoch: int) -> float:
-    """Learning rate of global epoch `epoch` (1-based): lr * 0.1 ** (number of milestones <= epoch)."""
-    return cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["lr_milestones"])
-
-
 def setup_distributed():
     """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,235 +97,422 @@ def prepare_model(cfg: dict, num_classes: int, device: torch.device) -> torch.nn
     return model
 
 
-# ----------------------------------------------------------------------------------------------------
-# one epoch
-# ----------------------------------------------------------------------------------------------------
-def _fault_point(epoch: int, batch: int) -> None:
-    """Fault injection for the kill-and-resume test: PART_FAULT_KILL_AT='epoch,batch' SIGKILLs this process."""
-    spec = os.environ.get("PART_FAULT_KILL_AT")
-    if spec and tuple(map(int, spec.split(","))) == (epoch, batch):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def train_epoch(cfg, epoch, model, train_module, optimizer, data, device, rank, world, log):
-    """Train one epoch in place. Returns the mean training loss. Raises NonFiniteLoss."""
-    from tqdm import tqdm
-    method = METHODS[cfg["variant"]]
-    masked = epoch > cfg["warm_up"] and cfg["mask"]
-    torch.manual_seed((cfg["seed"] * 100003 + epoch) * 64 + rank)
-    gen = epoch_generator(cfg["seed"], epoch)
-    n = data.x_train.shape[0] if not cfg["n_train"] else min(cfg["n_train"], data.x_train.shape[0])
-    total = num_batches(n, cfg["batch_size"], world)
-    loss_sum = torch.zeros((), device=device)
-    steps = 0
-    bar = tqdm(train_batches(data, cfg["batch_size"], gen, rank, world, cfg["n_train"]), total=total,
-               desc=f"epoch {epoch}", leave=False, disable=None if rank == 0 else True)
-    for i, (x, y) in enumerate(bar):
-        _fault_point(epoch, i)
-        if cfg.get("channels_last"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        eps = cfg["epsilon"]
-        if masked:
-            eps = epsilon_mask(model, x, cfg["epsilon"], cfg["low_epsilon"], cfg["cam"], cfg["mask_rule"],
-                               cfg.get("cam_layer"), cfg.get("cam_backend", "grad-cam"))
-        with autocast(cfg, device):
-            x_adv = method.attack(model, x, y, eps, cfg)
-            model.train()
-            loss = train_module(x, x_adv, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().float()
-        steps += 1
-        value = loss.item()  # one scalar sync a batch; the CAM pass synchronises every batch anyway
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss is {value} at epoch {epoch}, batch {i}")
-        if i % cfg["log_interval"] == 0 or i == total - 1:
-            bar.set_postfix(loss=f"{value:.4f}", eps="mask" if masked else "full")
-    mean = (loss_sum / max(steps, 1)).item()
-    if not math.isfinite(mean):
-        raise NonFiniteLoss(f"mean loss is {mean} in epoch {epoch}")
-    return mean
-
-
-def quick_eval(cfg, model, data):
-    """Natural and PGD-20 accuracy on the first n_eval_epoch test images (no MMA / AA)."""
-    return evaluate(model, data, eps=cfg["eval_epsilon"], step_size=cfg["step_size"], steps=20,
-                    attacks=("natural", "pgd20"), n_eval=cfg["n_eval_epoch"], batch_size=cfg["eval_batch_size"],
-                    seed=cfg["seed"])
-
-
-def method_label(cfg: dict) -> str:
-    """The paper's row name: AT / PART, TRADES / PART-T, MART / PART-M, and MMA / PART-MMA for --attack mma."""
-    if cfg["variant"] == "part" and cfg.get("attack") == "mma":
-        return "PART-MMA" if cfg["mask"] else "MMA"
-    return cfg["method"] if cfg["mask"] else cfg["baseline"]
-
-
-def final_record(cfg, model, data, log, checkpoint_path=None):
-    """Full evaluation -> the RobustBench-style record written as results.json."""
-    t = time.time()
-    res = evaluate(model, data, eps=cfg["eval_epsilon"], step_size=cfg["step_size"], steps=20,
-                   attacks=tuple(cfg["eval_attacks"]), n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
-                   batch_size=cfg["eval_batch_size"],
-                   seed=cfg["seed"], progress=True)
-    method = method_label(cfg)
-    record = {"method": method, "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
-              "seed": cfg["seed"], **{k: res[k] for k in ("natural", "pgd20", "mma", "aa")},
-              "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"], "eval_epsilon": cfg["eval_epsilon"],
-              "eval_time_s": round(time.time() - t, 1), "attack_time_s": res["time_s"],
-              "checkpoint": checkpoint_path, "versions": library_versions(), "config": cfg}
-    aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
-    log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
-             markdown_table(record, method))
-    return record
-
-
-def write_mask_figure(cfg, model, data, path, n=8):
-    x = to_float(data.x_test[:n]).to(next(model.parameters()).device)
-    cam = compute_cam(model, x, cfg["cam"], cfg.get("cam_layer"), cfg.get("cam_backend", "grad-cam"))
-    mask = mask_from_cam(cam, cfg["epsilon"], cfg["low_epsilon"], cfg["mask_rule"])
-    save_mask_figure(path, x, cam, mask, cfg["epsilon"])
+def finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 # ----------------------------------------------------------------------------------------------------
-# the run
+# a run
 # ----------------------------------------------------------------------------------------------------
-def train(cfg: dict) -> dict:
-    """Run training + final evaluation as configured; returns the results record (rank 0) or {}."""
+@dataclass
+class Run:
+    cfg: dict
+    data: Dataset
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    source: MaskSource
+    device: torch.device
+    rank: int
+    world: int
+    log: object
+    start_epoch: int = 1
+    best: float = -1.0
+    folder: RunFolder | None = None
+    train_module: torch.nn.Module | None = None
+    tb: object = None
+    last_saved: int | None = None  # epoch of the newest last.pt this process wrote or resumed from
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def out(self) -> str:
+        return self.cfg["out"]
+
+    def checkpoint(self, epoch: int, name: str) -> None:
+        save_checkpoint(os.path.join(self.out, name), {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+            "best_pgd20": self.best, "rng": rng_state(), "mask_source": self.source.state_dict(), "config": self.cfg})
+        if name == "last.pt":
+            self.last_saved = epoch
+
+
+def _uses_cam(cfg: dict) -> bool:
+    return (cfg["mask"] and MASK_SOURCES[cfg["mask_source"]].uses_cam) or "part-pgd" in cfg["eval_attacks"] \
+        or bool(cfg.get("cam_layer"))
+
+
+def check_resume(cfg: dict, path: str) -> dict:
+    """Read the checkpoint `--resume` names and check it can continue this run: it has optimiser and RNG state,
+    and its config agrees on every training key. Returns the checkpoint. Raises UsageError naming each
+    differing key with both values."""
+    ckpt = read_checkpoint(path)
+    if not all(k in ckpt for k in ("optimizer", "rng", "epoch", "config")):
+        raise UsageError(f"{path} holds model weights only (no optimizer or RNG state): it can be evaluated with "
+                         f"--eval-only, but not resumed")
+    saved = upgrade_config(ckpt["config"])
+    diffs = config_mod.training_differences(saved, cfg, ckpt["epoch"])
+    if diffs:
+        raise UsageError(f"--resume: {path} was trained with other settings ({'; '.join(diffs)}); resume with the "
+                         f"run's own settings, or start a new run in another --out")
+    return ckpt
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A checkpoint's config with the keys later versions added, at the values the older code used."""
+    cfg = dict(saved)
+    for key, value in (("mask_source", "cam"), ("mask_refresh", 1), ("cam_backend", "grad-cam"), ("data_fingerprint", None),
+                       ("region_eps", [6 / 255, 12 / 255, 12 / 255, 12 / 255]), ("tensorboard", False),
+                       ("eval_corruptions", None), ("overwrite", False)):
+        cfg.setdefault(key, value)
+    return config_mod.resolve(cfg["variant"], cfg)
+
+
+def setup(cfg: dict) -> Run:
+    """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
+    CIFAR-10-C folder, the checkpoint to resume) is found here, before a folder is created or a batch trained;
+    a failed start leaves no new folder behind."""
     rank, world, local = setup_distributed()
     device = pick_device(cfg["device"], local)
     configure_backends(cfg, device)
+    log = make_logger(None)
     out = cfg["out"]
-    if rank == 0:
-        os.makedirs(out, exist_ok=True)
-    barrier(world)
-    log = make_logger(out if rank == 0 else None)
-    if rank != 0:
-        log.setLevel("WARNING")
+    check_out_path(out)
+    existing = holds_run(out)
+    if existing and not (cfg.get("resume") or cfg.get("overwrite")):
+        raise UsageError(f"{out} holds another run ({', '.join(existing)}); add --resume to continue it, --overwrite "
+                         f"to delete it and start over, or choose another --out")
     if cfg["batch_size"] % world:
         raise UsageError(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
-
-    data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"]).to(device)
-    cfg["num_classes"] = data.num_classes
+    data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
+    cfg["data_fingerprint"] = data.fingerprint()
+    data = data.to(device)
+    if cfg.get("eval_corruptions"):
+        corruption_files(cfg["eval_corruptions"])
+    if cfg.get("tensorboard"):
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     seed_everything(cfg["seed"])
     model = prepare_model(cfg, data.num_classes, device)
+    if _uses_cam(cfg):
+        try:
+            find_target_layer(model, cfg.get("cam_layer"))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
-    start_epoch, best = 1, -1.0
+    run = Run(cfg, data, model, optimizer, make_source(cfg, data, rank, world), device, rank, world, log)
     if cfg.get("resume"):
         path = os.path.join(out, "last.pt") if cfg["resume"] == "last" else cfg["resume"]
-        if not os.path.isfile(path):
-            raise UsageError(f"--resume: no checkpoint at {path}")
-        ckpt = load_checkpoint(model, path)
-        optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = check_resume(cfg, path)
+        try:
+            load_checkpoint(model, path, obj=ckpt)
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (CheckpointMismatch, ValueError) as e:
+            raise UsageError(f"--resume: {e}") from None
         set_rng_state(ckpt["rng"])
-        start_epoch, best = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0)
-        if rank == 0:
-            truncate_metrics(os.path.join(out, "metrics.csv"), ckpt["epoch"])
-        log.info("resumed from %s (epoch %d done)", path, ckpt["epoch"])
-    elif rank == 0 and os.path.exists(os.path.join(out, "metrics.csv")):
-        os.remove(os.path.join(out, "metrics.csv"))
-
+        run.source.load_state_dict(ckpt.get("mask_source", {}))
+        run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
     if rank == 0:
-        save_json(os.path.join(out, "config.json"), cfg)
+        run.folder = RunFolder(out)
+        try:
+            if cfg.get("resume"):
+                dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
+            else:
+                clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
+            log = run.log = make_logger(out)
+            save_json(os.path.join(out, "config.json"), cfg)
+        except OSError as e:
+            run.folder.abandon()
+            raise UsageError(f"cannot write to the run folder {out} ({e.strerror or e})") from None
+        except BaseException:
+            run.folder.abandon()
+            raise
         log.info("config: %s", " ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+        if cfg.get("resume"):
+            log.info("resumed from %s (epoch %d done)%s", path, run.start_epoch - 1,
+                     f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "")
         log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",
                  cfg["data"], data.x_train.shape[0], data.x_test.shape[0], data.num_classes, cfg["model"],
                  sum(p.numel() for p in model.parameters()), device, world)
-
-    train_module = TrainLoss(model, METHODS[cfg["variant"]], cfg)
+        if cfg.get("tensorboard"):
+            from torch.utils.tensorboard import SummaryWriter
+            run.tb = SummaryWriter(os.path.join(out, "tb"))
+    else:
+        log.setLevel("WARNING")
+    barrier(world)
+    run.train_module = TrainLoss(model, METHODS[cfg["variant"]], cfg)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        train_module = DDP(train_module, device_ids=[device.index] if device.type == "cuda" else None)
+        run.train_module = DDP(run.train_module, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.get("compile"):
-        train_module = torch.compile(train_module)
+        run.train_module = torch.compile(run.train_module)
+    return run
 
-    def checkpoint(epoch, path):
-        save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                               "best_pgd20": best, "rng": rng_state(), "config": cfg})
 
+def _fault_point(epoch: int, batch: int) -> bool:
+    """Fault injection for the tests: PART_FAULT_KILL_AT='epoch,batch' SIGKILLs this process there;
+    PART_FAULT_NAN_AT='epoch,batch' makes that batch's loss NaN (returns True)."""
+    def at(var):
+        spec = os.environ.get(var)
+        return bool(spec) and tuple(map(int, spec.split(","))) == (epoch, batch)
+    if at("PART_FAULT_KILL_AT"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return at("PART_FAULT_NAN_AT")
+
+
+def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
+    """Train one epoch in place: each batch attacked within its budget (the mask source's after warm-up, else
+    eps), then one SGD step on the method's loss. Returns {'loss': mean training loss, 'budget_mean',
+    'eps_share'} over all processes. Raises NonFinite."""
+    from tqdm import tqdm
+    cfg, model, device = run.cfg, run.model, run.device
+    method = METHODS[cfg["variant"]]
+    torch.manual_seed((cfg["seed"] * 100003 + epoch) * 64 + run.rank)
+    gen = epoch_generator(cfg["seed"], epoch)
+    if masked:
+        run.source.start_epoch(model, epoch, run.log)
+    n = data_size(cfg, run.data)
+    total = num_batches(n, cfg["batch_size"], run.world)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    stats = BudgetStats(cfg["epsilon"], device)
+    steps = 0
+    bar = tqdm(train_batches(run.data, cfg["batch_size"], gen, run.rank, run.world, cfg["n_train"]), total=total,
+               desc=f"epoch {epoch}", leave=False, disable=None if run.rank == 0 else True)
+    for i, (x, y) in enumerate(bar):
+        poison = _fault_point(epoch, i)
+        if cfg.get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        eps = run.source.budget(model, x, i) if masked else cfg["epsilon"]
+        stats.add(eps, x)
+        with autocast(cfg, device):
+            x_adv = method.attack(model, x, y, eps, cfg)
+            model.train()
+            loss = run.train_module(x, x_adv, y)
+            if poison:
+                loss = loss * float("nan")
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        loss_sum += loss.detach().double()
+        steps += 1
+        value = loss.item()  # one scalar sync a batch; the CAM pass synchronises every batch anyway
+        if not math.isfinite(value):
+            raise NonFinite(f"loss is {value} at epoch {epoch}, batch {i}")
+        if i % cfg["log_interval"] == 0 or i == total - 1:
+            bar.set_postfix(loss=f"{value:.4f}", eps="mask" if masked else "full")
+    totals = torch.cat([torch.stack([loss_sum, torch.tensor(float(steps), dtype=torch.float64, device=device)]),
+                        stats.tensor()])
+    if run.world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(totals)
+    out = {"loss": totals[0].item() / max(totals[1].item(), 1), **BudgetStats.summary(totals[2:])}
+    if not math.isfinite(out["loss"]):
+        raise NonFinite(f"mean loss is {out['loss']} in epoch {epoch}")
+    return out
+
+
+def data_size(cfg: dict, data: Dataset) -> int:
+    return data.x_train.shape[0] if not cfg["n_train"] else min(cfg["n_train"], data.x_train.shape[0])
+
+
+def quick_eval(cfg: dict, model: torch.nn.Module, data: Dataset) -> dict:
+    """Natural and PGD-20 accuracy on the first n_eval_epoch test images (no MMA / AA)."""
+    return evaluate(model, data, attacks=("natural", "pgd20"), eps=cfg["eval_epsilon"], step_size=cfg["step_size"],
+                    n_eval=cfg["n_eval_epoch"], batch_size=cfg["eval_batch_size"], seed=cfg["seed"])
+
+
+def run_epochs(run: Run) -> None:
+    """The epoch loop: lr schedule, one epoch, the finite-weights check, the per-epoch check and row of
+    metrics.csv, and the checkpoints (best by per-epoch PGD-20, epoch_N every save_freq, last)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
+    cfg, log = run.cfg, run.log
     with logging_redirect_tqdm([log]):
-        for epoch in tqdm(range(start_epoch, cfg["epochs"] + 1), desc="epochs", initial=start_epoch - 1,
-                          total=cfg["epochs"], disable=None if rank == 0 else True):
+        for epoch in tqdm(range(run.start_epoch, cfg["epochs"] + 1), desc="epochs", initial=run.start_epoch - 1,
+                          total=cfg["epochs"], disable=None if run.rank == 0 else True):
             t0 = time.time()
             lr = lr_at(cfg, epoch)
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
+            masked = cfg["mask"] and epoch > cfg["warm_up"]
             phase = "warm-up" if epoch <= cfg["warm_up"] else ("part" if cfg["mask"] else "plain")
-            if epoch == cfg["warm_up"] + 1 and cfg["mask"]:
-                log.info("warm-up done; from epoch %d every batch is attacked within its CAM mask", epoch)
-            loss = train_epoch(cfg, epoch, model, train_module, optimizer, data, device, rank, world, log)
+            if masked and epoch == cfg["warm_up"] + 1:
+                log.info("warm-up done; from epoch %d every batch is attacked within its %s budget", epoch,
+                         cfg["mask_source"])
+            stats = train_epoch(run, epoch, masked)
             train_time = time.time() - t0
-            if rank == 0:
-                q = quick_eval(cfg, model, data)
-                row = {"epoch": epoch, "phase": phase, "lr": lr, "loss": round(loss, 5),
+            if not finite_weights(run.model):
+                raise NonFinite(f"the weights are not finite after epoch {epoch} (the loss was {stats['loss']:.4g})")
+            if run.rank == 0:
+                t1 = time.time()
+                q = quick_eval(cfg, run.model, run.data)
+                eval_time = time.time() - t1
+                own = getattr(run.source, "own_share", None) if masked else None
+                row = {"epoch": epoch, "phase": phase, "lr": lr, "loss": round(stats["loss"], 5),
                        "natural": round(q["natural"], 2), "pgd20": round(q["pgd20"], 2),
-                       "epoch_time_s": round(train_time, 2)}
-                append_metrics(os.path.join(out, "metrics.csv"), row)
-                log.info("epoch %3d  %-7s  lr %.5f  loss %.4f  natural %6.2f  pgd20 %6.2f  (%d test)  %.1fs",
-                         epoch, phase, lr, loss, q["natural"], q["pgd20"], q["n_eval"], train_time)
-                if q["pgd20"] > best:
-                    best = q["pgd20"]
-                    checkpoint(epoch, os.path.join(out, "best.pt"))
+                       "budget_mean": stats["budget_mean"], "eps_share": stats["eps_share"],
+                       "own_mask_share": None if own is None else round(own, 6),
+                       "epoch_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2)}
+                append_metrics(os.path.join(run.out, "metrics.csv"), row)
+                log.info("epoch %3d  %-7s  lr %.5f  loss %.4f  budget %.3f/255 (%.3f at eps)  natural %6.2f  "
+                         "pgd20 %6.2f (%d test)  train %.1fs  check %.1fs", epoch, phase, lr, stats["loss"],
+                         stats["budget_mean"], stats["eps_share"], q["natural"], q["pgd20"], q["n_eval"],
+                         train_time, eval_time)
+                if run.tb is not None:
+                    for key in ("loss", "natural", "pgd20", "budget_mean", "eps_share", "lr"):
+                        run.tb.add_scalar(key, row[key], epoch)
+                    run.tb.flush()
+                if q["pgd20"] > run.best:
+                    run.best = q["pgd20"]
+                    run.checkpoint(epoch, "best.pt")
                 if cfg["save_freq"] and epoch % cfg["save_freq"] == 0:
-                    checkpoint(epoch, os.path.join(out, f"epoch_{epoch}.pt"))
-                checkpoint(epoch, os.path.join(out, "last.pt"))
-            barrier(world)
+                    run.checkpoint(epoch, f"epoch_{epoch}.pt")
+                run.checkpoint(epoch, "last.pt")
+            barrier(run.world)
 
-    if world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
-        import torch.distributed as dist
-        dist.destroy_process_group()
-    if rank != 0:
-        return {}
-    record = final_record(cfg, model, data, log, os.path.join(out, "last.pt"))
-    save_json(os.path.join(out, "results.json"), record)
-    save_text(os.path.join(out, "results.md"), markdown_table(record, record["method"]))
-    if cfg["mask_figure"]:
-        write_mask_figure(cfg, model, data, os.path.join(out, "mask.png"))
-    log.info("wrote %s", out)
+
+def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
+                     checkpoint: str | None) -> dict:
+    """Run the evaluation suite as configured and write <folder>/<name>.json and .md (and aa_log.txt)."""
+    t = time.time()
+    res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
+                   step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
+                   batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg,
+                   aa_log=os.path.join(folder, "aa_log.txt"), log=log, progress=True)
+    if cfg.get("eval_corruptions"):
+        res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
+                                                  cfg["eval_batch_size"], log)
+    record = make_record(cfg, res, checkpoint, time.time() - t)
+    aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
+    log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
+             markdown_table(record, record["method"]))
+    save_json(os.path.join(folder, f"{name}.json"), record)
+    save_text(os.path.join(folder, f"{name}.md"), markdown_table(record, record["method"]))
+    log.info("wrote %s", os.path.join(folder, f"{name}.json"))
     return record
+
+
+def write_mask_figure(run: Run, n: int = 8) -> None:
+    cfg = run.cfg
+    x = to_float(run.data.x_test[:n]).to(run.device)
+    cam, budget = run.source.preview(run.model, x)
+    note = "" if cfg["mask"] else " (not used: this run trained with --no-mask)"
+    save_mask_figure(os.path.join(run.out, "mask.png"), x, cam, budget, cfg["epsilon"], cfg["low_epsilon"],
+                     f"{cfg['method']}, mask source '{cfg['mask_source']}'{note}: budgets of the first {n} test images")
+
+
+def train(cfg: dict) -> dict:
+    """Train and evaluate as configured; returns the results record (rank 0) or {}."""
+    run = setup(cfg)
+    try:
+        try:
+            run_epochs(run)
+        except (KeyboardInterrupt, Terminated) as e:
+            code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
+            if run.last_saved is not None:
+                hint = f"continue with the same command plus --resume (last.pt holds epoch {run.last_saved})"
+            else:
+                hint = "no epoch was finished, so there is nothing to resume: start again with the same command"
+            if run.rank == 0:
+                run.log.warning("%s; %s", what, hint)
+            raise Interrupted(code, f"{what}; {hint}") from None
+        if run.world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
+            import torch.distributed as dist
+            dist.destroy_process_group()
+        if run.rank != 0:
+            return {}
+        record = write_evaluation(cfg, run.model, run.data, run.log, run.out, "results", os.path.join(run.out, "last.pt"))
+        if cfg["mask_figure"]:
+            write_mask_figure(run)
+        return record
+    finally:
+        if run.tb is not None:
+            run.tb.close()
+        if run.folder is not None:
+            run.folder.release()
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluating a checkpoint
+# ----------------------------------------------------------------------------------------------------
+EVAL_OVERRIDES = ("data", "data_dir", "download", "device", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
+                  "eval_epsilon", "eval_corruptions", "cam_backend")
 
 
 def eval_only(cfg: dict, explicit: set) -> dict:
-    """Evaluate a checkpoint with the config stored in it; flags given on the command line for data location,
-    device and evaluation override it. Writes eval_<checkpoint>.json/.md beside the checkpoint (or in --out)."""
+    """Evaluate a checkpoint with the config stored in it; the flags given on the command line for the data,
+    device and evaluation take precedence (another data set must have the model's classes and image size).
+    A checkpoint of other code (TRADES, MART, official PART) takes everything from the flags. Writes
+    eval_<checkpoint>.json/.md beside the checkpoint (or in --out)."""
     path = cfg["eval_only"]
-    if not os.path.isfile(path):
-        raise UsageError(f"--eval-only: no checkpoint at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    saved = obj.get("config") if isinstance(obj, dict) else None
-    run_cfg = dict(cfg)  # a foreign checkpoint (TRADES, MART, official PART): everything comes from the flags
+    obj = read_checkpoint(path)
+    saved = obj.get("config")
+    run_cfg = dict(cfg)
     if saved:
-        run_cfg = dict(saved)
-        for key in ("data_dir", "download", "device", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
-                    "eval_epsilon"):
+        run_cfg = upgrade_config(saved)
+        for key in EVAL_OVERRIDES:
             if key in explicit or key not in run_cfg:
                 run_cfg[key] = cfg[key]
+        run_cfg = config_mod.resolve(run_cfg["variant"], run_cfg)
+        if run_cfg["data"] != saved["data"]:
+            if run_cfg["num_classes"] != saved.get("num_classes", run_cfg["num_classes"]) or \
+                    run_cfg["image_size"] != saved.get("image_size", run_cfg["image_size"]):
+                raise UsageError(f"--data {run_cfg['data']} ({run_cfg['num_classes']} classes, {run_cfg['image_size']} px) "
+                                 f"does not fit the checkpoint's model, trained on {saved['data']} "
+                                 f"({saved.get('num_classes')} classes, {saved.get('image_size')} px)")
+            run_cfg["trained_on"] = saved["data"]
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
-    data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False)).to(device)
+    data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))
+    run_cfg["data_fingerprint"] = data.fingerprint()
+    data = data.to(device)
+    if run_cfg.get("eval_corruptions"):
+        corruption_files(run_cfg["eval_corruptions"])
     model = prepare_model(run_cfg, data.num_classes, device)
     try:
-        load_checkpoint(model, path)
+        load_checkpoint(model, path, obj=obj)
     except CheckpointMismatch as e:
         raise UsageError(f"{e} (model {run_cfg['model']}, width {run_cfg.get('width')}, "
                          f"{data.num_classes} classes)") from None
+    if "part-pgd" in run_cfg["eval_attacks"]:
+        try:
+            find_target_layer(model, run_cfg.get("cam_layer"))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
-    os.makedirs(out, exist_ok=True)
-    log = make_logger(None)
-    record = final_record(run_cfg, model, data, log, path)
+    check_out_path(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {out} ({e.strerror})") from None
     stem = os.path.splitext(os.path.basename(path))[0]
-    save_json(os.path.join(out, f"eval_{stem}.json"), record)
-    save_text(os.path.join(out, f"eval_{stem}.md"), markdown_table(record, record["method"]))
-    log.info("wrote %s", os.path.join(out, f"eval_{stem}.json"))
-    return record
+    return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the entry point
+# ----------------------------------------------------------------------------------------------------
+def _what_exists(out: str) -> str:
+    path = os.path.join(out, "last.pt")
+    if os.path.isfile(path):
+        try:
+            epoch = read_checkpoint(path).get("epoch")
+            return f"the last good checkpoint is {path} (epoch {epoch})"
+        except UsageError:
+            return f"{path} exists but cannot be read"
+    return f"no checkpoint was written to {out}"
 
 
 def main(variant: str, constants: dict, argv=None) -> int:
-    """Entry point of the three scripts. Returns the process exit code (2 for bad input)."""
+    """Entry point of the three scripts. Returns the process exit code: 0 done, 2 bad input (or a failed
+    write), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM."""
+    def on_term(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    make_logger(None)
+    cfg = None
     try:
         cfg, explicit = config_mod.parse(variant, constants, argv)
         if cfg.get("eval_only"):
@@ -324,13 +523,20 @@ def main(variant: str, constants: dict, argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CheckpointMismatch as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"error: training stopped: {e}. The last good checkpoint is kept in {cfg['out']}/last.pt; "
-              f"try a lower --lr or check the data.", file=sys.stderr)
+    except NonFinite as e:
+        print(f"error: training stopped: {e}; {_what_exists(cfg['out'])}. Try a lower --lr or check the data.",
+              file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
+    except OSError as e:
+        where = f" ({_what_exists(cfg['out'])})" if cfg and not cfg.get("eval_only") else ""
+        print(f"error: {e.strerror or e}{': ' + str(e.filename) if getattr(e, 'filename', None) else ''}{where}",
+              file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return e.code
+    except (KeyboardInterrupt, Terminated) as e:  # before the run started
+        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

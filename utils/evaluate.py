@@ -1,20 +1,86 @@
-"""The robust evaluation suite: natural, PGD-20, MMA and AutoAttack accuracy, as a JSON record and table."""
-import platform
-import time
+"""The robust evaluation suite: one registry of evaluation attacks, CIFAR-10-C, and the JSON record.
 
+Attack names (for --eval-attacks, keys of results.json, columns of the report):
+  natural    clean accuracy
+  pgdN       PGD with N steps of the evaluation step size, random start (pgd20, pgd50, pgd100, ...)
+  mma        minimum-margin attack (k = 3), 20 steps
+  cw         CW-inf: PGD on the Carlini-Wagner margin loss, 30 steps, random start (TRADES / MART settings)
+  part-pgd   PGD-20 within the model's own PART mask (eps where its CAM marks, eps_low elsewhere)
+  aa         AutoAttack, standard version (fra31), on the first n_eval_aa images
+"""
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 
-from attacks import autoattack, autoattack_version, mma, pgd
+from attacks import autoattack, autoattack_version, cw, frozen, mma, pgd
 
 from .data import Dataset, eval_batches, to_float
+from .errors import UsageError
+from .mask_sources import epsilon_mask
+from .units import fraction_text
 
-COLUMNS = (("natural", "Natural"), ("pgd20", "PGD-20"), ("mma", "MMA"), ("aa", "AA"))
+
+@dataclass(frozen=True)
+class EvalAttack:
+    """run(model, x, y, ctx) -> images to classify; ctx holds eps, step_size and the run's config."""
+    title: str
+    run: Callable
+
+
+def _pgd_steps(steps):
+    return lambda model, x, y, c: pgd(model, x, y, c["eps"], c["step_size"], steps)
+
+
+def _part_pgd(model, x, y, c):
+    cfg = c["cfg"]
+    budget = epsilon_mask(model, x, c["eps"], cfg["low_epsilon"], cfg["cam"], cfg["mask_rule"], cfg.get("cam_layer"),
+                          cfg.get("cam_backend", "grad-cam"))
+    return pgd(model, x, y, budget, c["step_size"], 20)
+
+
+EVAL_ATTACKS = {
+    "natural": EvalAttack("Natural", lambda model, x, y, c: x),
+    "pgd20": EvalAttack("PGD-20", _pgd_steps(20)),
+    "mma": EvalAttack("MMA", lambda model, x, y, c: mma(model, x, y, c["eps"], c["step_size"], 20, k=3)),
+    "cw": EvalAttack("CW-inf", lambda model, x, y, c: cw(model, x, y, c["eps"], c["step_size"], 30)),
+    "part-pgd": EvalAttack("PART-PGD", _part_pgd),
+    "aa": EvalAttack("AA", None),  # run on its own subset, see `evaluate`
+}
+DEFAULT_EVAL_ATTACKS = ("natural", "pgd20", "mma", "aa")
+
+
+def eval_attack(name: str) -> EvalAttack:
+    """The registry entry of `name`; pgdN for any N >= 1 is PGD with N steps."""
+    if name in EVAL_ATTACKS:
+        return EVAL_ATTACKS[name]
+    m = re.fullmatch(r"pgd([1-9][0-9]*)", name)
+    if m:
+        return EvalAttack(f"PGD-{m.group(1)}", _pgd_steps(int(m.group(1))))
+    raise ValueError(f"unknown evaluation attack {name!r}; choose from natural, pgdN (e.g. pgd20, pgd50), mma, cw, "
+                     f"part-pgd, aa")
+
+
+def check_eval_attack(name: str) -> str:
+    eval_attack(name)
+    return name
+
+
+def column_title(name: str) -> str:
+    return "CIFAR-10-C" if name == "corruptions" else eval_attack(name).title
 
 
 def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("torchvision", "numpy", "grad-cam"):
+    for pkg in ("torchvision", "numpy", "grad-cam", "pillow"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -24,66 +90,186 @@ def library_versions() -> dict:
     return out
 
 
-def evaluate(model: torch.nn.Module, data: Dataset, *, eps: float = 8 / 255, step_size: float = 2 / 255,
-             steps: int = 20, attacks=("natural", "pgd20", "mma", "aa"), n_eval: int = 0, n_eval_aa: int = 0,
-             batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
-    """Accuracy in percent on the first `n_eval` test images (all when 0) under each of `attacks`:
-    natural; PGD-20 and MMA (k=3, `steps` steps of `step_size`, random start); AutoAttack standard, on the
-    first `n_eval_aa` images (0: the same n_eval images; AA is by far the most expensive).
-    Returns {'natural', 'pgd20', 'mma', 'aa' (None when not run), 'n_eval', 'n_eval_aa', 'n_test', 'time_s'}.
-    The model's mode is left as it was; the global RNG is seeded with `seed` first (repeatable)."""
+def provenance() -> dict:
+    """The code's git commit, whether tracked files differ from it, and the exact command line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {"commit": None, "dirty": None, "command": [sys.executable, *sys.argv]}
+    try:
+        out["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                       timeout=10).stdout.strip() or None
+        if out["commit"]:
+            status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout
+            out["dirty"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _accuracy(model, x, y, batch_size):
+    with torch.no_grad():
+        return sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                   for i in range(0, x.shape[0], batch_size))
+
+
+def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTACKS, eps: float = 8 / 255,
+             step_size: float = 2 / 255, n_eval: int = 0, n_eval_aa: int = 0, batch_size: int = 256, seed: int = 0,
+             cfg: dict | None = None, aa_log: str | None = None, log=None, progress: bool = False) -> dict:
+    """Accuracy in percent on the first `n_eval` test images (all when 0) under each of `attacks` (names as in
+    the module docstring), AutoAttack on the first `n_eval_aa` (0: the same n_eval images). `cfg` is the run's
+    config (needed by part-pgd: low_epsilon, cam, mask_rule). Each attack is seeded with `seed` afresh, so its
+    figure does not depend on which other attacks ran. `log` (a logger) gets a line as each attack starts and
+    ends; `aa_log` receives AutoAttack's own log.
+    Returns {name: accuracy, ..., 'n_eval', 'n_eval_aa' (None without aa), 'n_test', 'time_s': {name: s},
+    'aa_breakdown': {...} (with aa)}; the default attacks that did not run are None. The model is left as `attacks.frozen` guarantees."""
     from tqdm import tqdm
-    torch.manual_seed(seed)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     n_test = data.x_test.shape[0]
     n = n_test if not n_eval else min(n_eval, n_test)
     n_aa = n if not n_eval_aa else min(n_eval_aa, n_test)
-    correct = {a: 0 for a in attacks}
-    times = {a: 0.0 for a in attacks}
-
-    def timed(name, fn):
-        t = time.time()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times[name] += time.time() - t
-        return out
-
-    try:
-        batches = eval_batches(data, batch_size, n)
-        for x, y in tqdm(batches, total=-(-n // batch_size), desc="eval", disable=None if progress else True, leave=False):
-            x, y = x.to(device), y.to(device)
-            if "natural" in attacks:
-                with torch.no_grad():
-                    correct["natural"] += timed("natural", lambda: (model(x).argmax(1) == y).sum())
-            for name, attack in (("pgd20", pgd), ("mma", mma)):
-                if name in attacks:
-                    xa = timed(name, lambda: attack(model, x, y, eps, step_size, steps))
-                    with torch.no_grad():
-                        correct[name] += (model(xa).argmax(1) == y).sum()
-        if "aa" in attacks:
-            x = to_float(data.x_test[:n_aa]).to(device)
-            y = data.y_test[:n_aa].to(device)
-            num_classes = data.num_classes
-            xa = timed("aa", lambda: autoattack(model, x, y, eps, num_classes=num_classes, batch_size=batch_size,
-                                                seed=seed))
-            with torch.no_grad():
-                correct["aa"] = sum((model(xa[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum()
-                                    for i in range(0, n_aa, batch_size))
-    finally:
-        model.train(was_training)
-    count = {"aa": n_aa}
-    result = {name: (100.0 * int(correct[name]) / count.get(name, n) if name in attacks else None)
-              for name, _ in COLUMNS}
-    result.update(n_eval=n, n_eval_aa=n_aa if "aa" in attacks else None, n_test=n_test, time_s={k: round(v, 2) for k, v in times.items()})
+    ctx = {"eps": eps, "step_size": step_size, "cfg": cfg or {}}
+    result = {**{a: None for a in DEFAULT_EVAL_ATTACKS}, "n_eval": n, "n_eval_aa": n_aa if "aa" in attacks else None,
+              "n_test": n_test, "time_s": {}}
+    say = log.info if log else (lambda *a: None)
+    with frozen(model):
+        for name in attacks:
+            size = n_aa if name == "aa" else n
+            say("eval %s: started on %d test images", name, size)
+            torch.manual_seed(seed)
+            t = time.time()
+            if name == "aa":
+                x, y = to_float(data.x_test[:n_aa]).to(device), data.y_test[:n_aa].to(device)
+                xa, breakdown = autoattack(model, x, y, eps, num_classes=data.num_classes, batch_size=batch_size,
+                                           seed=seed, log_path=aa_log, progress=(lambda m: say("eval aa: %s", m)))
+                correct = _accuracy(model, xa, y, batch_size)
+                result["aa_breakdown"] = breakdown
+            else:
+                run = eval_attack(name).run
+                correct = 0
+                for x, y in tqdm(eval_batches(data, batch_size, n), total=-(-n // batch_size), desc=name,
+                                 disable=None if progress else True, leave=False):
+                    x, y = x.to(device), y.to(device)
+                    correct += _accuracy(model, run(model, x, y, ctx), y, batch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            result["time_s"][name] = round(time.time() - t, 2)
+            result[name] = 100.0 * correct / size
+            say("eval %s: %.2f%% (%d/%d) in %.1f s", name, result[name], correct, size, result["time_s"][name])
     return result
 
 
+# ----------------------------------------------------------------------------------------------------
+# CIFAR-10-C
+# ----------------------------------------------------------------------------------------------------
+def corruption_files(folder: str) -> list[str]:
+    """The corruption names in a CIFAR-10-C folder (<name>.npy beside labels.npy), checked: each file uint8
+    (5 * N, H, W, 3) and labels.npy of the same length. Raises UsageError naming the path and the problem."""
+    if not os.path.isdir(folder):
+        raise UsageError(f"--eval-corruptions: {folder} is not a folder (expects <corruption>.npy files and "
+                         f"labels.npy, as CIFAR-10-C is published)")
+    labels_path = os.path.join(folder, "labels.npy")
+    if not os.path.isfile(labels_path):
+        raise UsageError(f"--eval-corruptions: {labels_path} is missing")
+    labels = _load_npy(labels_path, mmap=False)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) == 0 or len(labels) % 5:
+        raise UsageError(f"--eval-corruptions: {labels_path} must hold 5 * N integer labels, got {labels.dtype} "
+                         f"{labels.shape}")
+    names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".npy") and f != "labels.npy")
+    if not names:
+        raise UsageError(f"--eval-corruptions: no <corruption>.npy file in {folder}")
+    for name in names:
+        path = os.path.join(folder, name + ".npy")
+        a = _load_npy(path)
+        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+            raise UsageError(f"--eval-corruptions: {path} must be uint8 images (5 * N, H, W, 3), got {a.dtype} {a.shape}")
+        if len(a) % 5:
+            raise UsageError(f"--eval-corruptions: {path} has {len(a)} images, not a multiple of 5 severities")
+        if len(a) != len(labels):
+            raise UsageError(f"--eval-corruptions: {path} has {len(a)} images but labels.npy {len(labels)} labels")
+    return names
+
+
+def _load_npy(path, mmap=True):
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:
+        raise UsageError(f"--eval-corruptions: {path} is not a readable .npy file ({type(e).__name__})") from None
+
+
+def evaluate_corruptions(model: torch.nn.Module, folder: str, n_eval: int = 0, batch_size: int = 256,
+                         log=None) -> dict:
+    """Natural accuracy (percent) on every corruption of a CIFAR-10-C folder at each severity 1..5, on the
+    first n_eval images of each severity (all when 0): {name: [sev1, ..., sev5], 'mean': over names and
+    severities}. Batches are cut as the natural evaluation cuts the test set."""
+    device = next(model.parameters()).device
+    labels = torch.from_numpy(np.asarray(_load_npy(os.path.join(folder, "labels.npy"), mmap=False), dtype=np.int64))
+    out = {}
+    with frozen(model):
+        for name in corruption_files(folder):
+            images = _load_npy(os.path.join(folder, name + ".npy"))
+            per = len(images) // 5
+            n = per if not n_eval else min(n_eval, per)
+            accs = []
+            for sev in range(5):
+                lo = sev * per
+                x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + n]).transpose(0, 3, 1, 2).copy())
+                correct = 0
+                for i in range(0, n, batch_size):
+                    xb = to_float(x[i:i + batch_size]).to(device)
+                    correct += _accuracy(model, xb, labels[lo + i:lo + i + xb.shape[0]].to(device), batch_size)
+                accs.append(100.0 * correct / n)
+            out[name] = accs
+            if log:
+                log.info("eval corruption %s: %s", name, " ".join(f"{a:.2f}" for a in accs))
+    out["mean"] = float(np.mean([a for k, v in out.items() for a in v]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the record
+# ----------------------------------------------------------------------------------------------------
+ARCHITECTURES = {"resnet18": ("ResNet-18", 64), "wrn34-10": ("WideResNet-34-10", 10)}
+
+
+def robustbench_fields(cfg: dict, res: dict) -> dict:
+    """RobustBench's model-info fields (strings as RobustBench writes them)."""
+    arch, standard = ARCHITECTURES.get(cfg["model"], (cfg["model"], None))
+    if cfg.get("width") not in (None, standard):
+        arch += f" (width {cfg['width']})"
+    return {"clean_acc": None if res.get("natural") is None else f"{res['natural']:.2f}",
+            "autoattack_acc": None if res.get("aa") is None else f"{res['aa']:.2f}",
+            "eps": fraction_text(cfg["eval_epsilon"]), "architecture": arch, "dataset": cfg["data"],
+            "threat_model": "Linf", "number_forward_passes": 1}
+
+
+def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float) -> dict:
+    """The JSON record of an evaluated model: accuracies, sizes, config, provenance, RobustBench fields."""
+    accs = {k: v for k, v in res.items() if k not in ("n_eval", "n_eval_aa", "n_test", "time_s")}
+    return {"method": cfg["method"], "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
+            "seed": cfg["seed"], **accs, "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"],
+            "eval_epsilon": cfg["eval_epsilon"], "eval_time_s": round(eval_time_s, 1), "attack_time_s": res["time_s"],
+            "checkpoint": checkpoint, **robustbench_fields(cfg, res), **provenance(), "versions": library_versions(),
+            "config": cfg}
+
+
+def record_columns(record: dict) -> list[str]:
+    """The accuracy columns a record holds, in the order they were evaluated."""
+    names = [k for k in record.get("config", {}).get("eval_attacks", []) if k in record]
+    names += [k for k in ("natural", "pgd20", "mma", "aa") if k in record and k not in names]  # older records
+    if isinstance(record.get("corruptions"), dict):
+        names.append("corruptions")
+    return names
+
+
+def column_value(record: dict, name: str):
+    v = record.get(name)
+    return v.get("mean") if isinstance(v, dict) else v
+
+
 def markdown_table(record: dict, label: str | None = None) -> str:
-    """One-row markdown table in the paper's column order: Natural | PGD-20 | MMA | AA ('-' if not run)."""
-    head = ([("Method", label)] if label else []) + [(title, record.get(key)) for key, title in COLUMNS]
+    """One-row markdown table of a record's accuracies, in evaluation order ('-' where a value is None)."""
+    cols = record_columns(record)
+    head = ([("Method", label)] if label else []) + [(column_title(c), column_value(record, c)) for c in cols]
     cells = [v if isinstance(v, str) else ("-" if v is None else f"{v:.2f}") for _, v in head]
     return ("| " + " | ".join(t for t, _ in head) + " |\n|" + "---|" * len(head) + "\n| "
             + " | ".join(cells) + " |\n")

@@ -1,7 +1,10 @@
-"""The three variants differ only here: how the training examples are attacked and what loss is taken.
+"""The methods: one registry entry each, holding everything that makes PART, PART-T and PART-M differ.
 
-Each method's `attack(model, x, y, eps, cfg)` takes a float or per-element budget `eps`; its
-`loss(model, x, x_adv, y, cfg)` runs the model in train mode and returns a scalar.
+Each entry names its script, its display names (masked and baseline, per training attack), the training
+attacks it allows, and its two pieces of arithmetic:
+- `attack(model, x, y, eps, cfg)`: the inner maximisation within `eps` (a float or a per-element budget);
+- `loss(model, x, x_adv, y, cfg)`: the outer loss, written out below, run with the model in train mode.
+A new variant is one entry here plus one script. Everything else (flags, engine, grid, report) reads `METHODS`.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -9,46 +12,82 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from attacks import mart_attack, mart_loss, mma, pgd, trades_attack, trades_loss
+from attacks import mart_attack, mma, pgd, trades_attack
 
 
-def _at_attack(model, x, y, eps, cfg):
+# ----------------------------------------------------------------------------------------------------
+# the outer losses
+# ----------------------------------------------------------------------------------------------------
+def at_loss(model, x, x_adv, y, cfg):
+    """AT / PART: cross-entropy on the adversarial examples."""
+    return F.cross_entropy(model(x_adv), y)
+
+
+def trades_loss(logits_nat, logits_adv, y, beta=6.0):
+    """TRADES: CE(f(x), y) + beta * (1/B) * sum_i KL(p(x_i) || p(x_adv_i))."""
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="sum")
+    return F.cross_entropy(logits_nat, y) + beta * kl / logits_nat.shape[0]
+
+
+def mart_loss(logits_nat, logits_adv, y, beta=6.0):
+    """MART: BCE(p(x_adv), y) + beta * (1/B) * sum_i KL(p(x_i) || p(x_adv_i)) * (1 - p_y(x_i)), where
+    BCE = CE(f(x_adv), y) - log(1 - max_{k != y} p_k(x_adv)), with the official code's constants."""
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    new_y = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), new_y)
+    nat_probs = F.softmax(logits_nat, dim=1)
+    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+    return loss_adv + beta * (kl * (1.0000001 - true_probs)).sum() / logits_nat.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the inner maximisations
+# ----------------------------------------------------------------------------------------------------
+def at_attack(model, x, y, eps, cfg):
     if cfg["attack"] == "mma":
         return mma(model, x, y, eps, cfg["step_size"], cfg["num_steps"], k=3)
     return pgd(model, x, y, eps, cfg["step_size"], cfg["num_steps"])
 
 
-def _at_loss(model, x, x_adv, y, cfg):
-    return F.cross_entropy(model(x_adv), y)
-
-
-def _trades_attack(model, x, y, eps, cfg):
-    return trades_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"])
-
-
-def _trades_loss(model, x, x_adv, y, cfg):
-    return trades_loss(model(x), model(x_adv), y, cfg["beta"])
-
-
-def _mart_attack(model, x, y, eps, cfg):
-    return mart_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"])
-
-
-def _mart_loss(model, x, x_adv, y, cfg):
-    return mart_loss(model(x), model(x_adv), y, cfg["beta"])
-
-
+# ----------------------------------------------------------------------------------------------------
+# the registry
+# ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
+    script: str
+    names: dict   # training attack -> (masked name, baseline name); the first attack is the default
     attack: Callable
     loss: Callable
+    uses_beta: bool = False
+
+    @property
+    def attacks(self) -> tuple:
+        return tuple(self.names)
+
+    def label(self, attack: str, masked: bool) -> str:
+        """The paper's row name of a run: e.g. PART / AT, PART-MMA / MMA, PART-T / TRADES."""
+        name, baseline = self.names[attack]
+        return name if masked else baseline
 
 
 METHODS = {
-    "part": Method(_at_attack, _at_loss),
-    "part_t": Method(_trades_attack, _trades_loss),
-    "part_m": Method(_mart_attack, _mart_loss),
+    "part": Method("train_eval_part.py", {"pgd": ("PART", "AT"), "mma": ("PART-MMA", "MMA")}, at_attack, at_loss),
+    "part_t": Method("train_eval_part_t.py", {"trades": ("PART-T", "TRADES")},
+                     lambda model, x, y, eps, cfg: trades_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"]),
+                     lambda model, x, x_adv, y, cfg: trades_loss(model(x), model(x_adv), y, cfg["beta"]),
+                     uses_beta=True),
+    "part_m": Method("train_eval_part_m.py", {"mart": ("PART-M", "MART")},
+                     lambda model, x, y, eps, cfg: mart_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"]),
+                     lambda model, x, x_adv, y, cfg: mart_loss(model(x), model(x_adv), y, cfg["beta"]),
+                     uses_beta=True),
 }
+
+
+def labels() -> dict:
+    """Every display name -> (variant, training attack, masked): the inverse of the registry's names."""
+    return {m.label(a, masked): (v, a, masked) for v, m in METHODS.items() for a in m.attacks for masked in (True, False)}
 
 
 class TrainLoss(torch.nn.Module):

@@ -1,20 +1,53 @@
-"""A run folder: logger, config, per-epoch metrics CSV, atomic checkpoints, JSON records."""
+"""A run folder: its guard and lock, logger, config, per-epoch metrics CSV, atomic checkpoints, JSON records."""
 import csv
+import fcntl
 import json
 import logging
 import os
+import pickle
 import random
+import shutil
 import sys
+import zipfile
 
 import numpy as np
 import torch
 
+from .errors import UsageError
 
+# what a run writes into its folder (--overwrite deletes exactly these)
+RUN_FILES = ("config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md", "mask.png",
+             "aa_log.txt")
+RUN_PATTERNS = ("epoch_", "eval_")
+LOCK = ".lock"
+
+
+# ----------------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------------
 def atomic_write(path: str, write) -> None:
-    """Call write(tmp_path), then rename over `path`: a crash never leaves a half-written file."""
+    """Call write(tmp_path), fsync it, then rename it over `path`: a crash never leaves a half-written file,
+    and a failed write (a full disk) removes its temporary file and leaves `path` as it was."""
     tmp = f"{path}.tmp.{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def save_json(path: str, obj) -> None:
@@ -36,8 +69,35 @@ def save_checkpoint(path: str, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint's content as a dict. Ours (and plain state dicts) load with weights_only=True; an older or
+    foreign pickle falls back to a full load. Raises UsageError, naming the file, when it cannot be read."""
+    if not os.path.isfile(path):
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, AttributeError,
+            ImportError, IndexError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); "
+                         f"it is truncated, damaged or not a PyTorch checkpoint") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------
+# RNG state, stored as plain tensors and lists so that checkpoints load with weights_only=True
+# ----------------------------------------------------------------------------------------------------
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,8 +105,14 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    else:  # checkpoints written before the RNG state was stored as tensors
+        np.random.set_state(n)
+        random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -57,10 +123,78 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ----------------------------------------------------------------------------------------------------
+# the folder
+# ----------------------------------------------------------------------------------------------------
+def holds_run(out: str) -> list[str]:
+    """The files of a run in `out` that a fresh run would overwrite or mix with (empty: none)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(f for f in os.listdir(out) if f in ("last.pt", "best.pt", "results.json")
+                  or (f.startswith("epoch_") and f.endswith(".pt")))
+
+
+def check_out_path(out: str) -> None:
+    """Refuse an --out that cannot be a folder: an existing file, or a path under one."""
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {out} is a file, not a folder")
+    parent = path
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise UsageError(f"--out {out} lies under {parent}, which is a file")
+
+
+def clear_run(out: str) -> None:
+    """Delete what a run wrote into `out` (its known files and tb/), leaving anything else alone."""
+    for f in os.listdir(out):
+        p = os.path.join(out, f)
+        if f in RUN_FILES or any(f.startswith(s) for s in RUN_PATTERNS) or ".tmp." in f:
+            os.remove(p)
+        elif f == "tb" and os.path.isdir(p):
+            shutil.rmtree(p)
+
+
+class RunFolder:
+    """Create (if needed) and exclusively lock a run folder for the life of a run. On a failed start,
+    `abandon()` removes the folder again if this run created it and wrote nothing that matters into it."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.created = not os.path.isdir(out)
+        try:
+            os.makedirs(out, exist_ok=True)
+            self.fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot create or write the run folder {out} ({e.strerror})") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise UsageError(f"another process is using the run folder {out} (it holds the lock on "
+                             f"{os.path.join(out, LOCK)}); wait for it or choose another --out") from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def abandon(self) -> None:
+        """Release the lock; remove the folder if this run created it and nothing but start-up files are in it."""
+        self.release()
+        if self.created and os.path.isdir(self.out) and \
+                set(os.listdir(self.out)) <= {LOCK, "log.txt", "config.json", "metrics.csv"}:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+
 def make_logger(out_dir: str | None, name: str = "part") -> logging.Logger:
-    """Logger writing timestamped lines to stdout and, when out_dir is given, to out_dir/log.txt."""
+    """Logger writing timestamped lines to stdout and, when out_dir is given, to out_dir/log.txt (appended)."""
     logger = logging.getLogger(name)
-    logger.handlers.clear()
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
     logger.setLevel(logging.INFO)
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -74,7 +208,11 @@ def make_logger(out_dir: str | None, name: str = "part") -> logging.Logger:
     return logger
 
 
-METRIC_FIELDS = ["epoch", "phase", "lr", "loss", "natural", "pgd20", "epoch_time_s"]
+# ----------------------------------------------------------------------------------------------------
+# metrics.csv
+# ----------------------------------------------------------------------------------------------------
+METRIC_FIELDS = ["epoch", "phase", "lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "own_mask_share",
+                 "epoch_time_s", "eval_time_s"]
 
 
 def append_metrics(path: str, row: dict) -> None:
@@ -88,15 +226,38 @@ def append_metrics(path: str, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def truncate_metrics(path: str, last_epoch: int) -> None:
-    """Drop rows after `last_epoch` (a resumed run rewrites them)."""
+def read_metrics(path: str) -> list[dict]:
+    """The readable rows of a metrics.csv (a row whose epoch is not a whole number is skipped)."""
     if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= last_epoch]
+        return []
+    rows = []
+    with open(path, newline="", errors="replace") as f:
+        for r in csv.DictReader(f):
+            try:
+                r["epoch"] = int(r.get("epoch") or "")
+            except ValueError:
+                continue
+            rows.append(r)
+    return rows
+
+
+def truncate_metrics(path: str, last_epoch: int) -> int:
+    """Rewrite metrics.csv with its readable rows of epochs 1..last_epoch (one per epoch, the last one seen),
+    in the current columns; a resumed run appends the rest. Returns how many lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, errors="replace") as f:
+        lines = max(sum(1 for _ in f) - 1, 0)
+    keep = {}
+    for r in read_metrics(path):
+        if 1 <= r["epoch"] <= last_epoch:
+            keep[r["epoch"]] = r
+    rows = [keep[e] for e in sorted(keep)]
+
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
     atomic_write(path, write)
+    return lines - len(rows)

@@ -1,0 +1,72 @@
+"""Figures (matplotlib, no pyplot state): the mask picture of a run and the training curves of a report."""
+import numpy as np
+import torch
+
+from .mask_rules import jet
+from .units import fraction_text
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_mask_figure(path: str, x: torch.Tensor, cam: torch.Tensor | None, budget: torch.Tensor, eps: float,
+                     eps_low: float, title: str) -> None:
+    """A labelled PNG: row 'image' (x, (B, 3, H, W) in [0, 1]), row 'CAM' (cam (B, H, W) in jet, when given) and
+    row 'budget' (budget shaped like x, averaged over the three colour channels, in units of 1/255, with a
+    colour bar), a title and a caption saying how to read the budget row."""
+    x = x.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    b = (budget.detach().float().cpu().expand(len(x), -1, -1, -1).mean(1) * 255).numpy()
+    rows = [("image", None)] + ([("CAM", jet(cam.detach().cpu()).float().numpy())] if cam is not None else []) + \
+        [("budget", None)]
+    n = len(x)
+    fig = _figure(1.3 * n + 1.2, 1.45 * len(rows) + 0.9)
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    lo, hi = min(float(b.min()), 255 * eps_low), max(float(b.max()), 255 * eps)
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+    shown = None
+    for r, (name, heat) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if name == "image":
+                ax.imshow(x[i].clip(0, 1), interpolation="nearest")
+            elif name == "CAM":
+                ax.imshow(heat[i], interpolation="nearest")
+            else:
+                shown = ax.imshow(b[i], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+        axes[r, 0].set_ylabel(name, fontsize=11)
+    bar = fig.colorbar(shown, ax=axes[-1, :].tolist(), shrink=0.9, pad=0.01)
+    bar.set_label("budget (1/255)")
+    fig.suptitle(title, fontsize=10)
+    fig.text(0.5, 0.0, f"budget: the L-inf budget of each pixel, mean of its three colour channels, in 1/255. "
+                       f"eps = {fraction_text(eps)}, eps_low = {fraction_text(eps_low)}; a value in between means "
+                       f"eps in some channels only.", ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.savefig(path)
+
+
+def save_curves(path: str, groups: dict) -> None:
+    """Training curves: `groups` maps a label to {'epoch': [...], column: (mean list, std list or None)} for the
+    columns natural, pgd20, budget_mean and eps_share; one line per group, a band of +-1 std over seeds."""
+    panels = [("natural", "natural accuracy (%)"), ("pgd20", "PGD-20 accuracy (%)"),
+              ("budget_mean", "mean budget (1/255)"), ("eps_share", "share of elements at eps")]
+    panels = [p for p in panels if any(p[0] in g for g in groups.values())]
+    fig = _figure(4.2 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (col, title) in zip(axes, panels):
+        for label, g in groups.items():
+            if col not in g:
+                continue
+            ep = np.asarray(g["epoch"], dtype=float)
+            mean, std = (np.asarray(v, dtype=float) if v is not None else None for v in g[col])
+            line, = ax.plot(ep, mean, label=label, lw=1.5)
+            if std is not None and np.isfinite(std).any():
+                ax.fill_between(ep, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.savefig(path)
