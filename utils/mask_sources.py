@@ -52,18 +52,24 @@ def pil_bicubic_operator(h: int, w: int, out_h: int, out_w: int) -> torch.Tensor
     return torch.from_numpy(np.stack(cols, axis=1))
 
 
-def official_cam(model: torch.nn.Module, x: torch.Tensor, cam: str = "gradcam",
-                 target_layer: str | None = None) -> torch.Tensor:
-    """The CAM as the official code (torchcam 0.3.2, torchvision 0.14) hands it to its mask rule: the layer's
-    relu'd map, scaled by (m - min) / max(m - min) with no guard (a constant map becomes NaN, as torchcam's
-    division by zero does), resized bicubically to the image size by PIL in float mode, not clipped and not
-    scaled again. (B, H, W) float32 on x's device; values may overshoot [0, 1] slightly."""
-    m = layer_cams(model, x, cam, target_layer).double()
+def official_postprocess(raw: torch.Tensor, size: tuple) -> torch.Tensor:
+    """The official code's CAM post-processing (torchcam 0.3.2, torchvision 0.14): per map, (m - min) / max(m - min)
+    with no guard (a constant map becomes NaN, as torchcam's division by zero does), then PIL's bicubic resize in
+    float ('F') mode to `size` (H, W), neither clipped nor scaled again. raw: (B, h, w) relu'd layer maps.
+    Returns (B, H, W) float32; values may overshoot [0, 1] slightly. No 8-bit image conversion happens."""
+    m = raw.double()
     m = m - m.amin(dim=(1, 2), keepdim=True)
     m = m / m.amax(dim=(1, 2), keepdim=True)
     b, h, w = m.shape
-    op = pil_bicubic_operator(h, w, x.shape[-2], x.shape[-1]).to(x.device)
-    return (m.reshape(b, h * w) @ op.T).reshape(b, *x.shape[-2:]).float()
+    op = pil_bicubic_operator(h, w, *size).to(raw.device)
+    return (m.reshape(b, h * w) @ op.T).reshape(b, *size).float()
+
+
+def official_cam(model: torch.nn.Module, x: torch.Tensor, cam: str = "gradcam",
+                 target_layer: str | None = None) -> torch.Tensor:
+    """The CAM as the official code hands it to its mask rule: `official_postprocess` of the layer's map.
+    (B, H, W) float32 on x's device."""
+    return official_postprocess(layer_cams(model, x, cam, target_layer), tuple(x.shape[-2:]))
 
 
 # ----------------------------------------------------------------------------------------------------
