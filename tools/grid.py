@@ -89,9 +89,9 @@ def commands(study, data, models, rows, seeds, root, extra=(), tag=None):
     out = []
     for d in data:
         for m in models:
-            for row in rows:
-                script, flags = STUDIES[study][row]
-                for s in seeds:
+            for s in seeds:  # seed by seed, so that an unfinished grid has whole seeds of every row
+                for row in rows:
+                    script, flags = STUDIES[study][row]
                     folder = os.path.join(root, f"{d}-{m}" + (f"-{tag}" if tag else ""), f"{row}-seed{s}")
                     out.append((folder, [interpreter(), script, "--data", d, "--model", m, *flags, "--seed", str(s),
                                          "--out", folder, *extra]))
