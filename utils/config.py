@@ -219,18 +219,29 @@ def explicit_flags(parser: Parser, argv) -> set:
     return set(vars(parser.parse_args(argv)))
 
 
+# keys that later versions added, at the values older code used (for checkpoints and records written before)
+LATER_DEFAULTS = {"mask_source": "cam", "mask_refresh": 1, "cam_backend": "grad-cam", "data_fingerprint": None,
+                  "region_eps": [6 / 255, 12 / 255, 12 / 255, 12 / 255], "tensorboard": False, "eval_corruptions": None,
+                  "overwrite": False}
+
+
+def upgrade(saved: dict) -> dict:
+    """A config (from a checkpoint or a record) with the keys later versions added filled in."""
+    cfg = dict(saved)
+    for key, value in LATER_DEFAULTS.items():
+        cfg.setdefault(key, value)
+    cfg.pop("baseline", None)
+    return cfg
+
+
 def resolve(variant: str, args: dict) -> dict:
     """The run's full config as a plain dict: data-set defaults and the lr schedule filled in, the method's
     names added, values checked. Raises UsageError with a message fit for the user."""
-    cfg = dict(args)
+    cfg = upgrade(args)
     method = METHODS[variant]
     cfg["variant"] = variant
     cfg.setdefault("attack", method.attacks[0])
     cfg.setdefault("beta", None)
-    cfg.setdefault("mask_source", "cam")
-    cfg.setdefault("mask_refresh", 1)
-    cfg.setdefault("region_eps", [6 / 255, 12 / 255, 12 / 255, 12 / 255])
-    cfg.setdefault("cam_backend", "grad-cam")
     cfg["region_eps"] = list(cfg["region_eps"])
     spec = DATASETS[cfg["data"]]
     for key in ("step_size", "weight_decay"):
@@ -238,8 +249,8 @@ def resolve(variant: str, args: dict) -> dict:
             cfg[key] = getattr(spec, key)
     if cfg.get("lr_milestones") is None:
         cfg["lr_milestones"] = [cfg["epochs"]]
-    cfg["method"] = method.label(cfg["attack"], cfg["mask"])
-    cfg.pop("baseline", None)
+    # a run whose budgets come from no CAM (the regions source) is its baseline method with other budgets
+    cfg["method"] = method.label(cfg["attack"], cfg["mask"] and MASK_SOURCES[cfg["mask_source"]].uses_cam)
     cfg["num_classes"], cfg["image_size"] = spec.num_classes, spec.image_size
     validate(cfg)
     if not cfg.get("out"):

@@ -157,13 +157,8 @@ def check_resume(cfg: dict, path: str) -> dict:
 
 
 def upgrade_config(saved: dict) -> dict:
-    """A checkpoint's config with the keys later versions added, at the values the older code used."""
-    cfg = dict(saved)
-    for key, value in (("mask_source", "cam"), ("mask_refresh", 1), ("cam_backend", "grad-cam"), ("data_fingerprint", None),
-                       ("region_eps", [6 / 255, 12 / 255, 12 / 255, 12 / 255]), ("tensorboard", False),
-                       ("eval_corruptions", None), ("overwrite", False)):
-        cfg.setdefault(key, value)
-    return config_mod.resolve(cfg["variant"], cfg)
+    """A checkpoint's config, with the keys later versions added, resolved again."""
+    return config_mod.resolve(saved["variant"], config_mod.upgrade(saved))
 
 
 def setup(cfg: dict) -> Run:

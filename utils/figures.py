@@ -54,7 +54,7 @@ def save_curves(path: str, groups: dict) -> None:
     panels = [("natural", "natural accuracy (%)"), ("pgd20", "PGD-20 accuracy (%)"),
               ("budget_mean", "mean budget (1/255)"), ("eps_share", "share of elements at eps")]
     panels = [p for p in panels if any(p[0] in g for g in groups.values())]
-    fig = _figure(4.2 * len(panels), 3.6)
+    fig = _figure(4.2 * len(panels), 3.4 + 0.22 * len(groups))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (col, title) in zip(axes, panels):
         for label, g in groups.items():
@@ -67,6 +67,8 @@ def save_curves(path: str, groups: dict) -> None:
                 ax.fill_between(ep, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=1 if len(groups) > 4 else len(groups))
     fig.savefig(path)
