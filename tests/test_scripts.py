@@ -59,10 +59,12 @@ def test_script_end_to_end(variant, tmp_path):
     assert "config:" in log.splitlines()[0] and "PGD-20" in log
 
 
-@pytest.mark.parametrize("variant", ["part", "part_t"])
-def test_equal_budgets_train_exactly_like_the_baseline(variant, tmp_path):
-    """With eps_low == eps the mask is computed every batch but equals eps everywhere: same weights as --no-mask."""
-    common = ["--num-steps", "5", "--eval-attacks", "natural"]  # 5 steps of 2/255 reach the 7/255 budget
+@pytest.mark.parametrize("variant,source", [("part", "cam"), ("part_t", "cam"), ("part", "official"),
+                                            ("part", "permuted")])
+def test_equal_budgets_train_exactly_like_the_baseline(variant, source, tmp_path):
+    """With eps_low == eps every CAM source computes its masks but they equal eps everywhere: the same weights as
+    --no-mask (the sources draw no random numbers the training uses and leave the model as they found it)."""
+    common = ["--num-steps", "5", "--eval-attacks", "natural", "--mask-source", source]  # 5 steps reach 7/255
     assert run(variant, tmp_path / "a", "--low-epsilon", "8/255", *common) == 0
     assert run(variant, tmp_path / "b", "--no-mask", *common) == 0
     assert same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
@@ -71,6 +73,26 @@ def test_equal_budgets_train_exactly_like_the_baseline(variant, tmp_path):
     assert not same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "c" / "last.pt"))
 
 
+@pytest.mark.parametrize("source", ["cam", "official", "official-refresh2", "permuted", "regions"])
+def test_resume_is_exact_with_every_mask_source(source, tmp_path, monkeypatch):
+    """A run cut after epoch 3 of 4 (its last checkpoint) and resumed ends with the weights of an uninterrupted
+    run; with --mask-refresh 2 the official masks of epoch 3 come back from the checkpoint."""
+    name, _, refresh = source.partition("-refresh")
+    args = ["--epochs", "4", "--lr-milestones", "4", "--eval-attacks", "natural", "--mask-source", name,
+            "--mask-refresh", refresh or "1"]
+    assert run("part", tmp_path / "whole", *args) == 0
+    monkeypatch.setenv("PART_FAULT_NAN_AT", "4,0")
+    assert run("part", tmp_path / "cut", *args) == 3
+    cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert cut["epoch"] == 3
+    if refresh:  # masked epochs 1 and 2 (epochs 2 and 3) had passes; epoch 4 reuses epoch 3's masks
+        assert cut["mask_source"]["pass_epoch"] == 3 and len(cut["mask_source"]["bits"]) == 2
+    monkeypatch.delenv("PART_FAULT_NAN_AT")
+    assert run("part", tmp_path / "cut", *args, "--resume") == 0
+    assert same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     """SIGKILL in the middle of epoch 2 (of 3), then --resume: the same final weights as an uninterrupted run."""
     args = [sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--epochs", "3",
@@ -102,6 +124,7 @@ def test_eval_only_reproduces_the_final_record(tmp_path):
         assert again[key] == rec[key], key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,needle", [
     (["--data", "mnist"], "invalid choice: 'mnist'"),
     (["--model", "vgg"], "invalid choice: 'vgg'"),
@@ -148,6 +171,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, 
     assert "no checkpoint was written" in capsys.readouterr().err and not (tmp_path / "s" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_on_cpu(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517",

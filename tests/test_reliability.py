@@ -1,0 +1,367 @@
+"""No silent wrong result: bad input stops early with exit 2 and one line; resume and the run folder are guarded."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.test_scripts import SCRIPTS, TINY, constants, run, same_weights, weights
+from utils.engine import main
+from utils.runs import RunFolder, atomic_write, save_json, truncate_metrics
+
+
+def call(variant, argv, capsys):
+    """(exit code, stderr) of a script's main, in this process."""
+    capsys.readouterr()
+    code = main(variant, constants(SCRIPTS[variant]), argv)
+    return code, capsys.readouterr().err
+
+
+def npz(path, **override):
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y_train=np.arange(40) % 10,
+                  x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_test=np.arange(20) % 10)
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def bad_file(tmp, kind):
+    p = tmp / f"{kind}.npz"
+    if kind == "float":
+        return npz(p, x_train=np.random.rand(40, 32, 32, 3).astype(np.float32))
+    if kind == "int16":
+        return npz(p, x_test=np.full((20, 32, 32, 3), 300, np.int16))
+    if kind == "label999":
+        return npz(p, y_train=np.r_[np.arange(39) % 10, 999])
+    if kind == "long-labels":
+        return npz(p, y_test=np.arange(25) % 10)
+    if kind == "empty":
+        return npz(p, x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, np.int64))
+    if kind == "float-labels":
+        return npz(p, y_train=(np.arange(40) % 10).astype(np.float32))
+    if kind == "random-bytes":
+        p.write_bytes(os.urandom(2000))
+        return str(p)
+    if kind == "truncated":
+        npz(p)
+        p.write_bytes(p.read_bytes()[:3000])
+        return str(p)
+    if kind == "pickled":
+        np.savez(p, x_train=np.array([{"a": 1}] * 40, dtype=object), y_train=np.arange(40), x_test=np.zeros(1),
+                 y_test=np.zeros(1))
+        return str(p)
+    raise ValueError(kind)
+
+
+# case: (variant, extra argv (TMP stands for the test's folder), exit code, a word the message must contain)
+BAD_INPUT = [
+    ("part", ["--n-eval", "-5"], 2, "--n-eval"),
+    ("part", ["--eval-epsilon", "-1"], 2, "--eval-epsilon"),
+    ("part", ["--eval-epsilon", "2"], 2, "[0, 1]"),
+    ("part", ["--epsilon", "100"], 2, "--epsilon"),
+    ("part", ["--epsilon", "nan"], 2, "finite"),
+    ("part", ["--low-epsilon", "inf"], 2, "finite"),
+    ("part_t", ["--beta", "-6"], 2, "--beta"),
+    ("part", ["--momentum", "-5"], 2, "--momentum"),
+    ("part", ["--momentum", "1"], 2, "--momentum"),
+    ("part", ["--step-size", "0"], 2, "--step-size"),
+    ("part", ["--step-size", "-1/255"], 2, "--step-size"),
+    ("part", ["--lr", "0"], 2, "--lr"),
+    ("part", ["--lr", "nan"], 2, "--lr"),
+    ("part", ["--weight-decay", "-1e-4"], 2, "--weight-decay"),
+    ("part", ["--batch-size", "0"], 2, "--batch-size"),
+    ("part", ["--eval-batch-size", "0"], 2, "--eval-batch-size"),
+    ("part", ["--log-interval", "0"], 2, "--log-interval"),
+    ("part", ["--num-steps", "-1"], 2, "--num-steps"),
+    ("part", ["--n-train", "-1"], 2, "--n-train"),
+    ("part", ["--width", "0"], 2, "--width"),
+    ("part", ["--seed", "-1"], 2, "--seed"),
+    ("part", ["--mask-refresh", "0"], 2, "--mask-refresh"),
+    ("part", ["--region-eps", "1", "2", "0", "0"], 2, "--region-eps"),
+    ("part", ["--device", "foo"], 2, "--device"),
+    ("part", ["--eval-attacks", "pgd0"], 2, "pgd0"),
+    ("part", ["--mask-source", "random"], 2, "--mask-source"),
+    ("part", ["--low-epsilon", "9/255"], 2, "--low-epsilon"),
+    ("part", ["--cam-layer", "layer9"], 2, "layer9"),
+    ("part", ["--eval-attacks", "part-pgd", "--no-mask", "--cam-layer", "nope"], 2, "nope"),
+    ("part", ["--out", "TMP/afile/run"], 2, "is a file"),
+    ("part", ["--out", "TMP/afile"], 2, "is a file"),
+    ("part", ["--eval-corruptions", "TMP/nothing"], 2, "not a folder"),
+    ("part", ["--resume", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
+    ("part", ["--eval-only", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
+    ("part", ["--eval-only", "TMP/nothing.pt"], 2, "no checkpoint"),
+    ("part", ["--resume", "TMP/weights_only.pt"], 2, "--eval-only"),
+] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
+    ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
+    ("empty", "N > 0"), ("float-labels", "integer"), ("random-bytes", "not a readable"),
+    ("truncated", "not a readable"), ("pickled", "not a readable")]]
+
+
+@pytest.mark.parametrize("variant,argv,code,word", BAD_INPUT, ids=[" ".join(c[1])[:40] for c in BAD_INPUT])
+def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(300))
+    torch.save({"model": {}}, tmp_path / "weights_only.pt")
+    for kind in ("float", "int16", "label999", "long-labels", "empty", "float-labels", "random-bytes", "truncated",
+                 "pickled"):
+        bad_file(tmp_path, kind)
+    argv = [a.replace("TMP", str(tmp_path)) for a in argv]
+    out = tmp_path / "run"
+    got, err = call(variant, [*TINY, "--out", str(out), *argv], capsys)
+    assert got == code, err
+    assert word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "Traceback" not in err
+    assert not out.exists()  # found before the first epoch, and a failed start leaves no folder behind
+
+
+def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--epsilon", "100",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_as_budget_refuses_negative_and_non_finite():
+    from attacks import as_budget
+    x = torch.zeros(2, 3, 4, 4)
+    for bad in (-1 / 255, float("nan"), float("inf"), torch.full_like(x, -0.1), torch.tensor([0.1, float("nan")])[:, None, None, None]):
+        with pytest.raises(ValueError):
+            as_budget(bad, x)
+    assert as_budget(0.0, x).item() == 0 and as_budget(torch.full_like(x, 0.01), x).shape == x.shape
+
+
+# ----------------------------------------------------------------------------------------------------
+# resume and the run folder
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch PART run."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run("part", out, "--eval-attacks", "natural") == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--seed", "2", "--lr", "0.1", "--epsilon", "10/255", "--no-mask"],
+     ["seed: 1 -> 2", "lr: 0.01 -> 0.1", "epsilon: 8/255 -> 10/255", "mask: True -> False"]),
+    (["--epochs", "1"], ["epochs: 1 is fewer than the 2 epochs already done"]),
+    (["--epochs", "3"], ["lr_milestones: 2 -> 3", "--lr-milestones 2"]),
+    (["--mask-source", "official", "--cam", "layercam"], ["mask_source: cam -> official", "cam: gradcam -> layercam"]),
+    (["--n-train", "32", "--batch-size", "16"], ["n_train: 64 -> 32", "batch_size: 32 -> 16"]),
+    (["--data", "cifar10-npz", "--data-dir", "NPZ"], ["data: synthetic -> cifar10-npz", "data_fingerprint"]),
+])
+def test_resume_refuses_other_training_settings(finished, argv, words, tmp_path, capsys):
+    argv = [a.replace("NPZ", npz(tmp_path / "d.npz")) for a in argv]
+    before = (finished / "last.pt").read_bytes()
+    code, err = call("part", [*TINY, "--out", str(finished), "--resume", *argv], capsys)
+    assert code == 2 and "was trained with other settings" in err, err
+    for w in words:
+        assert w in err, (w, err)
+    assert (finished / "last.pt").read_bytes() == before
+
+
+def test_resume_takes_more_epochs_and_other_run_control_flags(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("part", out, "--lr-milestones", "3", "--eval-attacks", "natural") == 0
+    code, err = call("part", [*TINY, "--out", str(out), "--resume", "--epochs", "3", "--lr-milestones", "3",
+                              "--n-eval", "16", "--log-interval", "7", "--device", "cpu", "--eval-attacks", "natural"],
+                     capsys)
+    assert code == 0, err
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["config"]["epochs"] == 3 and rec["n_eval"] == 16
+    assert [l.split(",")[0] for l in (out / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(finished, tmp_path, capsys):
+    code, err = call("part", [*TINY, "--out", str(finished)], capsys)
+    assert code == 2 and "--resume" in err and "--overwrite" in err and "holds another run" in err
+    assert (finished / "results.json").exists()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in ("last.pt", "results.json", "metrics.csv", "config.json"):
+        (copy / f).write_bytes((finished / f).read_bytes())
+    (copy / "notes.txt").write_text("mine")
+    code, err = call("part", [*TINY, "--out", str(copy), "--overwrite", "--eval-attacks", "natural", "--seed", "5"],
+                     capsys)
+    assert code == 0, err
+    assert json.loads((copy / "results.json").read_text())["seed"] == 5 and (copy / "notes.txt").exists()
+    assert len((copy / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_the_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
+    held = RunFolder(str(tmp_path / "busy"))
+    try:
+        code, err = call("part", [*TINY, "--out", str(tmp_path / "busy")], capsys)
+        assert code == 2 and "another process is using" in err
+    finally:
+        held.release()
+    assert run("part", tmp_path / "busy", "--epochs", "1", "--eval-attacks", "natural") == 0
+
+
+def test_resume_rebuilds_a_damaged_metrics_file(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("part", out, "--epochs", "3", "--lr-milestones", "3", "--eval-attacks", "natural") == 0
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt["epoch"] = 2  # pretend the run was cut after epoch 2
+    torch.save(ckpt, out / "cut.pt")
+    (out / "metrics.csv").write_text((out / "metrics.csv").read_text() + "garbage,\x00\x01,,\n3x,1\n")
+    assert truncate_metrics(str(out / "metrics.csv"), 2) == 3
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"] and rows[0].startswith("epoch,phase")
+
+
+def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finished, tmp_path, capsys):
+    path = npz(tmp_path / "d.npz")
+    code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "cifar10-npz", "--data-dir", path,
+                              "--n-eval", "8", "--eval-attacks", "natural", "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "e" / "eval_last.json").read_text())
+    assert rec["data"] == "cifar10-npz" and rec["config"]["data_dir"] == path
+    assert rec["config"]["trained_on"] == "synthetic" and rec["n_test"] == 20
+    code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "tinyimagenet"], capsys)
+    assert code == 2 and "does not fit" in err and "200 classes" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# files on disk
+# ----------------------------------------------------------------------------------------------------
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "x.json"
+    save_json(str(target), {"a": 1})
+
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(str(target), fail)
+    assert json.loads(target.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["x.json"]
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import utils.runs
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(obj.get("epoch") if isinstance(obj, dict) else None)
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(utils.runs.torch, "save", save)
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "r"), "--eval-attacks", "natural"], capsys)
+    monkeypatch.undo()
+    assert code == 2 and "No space left on device" in err and "last.pt (epoch 1)" in err, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
+    assert not [f for f in os.listdir(tmp_path / "r") if ".tmp." in f]
+
+
+def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    import torchvision.datasets
+    from urllib.error import URLError
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    code, err = call("part", [*TINY, "--data", "cifar10", "--data-dir", str(tmp_path), "--download",
+                              "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "downloading CIFAR-10" in err and "by hand" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import utils.data
+    from utils.data import load_dataset
+    from utils.errors import DataNotFound
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    ann = []
+    for k, w in enumerate(wnids):
+        (base / "train" / w / "images").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((64, 64, 3), 50 * k + i, np.uint8)).save(base / "train" / w / "images" / f"{i}.JPEG")
+        Image.fromarray(np.full((64, 64, 3), 9, np.uint8)).save(base / "val" / "images" / f"v{k}.JPEG")
+        ann.append(f"v{k}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    monkeypatch.setattr(utils.data, "TINY_EXPECTED", {"classes": 2, "train": 4, "test": 2})
+    d = load_dataset("tinyimagenet", str(tmp_path))
+    assert d.x_train.shape[0] == 4 and (base / "part_cache_uint8.pt").exists()
+    # a half-copied folder is refused; a folder with other files than the cache was built from rebuilds it
+    (base / "train" / "n02" / "images" / "1.JPEG").unlink()
+    with pytest.raises(DataNotFound, match="incomplete"):  # half-copied: counts do not match
+        load_dataset("tinyimagenet", str(tmp_path))
+    Image.fromarray(np.full((64, 64, 3), 123, np.uint8)).save(base / "train" / "n02" / "images" / "9.JPEG")
+    d2 = load_dataset("tinyimagenet", str(tmp_path))  # same counts, other files: the cache is rebuilt
+    assert abs(int(d2.x_train[3, 0, 5, 5]) - 123) <= 2
+    (base / "train" / "n02" / "images" / "9.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(DataNotFound, match="9.JPEG"):
+        utils.data._read_images([str(base / "train" / "n02" / "images" / "9.JPEG")])
+    (base / "train" / "n01" / "images" / "0.JPEG").rename(base / "elsewhere.JPEG")
+    with pytest.raises(DataNotFound, match="incomplete"):
+        load_dataset("tinyimagenet", str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------------
+# signals
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigterm_behaves_like_ctrl_c_and_is_logged(tmp_path):
+    out = tmp_path / "r"
+    args = [sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--epochs", "30", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert "--resume" in err and "Traceback" not in err
+    assert "terminated (SIGTERM)" in (out / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_prints_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--out",
+                             str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    time.sleep(0.3)  # inside the imports
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_before_the_first_checkpoint_says_start_again(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--n-train", "2000",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    deadline = time.time() + 120
+    while not (out / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "start again" in err and "--resume" not in err, err
+    assert "interrupted (Ctrl-C)" in (out / "log.txt").read_text()
+    # and starting again in that folder works: it holds no finished epoch
+    assert run("part", out, "--epochs", "1", "--eval-attacks", "natural") == 0
