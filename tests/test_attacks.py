@@ -183,6 +183,7 @@ def test_trades_and_mart_losses_match_formulas(beta):
     assert mart_loss(ln, la, y, beta).item() == pytest.approx(_mart_reference(a, b, t, beta), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_autoattack_runs_through_the_real_package(trained, batch):
     model, _ = trained
     x, y = batch[0][:6], batch[1][:6]
@@ -195,6 +196,7 @@ def test_autoattack_runs_through_the_real_package(trained, batch):
         assert (model(xa).argmax(1) == y).sum() <= (model(x).argmax(1) == y).sum()
 
 
+@pytest.mark.slow
 def test_evaluation_record_and_table(trained, synth, tmp_path):
     model, _ = trained
     rec = evaluate(model, synth, attacks=("natural", "pgd20", "mma", "aa"), n_eval=8, batch_size=8)

@@ -36,7 +36,7 @@ def same_weights(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("variant", list(SCRIPTS))
+@pytest.mark.parametrize("variant", [pytest.param("part", marks=pytest.mark.slow), "part_t", "part_m"])
 def test_script_end_to_end(variant, tmp_path):
     extra = ["--eval-attacks", "natural", "pgd20", "mma", "aa", "--n-eval", "8"] if variant == "part" else []
     assert run(variant, tmp_path / "run", "--mask-figure", *extra) == 0

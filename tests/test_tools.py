@@ -175,10 +175,16 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
 def test_benchmark_runs_and_writes_its_record(tmp_path):
     out = tmp_path / "b.json"
     rec = benchmark.main(["--models", "resnet18", "--width", "4", "--batch-size", "8", "--iters", "1",
-                          "--warmup", "0", "--settings", "fp32", "--json", str(out)])
+                          "--warmup", "1", "--settings", "fp32", "--json", str(out)])
     saved = json.loads(out.read_text())
     r = saved["results"]["resnet18/fp32"]
-    for step in ("at_step", "part_step", "mask", "pgd20_eval"):
+    for step in ("at_step", "part_step", "mask", "official_mask", "pgd20_eval"):
         assert r[step]["ms_per_batch"] > 0 and r[step]["images_per_s"] > 0
     assert r["part_over_at"] > 0 and saved["device"] and saved["versions"]["torch"]
     assert rec["results"].keys() == saved["results"].keys()
+    with pytest.raises(SystemExit):
+        benchmark.main(["--warmup", "0"])  # an unwarmed first call would be timed
+    rec = benchmark.main(["--eval", "--models", "resnet18", "--width", "4", "--eval-batch-size", "16",
+                          "--eval-attacks", "natural", "pgd20", "cw", "--json", str(out)])
+    r = rec["results"]["resnet18/eval"]
+    assert r["pgd20"]["vs_pgd20"] == 1.0 and r["cw"]["s"] > 0 and r["natural"]["vs_pgd20"] < 1

@@ -253,9 +253,10 @@ def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float
 
 
 def record_columns(record: dict) -> list[str]:
-    """The accuracy columns a record holds, in the order they were evaluated."""
-    names = [k for k in record.get("config", {}).get("eval_attacks", []) if k in record]
-    names += [k for k in ("natural", "pgd20", "mma", "aa") if k in record and k not in names]  # older records
+    """The accuracy columns of a record: the attacks its config ran, in that order (a record without a config:
+    the four standard columns), then CIFAR-10-C when evaluated."""
+    attacks = record.get("config", {}).get("eval_attacks")
+    names = [k for k in attacks if k in record] if attacks else [k for k in DEFAULT_EVAL_ATTACKS if k in record]
     if isinstance(record.get("corruptions"), dict):
         names.append("corruptions")
     return names
