@@ -50,3 +50,24 @@ def trained(synth):
     with torch.no_grad():
         acc = (model(to_float(synth.x_test)).argmax(1) == synth.y_test).float().mean().item()
     return model, acc
+
+
+def tiny_imagenet_folder(root, wnids, per_class, train_value, val_value):
+    """A TinyImageNet-200 folder as distributed, in miniature: per_class constant-colour training images per wnid
+    (colour train_value(k, i)) and one validation image per wnid (colour val_value(k)). Returns its base folder."""
+    import numpy as np
+    from PIL import Image
+    base = root / "tiny-imagenet-200"
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    ann = []
+    for k, w in enumerate(wnids):
+        d = base / "train" / w / "images"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((64, 64, 3), train_value(k, i), np.uint8)).save(d / f"{w}_{i}.JPEG", quality=100)
+        Image.fromarray(np.full((64, 64, 3), val_value(k), np.uint8)).save(base / "val" / "images" / f"val_{k}.JPEG",
+                                                                           quality=100)
+        ann.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    return base

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SHARED_NPZ
+from tests.conftest import SHARED_NPZ, tiny_imagenet_folder
 from utils.data import (DataNotFound, epoch_generator, load_dataset, random_crop_flip, synthetic, eval_batches,
                         train_batches)
 
@@ -70,23 +70,9 @@ def test_missing_data_error_names_folder_and_fix(tmp_path, name, words):
 
 
 def test_tinyimagenet_folder_as_distributed(tmp_path, monkeypatch):
-    from PIL import Image
     import utils.data
     monkeypatch.setattr(utils.data, "TINY_EXPECTED", {"classes": 2, "train": 6, "test": 2})
-    base = tmp_path / "tiny-imagenet-200"
-    wnids = ["n02", "n01"]
-    (base / "val" / "images").mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    ann = []
-    for k, w in enumerate(wnids):
-        d = base / "train" / w / "images"
-        d.mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.full((64, 64, 3), 40 * k + i, np.uint8)).save(d / f"{w}_{i}.JPEG", quality=100)
-        Image.fromarray(np.full((64, 64, 3), 200 + k, np.uint8)).save(base / "val" / "images" / f"val_{k}.JPEG",
-                                                                       quality=100)
-        ann.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    tiny_imagenet_folder(tmp_path, ["n02", "n01"], 3, lambda k, i: 40 * k + i, lambda k: 200 + k)
     d = load_dataset("tinyimagenet", str(tmp_path))
     assert d.x_train.shape == (6, 3, 64, 64) and d.x_test.shape == (2, 3, 64, 64)
     # classes are indexed in sorted wnid order: n01 -> 0, n02 -> 1

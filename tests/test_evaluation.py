@@ -152,3 +152,16 @@ def test_autoattack_breakdown_and_log(tmp_path):
     values = [rec["aa_breakdown"][k] for k in ["clean", *steps]]
     assert values == sorted(values, reverse=True) and rec["aa"] == pytest.approx(values[-1])
     assert "eval aa: robust accuracy after" in (tmp_path / "r" / "log.txt").read_text() or not steps
+
+
+def test_make_cifar10c_writes_the_published_layout(tmp_path, trained):
+    pytest.importorskip("imagecorruptions")
+    from tools import make_cifar10c
+    out = tmp_path / "c"
+    assert make_cifar10c.main(["--data", "synthetic", "--n", "6", "--out", str(out), "--corruptions",
+                               "gaussian_noise", "contrast"]) == 0
+    assert corruption_files(str(out)) == ["contrast", "gaussian_noise"]
+    a = np.load(out / "gaussian_noise.npy")
+    assert a.shape == (30, 32, 32, 3) and a.dtype == np.uint8 and np.load(out / "labels.npy").shape == (30,)
+    res = evaluate_corruptions(trained[0], str(out))
+    assert len(res["contrast"]) == 5 and 0 <= res["mean"] <= 100

@@ -285,34 +285,24 @@ def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
     from PIL import Image
 
     import utils.data
+    from tests.conftest import tiny_imagenet_folder
     from utils.data import load_dataset
     from utils.errors import DataNotFound
-    base = tmp_path / "tiny-imagenet-200"
-    wnids = ["n01", "n02"]
-    (base / "val" / "images").mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    ann = []
-    for k, w in enumerate(wnids):
-        (base / "train" / w / "images").mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.full((64, 64, 3), 50 * k + i, np.uint8)).save(base / "train" / w / "images" / f"{i}.JPEG")
-        Image.fromarray(np.full((64, 64, 3), 9, np.uint8)).save(base / "val" / "images" / f"v{k}.JPEG")
-        ann.append(f"v{k}.JPEG\t{w}\t0\t0\t63\t63")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    base = tiny_imagenet_folder(tmp_path, ["n01", "n02"], 2, lambda k, i: 50 * k + i, lambda k: 9)
     monkeypatch.setattr(utils.data, "TINY_EXPECTED", {"classes": 2, "train": 4, "test": 2})
     d = load_dataset("tinyimagenet", str(tmp_path))
     assert d.x_train.shape[0] == 4 and (base / "part_cache_uint8.pt").exists()
     # a half-copied folder is refused; a folder with other files than the cache was built from rebuilds it
-    (base / "train" / "n02" / "images" / "1.JPEG").unlink()
+    (base / "train" / "n02" / "images" / "n02_1.JPEG").unlink()
     with pytest.raises(DataNotFound, match="incomplete"):  # half-copied: counts do not match
         load_dataset("tinyimagenet", str(tmp_path))
-    Image.fromarray(np.full((64, 64, 3), 123, np.uint8)).save(base / "train" / "n02" / "images" / "9.JPEG")
+    Image.fromarray(np.full((64, 64, 3), 123, np.uint8)).save(base / "train" / "n02" / "images" / "n02_9.JPEG")
     d2 = load_dataset("tinyimagenet", str(tmp_path))  # same counts, other files: the cache is rebuilt
     assert abs(int(d2.x_train[3, 0, 5, 5]) - 123) <= 2
-    (base / "train" / "n02" / "images" / "9.JPEG").write_bytes(b"not a jpeg")
-    with pytest.raises(DataNotFound, match="9.JPEG"):
-        utils.data._read_images([str(base / "train" / "n02" / "images" / "9.JPEG")])
-    (base / "train" / "n01" / "images" / "0.JPEG").rename(base / "elsewhere.JPEG")
+    (base / "train" / "n02" / "images" / "n02_9.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(DataNotFound, match="n02_9.JPEG"):
+        utils.data._read_images([str(base / "train" / "n02" / "images" / "n02_9.JPEG")])
+    (base / "train" / "n01" / "images" / "n01_0.JPEG").rename(base / "elsewhere.JPEG")
     with pytest.raises(DataNotFound, match="incomplete"):
         load_dataset("tinyimagenet", str(tmp_path))
 
