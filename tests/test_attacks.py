@@ -211,3 +211,27 @@ def test_evaluation_record_and_table(trained, synth, tmp_path):
     assert lines[2].startswith("| PART | ")
     partial = evaluate(model, synth, attacks=("natural",), n_eval=8)
     assert partial["pgd20"] is None and "| - |" in markdown_table(partial)
+
+
+def test_frozen_restores_mode_flags_and_grads_even_on_error():
+    """The one freeze guarantee (attacks.frozen), used by attacks, CAMs and the evaluation."""
+    from attacks import frozen
+    torch.manual_seed(0)
+    m = build_model("resnet18", 10, width=4).train()
+    params = list(m.parameters())
+    params[0].requires_grad_(False)
+    grads = [torch.full_like(p, 0.5) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
+    params[1].grad = None
+    with pytest.raises(RuntimeError):
+        with frozen(m):
+            assert not m.training and not any(p.requires_grad for p in params)
+            m.zero_grad(set_to_none=True)  # as grad-cam does
+            raise RuntimeError("boom")
+    assert m.training and not params[0].requires_grad and all(p.requires_grad for p in params[1:])
+    assert params[1].grad is None and all(p.grad is g for p, g in zip(params, grads) if p is not params[1])
+    m.eval()
+    with frozen(m):
+        pass
+    assert not m.training

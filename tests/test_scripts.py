@@ -182,3 +182,9 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     assert (tmp_path / "ddp" / "results.json").exists()
     assert (tmp_path / "ddp" / "log.txt").read_text().count("epoch   2") == 1  # rank 0 alone writes
     assert "2 process(es)" in (tmp_path / "ddp" / "log.txt").read_text()
+
+
+def test_tensorboard_scalars(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    assert run("part", tmp_path / "r", "--tensorboard", "--eval-attacks", "natural") == 0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "r" / "tb"))

@@ -60,7 +60,7 @@ STUDIES = {
     "mask-source": {"AT": (SCRIPT["part"], ["--no-mask"]),
                     **{f"PART-{s}": (SCRIPT["part"], ["--mask-source", s]) for s in ("cam", "official", "permuted")}},
 }
-DEFAULT_ROWS = {"main": ["AT", "PART", "TRADES", "PART-T", "MART", "PART-M"]}
+DEFAULT_ROWS = {"main": [m.label(m.attacks[0], masked) for m in METHODS.values() for masked in (False, True)]}
 NOT_IN_TAG = {"--data-dir", "--device", "--download", "--log-interval", "--save-freq"}
 
 

@@ -137,7 +137,7 @@ class Run:
 
 def _uses_cam(cfg: dict) -> bool:
     return (cfg["mask"] and MASK_SOURCES[cfg["mask_source"]].uses_cam) or "part-pgd" in cfg["eval_attacks"] \
-        or bool(cfg.get("cam_layer"))
+        or bool(cfg["cam_layer"])
 
 
 def check_resume(cfg: dict, path: str) -> dict:
@@ -161,14 +161,8 @@ def upgrade_config(saved: dict) -> dict:
     return config_mod.resolve(saved["variant"], config_mod.upgrade(saved))
 
 
-def setup(cfg: dict) -> Run:
-    """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
-    CIFAR-10-C folder, the checkpoint to resume) is found here, before a folder is created or a batch trained;
-    a failed start leaves no new folder behind."""
-    rank, world, local = setup_distributed()
-    device = pick_device(cfg["device"], local)
-    configure_backends(cfg, device)
-    log = make_logger(None)
+def check_inputs(cfg: dict, world: int) -> None:
+    """The checks that need neither data nor model: the run folder, the batch split, the optional inputs."""
     out = cfg["out"]
     check_out_path(out)
     existing = holds_run(out)
@@ -177,9 +171,6 @@ def setup(cfg: dict) -> Run:
                          f"to delete it and start over, or choose another --out")
     if cfg["batch_size"] % world:
         raise UsageError(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
-    data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
-    cfg["data_fingerprint"] = data.fingerprint()
-    data = data.to(device)
     if cfg.get("eval_corruptions"):
         corruption_files(cfg["eval_corruptions"])
     if cfg.get("tensorboard"):
@@ -187,56 +178,88 @@ def setup(cfg: dict) -> Run:
             import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
         except ImportError:
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+
+
+def build_run(cfg: dict, rank: int, world: int, device: torch.device) -> Run:
+    """Data (fingerprinted into the config), model, optimiser and mask source; the CAM layer is checked."""
+    data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
+    cfg["data_fingerprint"] = data.fingerprint()
+    data = data.to(device)
     seed_everything(cfg["seed"])
     model = prepare_model(cfg, data.num_classes, device)
     if _uses_cam(cfg):
         try:
-            find_target_layer(model, cfg.get("cam_layer"))
+            find_target_layer(model, cfg["cam_layer"])
         except ValueError as e:
             raise UsageError(str(e)) from None
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
-    run = Run(cfg, data, model, optimizer, make_source(cfg, data, rank, world), device, rank, world, log)
+    return Run(cfg, data, model, optimizer, make_source(cfg, data, rank, world), device, rank, world,
+               make_logger(None))
+
+
+def resume_run(run: Run, path: str) -> None:
+    """Continue from the checkpoint at `path`: weights, optimiser, RNG and mask-source state, epoch, best."""
+    ckpt = check_resume(run.cfg, path)
+    try:
+        load_checkpoint(run.model, path, obj=ckpt)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (CheckpointMismatch, ValueError) as e:
+        raise UsageError(f"--resume: {e}") from None
+    set_rng_state(ckpt["rng"])
+    run.source.load_state_dict(ckpt.get("mask_source", {}))
+    run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
+
+
+def open_folder(run: Run, resumed_from: str | None) -> None:
+    """Rank 0: lock the run folder, clear another run's leftovers (or trim metrics.csv on resume), start log.txt
+    and write config.json; a failure here removes a folder this run created."""
+    cfg, out = run.cfg, run.out
+    run.folder = RunFolder(out)
+    try:
+        if resumed_from:
+            dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
+        else:
+            clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
+        log = run.log = make_logger(out)
+        save_json(os.path.join(out, "config.json"), cfg)
+    except OSError as e:
+        run.folder.abandon()
+        raise UsageError(f"cannot write to the run folder {out} ({e.strerror or e})") from None
+    except BaseException:
+        run.folder.abandon()
+        raise
+    log.info("config: %s", " ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+    if resumed_from:
+        log.info("resumed from %s (epoch %d done)%s", resumed_from, run.start_epoch - 1,
+                 f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "")
+    log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",
+             cfg["data"], run.data.x_train.shape[0], run.data.x_test.shape[0], run.data.num_classes, cfg["model"],
+             sum(p.numel() for p in run.model.parameters()), run.device, run.world)
+    if cfg.get("tensorboard"):
+        from torch.utils.tensorboard import SummaryWriter
+        run.tb = SummaryWriter(os.path.join(out, "tb"))
+
+
+def setup(cfg: dict) -> Run:
+    """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
+    CIFAR-10-C folder, the checkpoint to resume) is found here, before a folder is created or a batch trained;
+    a failed start leaves no new folder behind."""
+    rank, world, local = setup_distributed()
+    device = pick_device(cfg["device"], local)
+    configure_backends(cfg, device)
+    check_inputs(cfg, world)
+    run = build_run(cfg, rank, world, device)
+    path = None
     if cfg.get("resume"):
-        path = os.path.join(out, "last.pt") if cfg["resume"] == "last" else cfg["resume"]
-        ckpt = check_resume(cfg, path)
-        try:
-            load_checkpoint(model, path, obj=ckpt)
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (CheckpointMismatch, ValueError) as e:
-            raise UsageError(f"--resume: {e}") from None
-        set_rng_state(ckpt["rng"])
-        run.source.load_state_dict(ckpt.get("mask_source", {}))
-        run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
+        path = os.path.join(run.out, "last.pt") if cfg["resume"] == "last" else cfg["resume"]
+        resume_run(run, path)
     if rank == 0:
-        run.folder = RunFolder(out)
-        try:
-            if cfg.get("resume"):
-                dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
-            else:
-                clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
-            log = run.log = make_logger(out)
-            save_json(os.path.join(out, "config.json"), cfg)
-        except OSError as e:
-            run.folder.abandon()
-            raise UsageError(f"cannot write to the run folder {out} ({e.strerror or e})") from None
-        except BaseException:
-            run.folder.abandon()
-            raise
-        log.info("config: %s", " ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
-        if cfg.get("resume"):
-            log.info("resumed from %s (epoch %d done)%s", path, run.start_epoch - 1,
-                     f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "")
-        log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",
-                 cfg["data"], data.x_train.shape[0], data.x_test.shape[0], data.num_classes, cfg["model"],
-                 sum(p.numel() for p in model.parameters()), device, world)
-        if cfg.get("tensorboard"):
-            from torch.utils.tensorboard import SummaryWriter
-            run.tb = SummaryWriter(os.path.join(out, "tb"))
+        open_folder(run, path)
     else:
-        log.setLevel("WARNING")
+        run.log.setLevel("WARNING")
     barrier(world)
-    run.train_module = TrainLoss(model, METHODS[cfg["variant"]], cfg)
+    run.train_module = TrainLoss(run.model, METHODS[cfg["variant"]], cfg)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         run.train_module = DDP(run.train_module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -472,7 +495,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
                          f"{data.num_classes} classes)") from None
     if "part-pgd" in run_cfg["eval_attacks"]:
         try:
-            find_target_layer(model, run_cfg.get("cam_layer"))
+            find_target_layer(model, run_cfg["cam_layer"])
         except ValueError as e:
             raise UsageError(str(e)) from None
     out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))

@@ -41,8 +41,8 @@ def _pgd_steps(steps):
 
 def _part_pgd(model, x, y, c):
     cfg = c["cfg"]
-    budget = epsilon_mask(model, x, c["eps"], cfg["low_epsilon"], cfg["cam"], cfg["mask_rule"], cfg.get("cam_layer"),
-                          cfg.get("cam_backend", "grad-cam"))
+    budget = epsilon_mask(model, x, c["eps"], cfg["low_epsilon"], cfg["cam"], cfg["mask_rule"], cfg["cam_layer"],
+                          cfg["cam_backend"])
     return pgd(model, x, y, budget, c["step_size"], 20)
 
 

@@ -90,14 +90,14 @@ class MaskSource:
     def own_masks(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The budget this source derives from x itself (what `mask.png` and a mask-aware attack show)."""
         return epsilon_mask(model, x, self.eps, self.low, self.cfg["cam"], self.cfg["mask_rule"],
-                            self.cfg.get("cam_layer"), self.cfg.get("cam_backend", "grad-cam"))
+                            self.cfg["cam_layer"], self.cfg["cam_backend"])
 
     def budget(self, model: torch.nn.Module, x: torch.Tensor, i: int) -> torch.Tensor:
         return self.own_masks(model, x)
 
     def preview(self, model: torch.nn.Module, x: torch.Tensor):
         """(CAM maps (B, H, W) or None, budgets shaped like x) for the figure, as training would use them."""
-        cam = compute_cam(model, x, self.cfg["cam"], self.cfg.get("cam_layer"), self.cfg.get("cam_backend", "grad-cam"))
+        cam = compute_cam(model, x, self.cfg["cam"], self.cfg["cam_layer"], self.cfg["cam_backend"])
         return cam, mask_from_cam(cam, self.eps, self.low, self.cfg["mask_rule"])
 
     def state_dict(self) -> dict:
@@ -143,11 +143,11 @@ class OfficialSource(MaskSource):
         self.masks, self.pass_epoch, self.own_share = None, None, None
 
     def own_masks(self, model, x):
-        return mask_from_cam(official_cam(model, x, self.cfg["cam"], self.cfg.get("cam_layer")), self.eps, self.low,
+        return mask_from_cam(official_cam(model, x, self.cfg["cam"], self.cfg["cam_layer"]), self.eps, self.low,
                              "official")
 
     def preview(self, model, x):
-        cam = official_cam(model, x, self.cfg["cam"], self.cfg.get("cam_layer"))
+        cam = official_cam(model, x, self.cfg["cam"], self.cfg["cam_layer"])
         return cam.clamp(0, 1).nan_to_num(0.0), mask_from_cam(cam, self.eps, self.low, "official")
 
     def pass_due(self, epoch: int) -> bool:
