@@ -13,7 +13,7 @@ Training (default), on the current device, for each model and each speed setting
   pgd20_eval     PGD-20 evaluation of a batch
 and the PART / AT ratio and the implied time of a 50,000-image CIFAR-10 epoch.
 --eval: each evaluation attack on --eval-batch-size test images (natural, pgd20, pgd50, pgd100, mma, cw, part-pgd,
-and aa when asked for), with its cost relative to PGD-20.
+and aa when asked for), the median of --iters rounds, with its cost relative to PGD-20.
 Every timing follows at least one warm-up call. A JSON record (device, versions, settings, figures) goes to --json.
 """
 import argparse
@@ -109,22 +109,25 @@ def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup,
     return out
 
 
-def bench_eval(model_name, width, data, device, batch, attacks, warmup):
-    """Seconds for each evaluation attack on the first `batch` test images, and its ratio to PGD-20."""
+def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters):
+    """Median seconds for each evaluation attack on the first `batch` test images over `iters` rounds (the attacks
+    interleaved within a round, so that a busy machine slows them alike), and the ratio to PGD-20."""
     torch.manual_seed(0)
     model = prepare_model(dict(model=model_name, width=width), data.num_classes, device).eval()
     cfg = {"low_epsilon": 7 / 255, "cam": "gradcam", "mask_rule": "official", "cam_layer": None,
            "cam_backend": "grad-cam"}
-    out = {}
     for name in attacks:
-        kw = dict(attacks=(name,), n_eval=batch, batch_size=batch, cfg=cfg)
-        for _ in range(max(1, warmup) if name != "aa" else 0):
-            evaluate(model, data, **{**kw, "n_eval": min(batch, 8), "n_eval_aa": 8})
-        _sync(device)
-        t = time.perf_counter()
-        evaluate(model, data, **kw)
-        _sync(device)
-        out[name] = {"s": round(time.perf_counter() - t, 3)}
+        for _ in range(warmup if name != "aa" else 0):
+            evaluate(model, data, attacks=(name,), n_eval=min(batch, 8), batch_size=batch, cfg=cfg)
+    times = {name: [] for name in attacks}
+    for _ in range(iters):
+        for name in attacks:
+            _sync(device)
+            t = time.perf_counter()
+            evaluate(model, data, attacks=(name,), n_eval=batch, batch_size=batch, cfg=cfg)
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    out = {name: {"s": round(sorted(v)[len(v) // 2], 3), "runs_s": [round(t, 3) for t in v]} for name, v in times.items()}
     base = out.get("pgd20", {}).get("s")
     for name in out:
         out[name]["vs_pgd20"] = round(out[name]["s"] / base, 2) if base else None
@@ -168,7 +171,7 @@ def main(argv=None):
         print(header + "\n" + "-" * len(header))
         for model_name in args.models:
             r = bench_eval(model_name, args.width, data.to(device), device, args.eval_batch_size, args.eval_attacks,
-                           args.warmup)
+                           args.warmup, args.iters)
             record["results"][f"{model_name}/eval"] = r
             for name, v in r.items():
                 ratio = "" if v["vs_pgd20"] is None else f"{v['vs_pgd20']:.2f}"
