@@ -31,7 +31,7 @@ def as_budget(eps, x: torch.Tensor) -> torch.Tensor:
     if isinstance(eps, (int, float)):
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"an L-inf budget must be finite and non-negative, got {eps}")
-        return torch.tensor(float(eps), dtype=x.dtype, device=x.device)
+        return torch.full((), float(eps), dtype=x.dtype, device=x.device)  # a fill, not a host-to-device copy
     e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     try:
         torch.broadcast_shapes(e.shape, x.shape)

@@ -48,3 +48,9 @@ def test_regions_runs_are_named_after_their_baseline():
     assert cfg["method"] == "TRADES"
     cfg, _ = parse("part", constants(SCRIPTS["part"]), ["--attack", "mma"])
     assert cfg["method"] == "PART-MMA"
+
+
+def test_default_run_folder_names_the_method():
+    outs = {parse("part", constants(SCRIPTS["part"]), argv)[0]["out"] for argv in ([], ["--no-mask"], ["--attack", "mma"])}
+    assert outs == {"runs/part-cifar10-resnet18-seed1", "runs/at-cifar10-resnet18-seed1",
+                    "runs/part-mma-cifar10-resnet18-seed1"}

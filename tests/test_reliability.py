@@ -120,8 +120,10 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     assert word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert "Traceback" not in err
     assert not out.exists()  # found before the first epoch, and a failed start leaves no folder behind
+    assert (tmp_path / "afile").is_file()
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--epsilon", "100",
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
@@ -205,16 +207,23 @@ def test_the_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
     assert run("part", tmp_path / "busy", "--epochs", "1", "--eval-attacks", "natural") == 0
 
 
-def test_resume_rebuilds_a_damaged_metrics_file(tmp_path, capsys):
+def test_resume_from_an_earlier_checkpoint_rebuilds_metrics_and_drops_later_files(tmp_path, capsys):
+    """Resuming from epoch_1.pt of a finished 3-epoch run: a damaged metrics.csv is rebuilt from its readable rows,
+    the later epochs' files and the old record go, and the run ends as an uninterrupted one does."""
     out = tmp_path / "r"
-    assert run("part", out, "--epochs", "3", "--lr-milestones", "3", "--eval-attacks", "natural") == 0
-    ckpt = torch.load(out / "last.pt", weights_only=False)
-    ckpt["epoch"] = 2  # pretend the run was cut after epoch 2
-    torch.save(ckpt, out / "cut.pt")
+    args = ["--epochs", "3", "--lr-milestones", "3", "--save-freq", "1", "--eval-attacks", "natural"]
+    assert run("part", out, *args) == 0
+    whole = weights(out / "last.pt")
     (out / "metrics.csv").write_text((out / "metrics.csv").read_text() + "garbage,\x00\x01,,\n3x,1\n")
-    assert truncate_metrics(str(out / "metrics.csv"), 2) == 3
+    code, err = call("part", [*TINY, "--out", str(out), *args, "--resume", str(out / "epoch_1.pt")], capsys)
+    assert code == 0, err
+    log = (out / "log.txt").read_text()
+    assert "dropped 4 unreadable or later line(s)" in log and "epoch_2.pt" in log and "results.json" in log
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"] and rows[0].startswith("epoch,phase")
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"] and rows[0].startswith("epoch,phase")
+    assert same_weights(whole, weights(out / "last.pt"))
+    assert torch.load(out / "epoch_3.pt", weights_only=False)["epoch"] == 3
+    assert truncate_metrics(str(out / "metrics.csv"), 2) == 1
 
 
 def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finished, tmp_path, capsys):
@@ -224,7 +233,8 @@ def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finishe
     assert code == 0, err
     rec = json.loads((tmp_path / "e" / "eval_last.json").read_text())
     assert rec["data"] == "cifar10-npz" and rec["config"]["data_dir"] == path
-    assert rec["config"]["trained_on"] == "synthetic" and rec["n_test"] == 20
+    assert rec["config"]["trained_on"]["data"] == "synthetic" and rec["n_test"] == 20
+    assert rec["config"]["trained_on"]["data_fingerprint"] != rec["config"]["data_fingerprint"]
     code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "tinyimagenet"], capsys)
     assert code == 2 and "does not fit" in err and "200 classes" in err
 

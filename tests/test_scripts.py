@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from utils.config import script_constants
 from utils.engine import main
 
 TINY = ["--data", "synthetic", "--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32",
@@ -18,10 +19,7 @@ SCRIPTS = {"part": "train_eval_part.py", "part_t": "train_eval_part_t.py", "part
 
 def constants(script):
     """The constants block of a script, read as the script itself does."""
-    ns = {}
-    with open(os.path.join(ROOT, script)) as f:
-        exec(compile(f.read(), script, "exec"), ns)
-    return {k: v for k, v in ns.items() if k.isupper()}
+    return script_constants(os.path.join(ROOT, script))
 
 
 def run(variant, out, *extra):
@@ -90,6 +88,8 @@ def test_resume_is_exact_with_every_mask_source(source, tmp_path, monkeypatch):
     monkeypatch.delenv("PART_FAULT_NAN_AT")
     assert run("part", tmp_path / "cut", *args, "--resume") == 0
     assert same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
+    columns = lambda p: [r.split(",")[1:9] for r in (p / "metrics.csv").read_text().splitlines()]  # noqa: E731
+    assert columns(tmp_path / "whole") == columns(tmp_path / "cut")  # budgets and own-image shares too
 
 
 @pytest.mark.slow
@@ -187,4 +187,7 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 def test_tensorboard_scalars(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     assert run("part", tmp_path / "r", "--tensorboard", "--eval-attacks", "natural") == 0
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "r" / "tb"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "r" / "tb")).Reload()
+    assert {"loss", "natural", "pgd20", "budget_mean", "eps_share", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("budget_mean")] == [1, 2]

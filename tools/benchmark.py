@@ -117,7 +117,7 @@ def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters):
     cfg = {"low_epsilon": 7 / 255, "cam": "gradcam", "mask_rule": "official", "cam_layer": None,
            "cam_backend": "grad-cam"}
     for name in attacks:
-        for _ in range(warmup if name != "aa" else 0):
+        for _ in range(warmup):
             evaluate(model, data, attacks=(name,), n_eval=min(batch, 8), batch_size=batch, cfg=cfg)
     times = {name: [] for name in attacks}
     for _ in range(iters):

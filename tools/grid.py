@@ -25,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 from models import MODELS
@@ -36,7 +37,7 @@ SCRIPT = {v: m.script for v, m in METHODS.items()}
 
 def _main_rows():
     rows = {}
-    for label, (variant, attack, masked) in labels().items():
+    for label, (variant, attack, masked, _) in labels().items():
         flags = (["--attack", attack] if attack != METHODS[variant].attacks[0] else []) + ([] if masked else ["--no-mask"])
         rows[label] = (SCRIPT[variant], flags)
     return rows
@@ -98,37 +99,57 @@ def commands(study, data, models, rows, seeds, root, extra=(), tag=None):
     return out
 
 
+def finished_as_asked(folder: str, argv) -> bool:
+    """Whether `folder` holds a finished run of exactly this command's settings (and data file)."""
+    import json
+    from utils.config import effective, parse, script_constants, upgrade
+    from utils.errors import UsageError
+    try:
+        with open(os.path.join(folder, "results.json")) as f:
+            done = upgrade(json.load(f)["config"])
+        script = argv[1]
+        variant = next(v for v, m in METHODS.items() if m.script == script)
+        asked, _ = parse(variant, script_constants(script), argv[2:])
+    except (OSError, ValueError, KeyError, UsageError):
+        return False  # run it: the run itself says what is wrong
+    same = {k: v for k, v in effective(asked).items() if k != "data_fingerprint"} == \
+        {k: v for k, v in effective(done).items() if k != "data_fingerprint"}
+    return same and os.path.abspath(asked["data_dir"]) == os.path.abspath(done["data_dir"])
+
+
 def run_all(cmds, jobs):
-    """Run the commands, `jobs` at a time; skip finished runs and resume interrupted ones. Returns the number
-    of failed runs."""
+    """Run the commands, `jobs` at a time; skip runs finished with the same settings, resume interrupted ones.
+    Returns the number of failed runs (a folder that holds a run of other settings fails: the run refuses it)."""
     pending, running, failed, n = list(cmds), [], 0, len(cmds)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ)
     if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     done = 0
     while pending or running:
         while pending and len(running) < jobs:
             folder, argv = pending.pop(0)
             done += 1
-            if os.path.isfile(os.path.join(folder, "results.json")):
+            if finished_as_asked(folder, argv):
                 print(f"[{done}/{n}] finished already: {folder}", flush=True)
                 continue
-            if os.path.isfile(os.path.join(folder, "last.pt")):
+            if os.path.isfile(os.path.join(folder, "last.pt")) and not os.path.isfile(os.path.join(folder, "results.json")):
                 argv = argv + ["--resume"]
             print(f"[{done}/{n}] start: {shlex.join(argv)}", flush=True)
-            proc = subprocess.Popen([sys.executable, *argv[1:]], env=env, stderr=subprocess.PIPE, text=True,
+            err = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty child never blocks on it
+            proc = subprocess.Popen([sys.executable, *argv[1:]], env=env, stderr=err,
                                     stdout=subprocess.DEVNULL if jobs > 1 else None)
-            running.append((folder, proc, time.time()))
+            running.append((folder, proc, err, time.time()))
         for item in list(running):
-            folder, proc, t0 = item
+            folder, proc, err, t0 = item
             if proc.poll() is None:
                 continue
             running.remove(item)
-            err = proc.stderr.read()
+            err.seek(0)
+            tail = err.read()[-2000:]
+            err.close()
             if proc.returncode:
                 failed += 1
-                print(f"failed (exit {proc.returncode}) after {time.time() - t0:.0f} s: {folder}\n{err[-2000:]}",
+                print(f"failed (exit {proc.returncode}) after {time.time() - t0:.0f} s: {folder}\n{tail}",
                       file=sys.stderr, flush=True)
             else:
                 print(f"finished in {time.time() - t0:.0f} s: {folder}", flush=True)

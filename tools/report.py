@@ -24,11 +24,11 @@ import sys
 
 from utils.config import MASK_KEYS, effective, upgrade
 from utils.evaluate import column_title
-from utils.methods import METHODS
+from utils.methods import labels
 from utils.runs import read_metrics
 from utils.units import fraction_text
 
-ORDER = [m.label(a, masked) for m in METHODS.values() for a in m.attacks for masked in (False, True)]  # AT, PART, ...
+ORDER = list(labels())  # AT, PART, MMA, PART-MMA, TRADES, ...
 FIXED = ("variant", "mask", "attack", "data", "model")  # said by the table's title and the method name
 
 
@@ -122,8 +122,7 @@ def mean_std(values):
 # ----------------------------------------------------------------------------------------------------
 # grouping
 # ----------------------------------------------------------------------------------------------------
-LABELS = {m.label(a, masked): (m.label(a, False), masked) for m in METHODS.values() for a in m.attacks
-          for masked in (False, True)}  # display name -> (its baseline's name, masked?)
+LABELS = {name: (baseline, masked) for name, (_, _, masked, baseline) in labels().items()}  # -> (baseline, masked?)
 
 
 class Group:

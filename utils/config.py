@@ -169,7 +169,7 @@ def build_parser(variant: str, constants: dict) -> Parser:
         add(g, "--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
                        help=f"{SPEC[const].help} (default: {_shown(default)})", **kwargs)
     r = p.add_argument_group("run")
-    add(r, "--out", help="run folder (default: runs/<variant>-<data>-<model>-seed<N>)")
+    add(r, "--out", help="run folder (default: runs/<method>-<data>-<model>-seed<N>, e.g. runs/at-cifar10-resnet18-seed1)")
     add(r, "--resume", nargs="?", const="last", metavar="CKPT",
                    help="continue the run in --out from CKPT, or from <out>/last.pt when no path is given; the "
                         "training settings must equal the checkpoint's (--epochs may grow)")
@@ -201,7 +201,8 @@ def build_parser(variant: str, constants: dict) -> Parser:
     add(e, "--eval-corruptions", metavar="DIR",
                    help="also evaluate CIFAR-10-C from DIR (<name>.npy per corruption, labels.npy)")
     s = p.add_argument_group("speed (defaults are faithful fp32)")
-    add(s, "--amp", choices=("none", "bf16"), default="none", help="autocast dtype on CUDA (default: none)")
+    add(s, "--amp", choices=("none", "bf16"), default="none",
+        help="bf16 autocast of attacks and loss (meant for CUDA; default: none)")
     add(s, "--channels-last", action="store_true", help="channels_last memory format")
     add(s, "--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
     add(s, "--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
@@ -254,7 +255,7 @@ def resolve(variant: str, args: dict) -> dict:
     cfg["num_classes"], cfg["image_size"] = spec.num_classes, spec.image_size
     validate(cfg)
     if not cfg.get("out"):
-        cfg["out"] = f"runs/{variant}-{cfg['data']}-{cfg['model']}-seed{cfg['seed']}"
+        cfg["out"] = f"runs/{cfg['method'].lower()}-{cfg['data']}-{cfg['model']}-seed{cfg['seed']}"
     return cfg
 
 
@@ -275,6 +276,14 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = vars(build_parser(variant, constants).parse_args(argv))
     return resolve(variant, args), explicit_flags(build_parser(variant, constants), argv)
+
+
+def script_constants(path: str) -> dict:
+    """The block of constants at the top of a script, read as the script itself does (without running it)."""
+    ns = {"__name__": "constants"}
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), ns)
+    return {k: v for k, v in ns.items() if k.isupper()}
 
 
 def training_differences(saved: dict, new: dict, epochs_done: int) -> list[str]:
@@ -308,7 +317,9 @@ def effective(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS or k in EVAL_KEYS}
     for k in ("seed", "method", "num_classes", "image_size"):
         out.pop(k, None)
-    used = set(MASK_SOURCES[cfg.get("mask_source", "cam")].keys) | {"mask_source", "warm_up"} if cfg.get("mask") else set()
+    used = set(MASK_SOURCES[cfg["mask_source"]].keys) | {"mask_source", "warm_up"} if cfg.get("mask") else set()
+    if "part-pgd" in cfg.get("eval_attacks", ()):  # the mask-aware attack reads the CAM settings of every run
+        used |= {"low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend"}
     for k in MASK_KEYS:
         if k not in used:
             out.pop(k, None)

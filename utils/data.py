@@ -276,24 +276,37 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> D
 # ----------------------------------------------------------------------------------------------------
 # batches
 # ----------------------------------------------------------------------------------------------------
-def random_crop_flip(x: torch.Tensor, padding: int | None, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop (zero padding `padding`, as torchvision's RandomCrop(size, padding)) and
-    horizontal flip with probability 1/2, batched. x: (B, C, H, W) any dtype; returns the same shape and
-    dtype on x's device. Random numbers come from the CPU `generator`, so CPU and GPU runs agree."""
+def crop_flip_draws(b: int, padding: int | None, flip: bool, generator: torch.Generator):
+    """The random numbers of one batch's augmentation, drawn from the CPU `generator` in a fixed order:
+    row offsets, column offsets (both when padding), flip flags (when flip). Returns (oy, ox, f), None where unused."""
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator) if padding else None
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator) if padding else None
+    f = torch.rand(b, generator=generator) < 0.5 if flip else None
+    return oy, ox, f
+
+
+def apply_crop_flip(x: torch.Tensor, padding: int | None, oy, ox, f) -> torch.Tensor:
+    """Crop each image of x (B, C, H, W) at its offsets in the zero-padded image and flip it where f says;
+    oy, ox, f (or None) on x's device. Returns the same shape and dtype."""
     b, _, h, w = x.shape
-    if padding:
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+    if oy is not None:
         xp = torch.nn.functional.pad(x, (padding,) * 4)
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
         bi = torch.arange(b, device=x.device)[:, None, None, None]
         ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = xp[bi, ci, rows, cols]
-    if flip:
-        f = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    if f is not None:
         x = torch.where(f[:, None, None, None], x.flip(3), x)
     return x
+
+
+def random_crop_flip(x: torch.Tensor, padding: int | None, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop (zero padding `padding`, as torchvision's RandomCrop(size, padding)) and
+    horizontal flip with probability 1/2, batched. x: (B, C, H, W) any dtype; returns the same shape and
+    dtype on x's device. Random numbers come from the CPU `generator`, so CPU and GPU runs agree."""
+    draws = crop_flip_draws(x.shape[0], padding, flip, generator)
+    return apply_crop_flip(x, padding, *(None if d is None else d.to(x.device) for d in draws))
 
 
 def to_float(x_u8: torch.Tensor) -> torch.Tensor:
@@ -318,17 +331,28 @@ def epoch_permutation(n: int, generator: torch.Generator, rank: int = 0, world: 
     return perm[: (n // world) * world][rank::world]
 
 
+def train_size(data: Dataset, n_train: int = 0) -> int:
+    """How many training images an epoch uses: the first n_train (all when 0)."""
+    return data.x_train.shape[0] if not n_train else min(n_train, data.x_train.shape[0])
+
+
 def train_batches(data: Dataset, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
                   n_train: int = 0):
     """Yield (x float [0, 1] (b, 3, H, W), y) for one shuffled, augmented epoch on the data's device.
     `batch_size` is global: each of `world` ranks gets batch_size // world images of every batch.
-    The order and augmentation are a function of the generator's seed alone."""
-    n = data.x_train.shape[0] if not n_train else min(n_train, data.x_train.shape[0])
-    perm = epoch_permutation(n, generator, rank, world)
+    The order and augmentation are a function of the generator's seed alone; they are drawn for the whole
+    epoch up front (in the order a batch-by-batch draw would take them) and copied to the device once."""
+    perm = epoch_permutation(train_size(data, n_train), generator, rank, world)
     per = batch_size // world
-    for start in range(0, perm.numel(), per):
-        idx = perm[start:start + per].to(data.x_train.device)
-        x = random_crop_flip(data.x_train[idx], data.crop_padding, data.flip, generator)
+    starts = range(0, perm.numel(), per)
+    draws = [crop_flip_draws(min(per, perm.numel() - s), data.crop_padding, data.flip, generator) for s in starts]
+    device = data.x_train.device
+    perm = perm.to(device)
+    oy, ox, f = (None if d[0] is None else torch.cat(d).to(device) for d in zip(*draws)) if draws else (None,) * 3
+    for start in starts:
+        idx = perm[start:start + per]
+        cut = slice(start, start + idx.numel())
+        x = apply_crop_flip(data.x_train[idx], data.crop_padding, *(None if d is None else d[cut] for d in (oy, ox, f)))
         yield to_float(x), data.y_train[idx]
 
 

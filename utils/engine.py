@@ -5,13 +5,14 @@ each batch within the per-element budget its mask source gives (utils.mask_sourc
 suite on the test set (utils.evaluate). Reading order: `train` sets up a run, runs its epochs and writes its
 record; `train_epoch` is one epoch; `eval_only` evaluates a saved checkpoint.
 """
+import importlib.util
 import math
 import os
 import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -20,14 +21,15 @@ from models import CheckpointMismatch, build_model, load_checkpoint
 from . import config as config_mod
 from .cams import find_target_layer
 from .config import lr_at
-from .data import Dataset, epoch_generator, load_dataset, num_batches, to_float, train_batches
+from .data import Dataset, epoch_generator, load_dataset, num_batches, to_float, train_batches, train_size
 from .errors import UsageError
 from .evaluate import corruption_files, evaluate, evaluate_corruptions, make_record, markdown_table
 from .figures import save_mask_figure
 from .mask_sources import MASK_SOURCES, BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
-from .runs import (RunFolder, append_metrics, check_out_path, clear_run, holds_run, make_logger, read_checkpoint,
-                   rng_state, save_checkpoint, save_json, save_text, seed_everything, set_rng_state, truncate_metrics)
+from .runs import (RunFolder, append_metrics, check_out_path, clear_run, drop_later_files, holds_run, make_logger,
+                   read_checkpoint, rng_state, save_checkpoint, save_json, save_text, seed_everything, set_rng_state,
+                   truncate_metrics)
 
 
 class NonFinite(RuntimeError):
@@ -49,17 +51,21 @@ class Interrupted(Exception):
 # ----------------------------------------------------------------------------------------------------
 # devices and models
 # ----------------------------------------------------------------------------------------------------
-def setup_distributed():
-    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
+def setup_distributed(device_name: str):
+    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group (NCCL when the
+    processes run on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
+    if device_name.startswith("cuda:"):
+        raise UsageError(f"--device {device_name} would put every torchrun process on one GPU; use --device cuda "
+                         f"(each process takes the GPU of its LOCAL_RANK)")
     import torch.distributed as dist
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    gpus = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if gpus:
         torch.cuda.set_device(local)
-    dist.init_process_group(backend)
+    dist.init_process_group("nccl" if gpus else "gloo")
     return dist.get_rank(), world, local
 
 
@@ -121,7 +127,6 @@ class Run:
     train_module: torch.nn.Module | None = None
     tb: object = None
     last_saved: int | None = None  # epoch of the newest last.pt this process wrote or resumed from
-    extra: dict = field(default_factory=dict)
 
     @property
     def out(self) -> str:
@@ -173,11 +178,15 @@ def check_inputs(cfg: dict, world: int) -> None:
         raise UsageError(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
     if cfg.get("eval_corruptions"):
         corruption_files(cfg["eval_corruptions"])
-    if cfg.get("tensorboard"):
-        try:
-            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
-        except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    needs = {"tensorboard": "--tensorboard"} if cfg.get("tensorboard") else {}
+    if "aa" in cfg["eval_attacks"]:
+        needs["pyautoattack|autoattack"] = "AutoAttack (--eval-attacks aa)"
+    if _uses_cam(cfg) and cfg["cam_backend"] == "grad-cam":
+        needs["pytorch_grad_cam"] = "the grad-cam CAM backend"
+    for modules, what in needs.items():
+        if not any(importlib.util.find_spec(m) for m in modules.split("|")):
+            package = {"pytorch_grad_cam": "grad-cam", "pyautoattack|autoattack": "pyautoattack"}.get(modules, modules)
+            raise UsageError(f"{what} needs the {package} package, which is not installed: pip install {package}")
 
 
 def build_run(cfg: dict, rank: int, world: int, device: torch.device) -> Run:
@@ -219,6 +228,7 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
     try:
         if resumed_from:
             dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
+            stale = drop_later_files(out, run.start_epoch - 1)
         else:
             clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
         log = run.log = make_logger(out)
@@ -231,8 +241,9 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
         raise
     log.info("config: %s", " ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
     if resumed_from:
-        log.info("resumed from %s (epoch %d done)%s", resumed_from, run.start_epoch - 1,
-                 f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "")
+        log.info("resumed from %s (epoch %d done)%s%s", resumed_from, run.start_epoch - 1,
+                 f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "",
+                 f"; removed files of the later epochs it replaces: {', '.join(stale)}" if stale else "")
     log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",
              cfg["data"], run.data.x_train.shape[0], run.data.x_test.shape[0], run.data.num_classes, cfg["model"],
              sum(p.numel() for p in run.model.parameters()), run.device, run.world)
@@ -245,7 +256,7 @@ def setup(cfg: dict) -> Run:
     """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
     CIFAR-10-C folder, the checkpoint to resume) is found here, before a folder is created or a batch trained;
     a failed start leaves no new folder behind."""
-    rank, world, local = setup_distributed()
+    rank, world, local = setup_distributed(cfg["device"])
     device = pick_device(cfg["device"], local)
     configure_backends(cfg, device)
     check_inputs(cfg, world)
@@ -290,7 +301,7 @@ def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
     gen = epoch_generator(cfg["seed"], epoch)
     if masked:
         run.source.start_epoch(model, epoch, run.log)
-    n = data_size(cfg, run.data)
+    n = train_size(run.data, cfg["n_train"])
     total = num_batches(n, cfg["batch_size"], run.world)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     stats = BudgetStats(cfg["epsilon"], device)
@@ -328,10 +339,6 @@ def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
     if not math.isfinite(out["loss"]):
         raise NonFinite(f"mean loss is {out['loss']} in epoch {epoch}")
     return out
-
-
-def data_size(cfg: dict, data: Dataset) -> int:
-    return data.x_train.shape[0] if not cfg["n_train"] else min(cfg["n_train"], data.x_train.shape[0])
 
 
 def quick_eval(cfg: dict, model: torch.nn.Module, data: Dataset) -> dict:
@@ -401,7 +408,7 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
     if cfg.get("eval_corruptions"):
         res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
                                                   cfg["eval_batch_size"], log)
-    record = make_record(cfg, res, checkpoint, time.time() - t)
+    record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device)
     aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
     log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
              markdown_table(record, record["method"]))
@@ -424,17 +431,7 @@ def train(cfg: dict) -> dict:
     """Train and evaluate as configured; returns the results record (rank 0) or {}."""
     run = setup(cfg)
     try:
-        try:
-            run_epochs(run)
-        except (KeyboardInterrupt, Terminated) as e:
-            code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
-            if run.last_saved is not None:
-                hint = f"continue with the same command plus --resume (last.pt holds epoch {run.last_saved})"
-            else:
-                hint = "no epoch was finished, so there is nothing to resume: start again with the same command"
-            if run.rank == 0:
-                run.log.warning("%s; %s", what, hint)
-            raise Interrupted(code, f"{what}; {hint}") from None
+        run_epochs(run)
         if run.world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
             import torch.distributed as dist
             dist.destroy_process_group()
@@ -444,6 +441,18 @@ def train(cfg: dict) -> dict:
         if cfg["mask_figure"]:
             write_mask_figure(run)
         return record
+    except (KeyboardInterrupt, Terminated) as e:
+        code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
+        if run.last_saved == cfg["epochs"]:
+            hint = ("training had finished (last.pt holds the last epoch): the same command plus --resume runs the "
+                    "evaluation again")
+        elif run.last_saved is not None:
+            hint = f"continue with the same command plus --resume (last.pt holds epoch {run.last_saved})"
+        else:
+            hint = "no epoch was finished, so there is nothing to resume: start again with the same command"
+        if run.rank == 0:
+            run.log.warning("%s; %s", what, hint)
+        raise Interrupted(code, f"{what}; {hint}") from None
     finally:
         if run.tb is not None:
             run.tb.close()
@@ -454,7 +463,7 @@ def train(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # evaluating a checkpoint
 # ----------------------------------------------------------------------------------------------------
-EVAL_OVERRIDES = ("data", "data_dir", "download", "device", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
+EVAL_OVERRIDES = ("data", "data_dir", "download", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
                   "eval_epsilon", "eval_corruptions", "cam_backend")
 
 
@@ -472,6 +481,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         for key in EVAL_OVERRIDES:
             if key in explicit or key not in run_cfg:
                 run_cfg[key] = cfg[key]
+        run_cfg["device"] = cfg["device"]  # where this evaluation runs, not where training ran
         run_cfg = config_mod.resolve(run_cfg["variant"], run_cfg)
         if run_cfg["data"] != saved["data"]:
             if run_cfg["num_classes"] != saved.get("num_classes", run_cfg["num_classes"]) or \
@@ -479,11 +489,14 @@ def eval_only(cfg: dict, explicit: set) -> dict:
                 raise UsageError(f"--data {run_cfg['data']} ({run_cfg['num_classes']} classes, {run_cfg['image_size']} px) "
                                  f"does not fit the checkpoint's model, trained on {saved['data']} "
                                  f"({saved.get('num_classes')} classes, {saved.get('image_size')} px)")
-            run_cfg["trained_on"] = saved["data"]
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
     data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))
     run_cfg["data_fingerprint"] = data.fingerprint()
+    if saved and (run_cfg["data"], run_cfg["data_fingerprint"]) != (saved["data"], saved.get("data_fingerprint")):
+        # evaluated on other data than it was trained on: the record names both
+        run_cfg["trained_on"] = {"data": saved["data"], "data_dir": saved.get("data_dir"),
+                                 "data_fingerprint": saved.get("data_fingerprint")}
     data = data.to(device)
     if run_cfg.get("eval_corruptions"):
         corruption_files(run_cfg["eval_corruptions"])

@@ -77,7 +77,7 @@ def column_title(name: str) -> str:
     return "CIFAR-10-C" if name == "corruptions" else eval_attack(name).title
 
 
-def library_versions() -> dict:
+def library_versions(device: torch.device | None = None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for pkg in ("torchvision", "numpy", "grad-cam", "pillow"):
@@ -86,7 +86,9 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     out["autoattack"] = autoattack_version()
-    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    device = torch.device(device) if device is not None else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return out
 
 
@@ -242,13 +244,13 @@ def robustbench_fields(cfg: dict, res: dict) -> dict:
             "threat_model": "Linf", "number_forward_passes": 1}
 
 
-def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float) -> dict:
+def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float, device=None) -> dict:
     """The JSON record of an evaluated model: accuracies, sizes, config, provenance, RobustBench fields."""
     accs = {k: v for k, v in res.items() if k not in ("n_eval", "n_eval_aa", "n_test", "time_s")}
     return {"method": cfg["method"], "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
             "seed": cfg["seed"], **accs, "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"],
             "eval_epsilon": cfg["eval_epsilon"], "eval_time_s": round(eval_time_s, 1), "attack_time_s": res["time_s"],
-            "checkpoint": checkpoint, **robustbench_fields(cfg, res), **provenance(), "versions": library_versions(),
+            "checkpoint": checkpoint, **robustbench_fields(cfg, res), **provenance(), "versions": library_versions(device),
             "config": cfg}
 
 

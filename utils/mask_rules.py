@@ -30,6 +30,7 @@ def jet_table(n: int = 256) -> np.ndarray:
 
 
 _JET = torch.from_numpy(jet_table())
+_JET_ON = {}
 
 
 def jet(v: torch.Tensor) -> torch.Tensor:
@@ -38,7 +39,8 @@ def jet(v: torch.Tensor) -> torch.Tensor:
     Returns v.shape + (3,), float64, on v's device."""
     v = v.double()
     idx = (v.nan_to_num(0.0) * 256).floor().clamp_(0, 255).long()
-    return _JET.to(v.device)[idx].masked_fill_(v.isnan()[..., None], 0.0)
+    table = _JET_ON.setdefault(str(v.device), _JET.to(v.device))  # one copy per device, not per call
+    return table[idx].masked_fill_(v.isnan()[..., None], 0.0)
 
 
 def standardise(a: torch.Tensor, dims) -> torch.Tensor:
@@ -65,7 +67,4 @@ def mask_from_cam(cam: torch.Tensor, eps: float, eps_low: float, rule: str = "of
     with every value exactly eps or eps_low: eps where the rule's standardised score exceeds 1."""
     if rule not in RULES:
         raise ValueError(f"unknown mask rule {rule!r}; choose from {', '.join(RULES)}")
-    z = RULES[rule](cam)
-    hi = torch.tensor(eps, dtype=torch.float32, device=cam.device)
-    lo = torch.tensor(eps_low, dtype=torch.float32, device=cam.device)
-    return torch.where(z > 1, hi, lo).contiguous()
+    return torch.where(RULES[rule](cam) > 1, float(eps), float(eps_low)).float().contiguous()

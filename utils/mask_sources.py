@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .cams import compute_cam, layer_cams
-from .data import epoch_generator, epoch_permutation, train_batches
+from .data import epoch_generator, epoch_permutation, train_batches, train_size
 from .mask_rules import mask_from_cam
 
 
@@ -52,6 +52,17 @@ def pil_bicubic_operator(h: int, w: int, out_h: int, out_w: int) -> torch.Tensor
     return torch.from_numpy(np.stack(cols, axis=1))
 
 
+_DEVICE_COPIES = {}
+
+
+def _on_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A constant table on `device`, copied there once (a copy per batch would synchronise the GPU)."""
+    key = (id(t), str(device))
+    if key not in _DEVICE_COPIES:
+        _DEVICE_COPIES[key] = t.to(device)
+    return _DEVICE_COPIES[key]
+
+
 def official_postprocess(raw: torch.Tensor, size: tuple) -> torch.Tensor:
     """The official code's CAM post-processing (torchcam 0.3.2, torchvision 0.14): per map, (m - min) / max(m - min)
     with no guard (a constant map becomes NaN, as torchcam's division by zero does), then PIL's bicubic resize in
@@ -61,7 +72,7 @@ def official_postprocess(raw: torch.Tensor, size: tuple) -> torch.Tensor:
     m = m - m.amin(dim=(1, 2), keepdim=True)
     m = m / m.amax(dim=(1, 2), keepdim=True)
     b, h, w = m.shape
-    op = pil_bicubic_operator(h, w, *size).to(raw.device)
+    op = _on_device(pil_bicubic_operator(h, w, *size), raw.device)
     return (m.reshape(b, h * w) @ op.T).reshape(b, *size).float()
 
 
@@ -159,37 +170,39 @@ class OfficialSource(MaskSource):
     def start_epoch(self, model, epoch, log=None):
         if self.pass_due(epoch):
             self.compute_pass(model, epoch)
+            if log:
+                n = sum(m.shape[0] for m in self.masks)
+                log.info("official mask pass for epoch %d: %d masks from a separately shuffled and augmented pass",
+                         epoch, n)
         elif self.masks is None:  # resumed between passes without stored masks (a torchrun rank other than 0)
             due = next(e for e in range(epoch, self.cfg["warm_up"], -1) if self.pass_due(e))
             if log:
                 log.warning("the official masks of epoch %d are not in the checkpoint on this process: "
                             "recomputed with the current model", due)
             self.compute_pass(model, due)
-        else:
-            return
+        # the share of this epoch's training slots whose mask was computed on the very same image
+        c = self.cfg
+        n = train_size(self.data, c["n_train"])
+        pass_order = epoch_permutation(n, source_generator(c["seed"], self.pass_epoch, 0, stream=1), self.rank, self.world)
+        train_order = epoch_permutation(n, epoch_generator(c["seed"], epoch), self.rank, self.world)
+        hits = int((pass_order == train_order).sum())
+        self.own_share = hits / max(pass_order.numel(), 1)
         if log:
-            n = sum(m.shape[0] for m in self.masks)
-            log.info("official mask pass for epoch %d: %d masks from a separately shuffled and augmented pass; "
-                     "%d land on their own image (%.4f%%)", self.pass_epoch, n, round(self.own_share * n),
-                     100 * self.own_share)
+            log.info("official masks in epoch %d: %d of %d land on their own image", epoch, hits, pass_order.numel())
 
     def compute_pass(self, model, epoch):
         c = self.cfg
         gen = source_generator(c["seed"], epoch, 0, stream=1)
-        self.masks = [(self.own_masks(model, x) == torch.tensor(self.eps, dtype=torch.float32)).bool()
+        eps32 = float(torch.tensor(self.eps, dtype=torch.float32))
+        self.masks = [self.own_masks(model, x) == eps32
                       for x, _ in train_batches(self.data, c["batch_size"], gen, self.rank, self.world, c["n_train"])]
-        n = self.data.x_train.shape[0] if not c["n_train"] else min(c["n_train"], self.data.x_train.shape[0])
-        pass_order = epoch_permutation(n, source_generator(c["seed"], epoch, 0, stream=1), self.rank, self.world)
-        train_order = epoch_permutation(n, epoch_generator(c["seed"], epoch), self.rank, self.world)
-        self.own_share = (pass_order == train_order).double().mean().item()
         self.pass_epoch = epoch
 
     def budget(self, model, x, i):
         m = self.masks[i]
         if m.shape != x.shape:
             raise RuntimeError(f"official mask of batch {i} has shape {tuple(m.shape)}, the batch {tuple(x.shape)}")
-        return torch.where(m, torch.tensor(self.eps, dtype=torch.float32, device=x.device),
-                           torch.tensor(self.low, dtype=torch.float32, device=x.device))
+        return torch.where(m, self.eps, self.low).float()
 
     def state_dict(self):
         if self.masks is None or self.cfg["mask_refresh"] == 1:  # a refresh of 1 recomputes them every epoch
@@ -198,7 +211,7 @@ class OfficialSource(MaskSource):
                 "bits": [torch.from_numpy(np.packbits(m.cpu().numpy().reshape(-1))) for m in self.masks]}
 
     def load_state_dict(self, state):
-        if not state:
+        if not state or self.rank != 0:  # the checkpoint holds rank 0's masks; other ranks recompute theirs
             return
         device = self.data.x_train.device
         self.masks = [torch.from_numpy(np.unpackbits(b.numpy())[:int(np.prod(s))].astype(bool)).reshape(s).to(device)
@@ -252,7 +265,7 @@ class BudgetStats:
         if isinstance(eps, torch.Tensor):
             e = eps.expand_as(x)
             self.total += e.sum(dtype=torch.float64)
-            self.at_eps += (e == torch.tensor(self.epsilon, dtype=e.dtype)).sum()
+            self.at_eps += (e == float(torch.tensor(self.epsilon, dtype=e.dtype))).sum()
         else:
             self.total += float(eps) * n
             self.at_eps += n * float(torch.tensor(eps, dtype=torch.float32) == torch.tensor(self.epsilon, dtype=torch.float32))

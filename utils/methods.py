@@ -86,8 +86,10 @@ METHODS = {
 
 
 def labels() -> dict:
-    """Every display name -> (variant, training attack, masked): the inverse of the registry's names."""
-    return {m.label(a, masked): (v, a, masked) for v, m in METHODS.items() for a in m.attacks for masked in (True, False)}
+    """Every display name -> (variant, training attack, masked, its baseline's name), in the registry's order with
+    each baseline before its masked method: AT, PART, MMA, PART-MMA, TRADES, PART-T, MART, PART-M."""
+    return {m.label(a, masked): (v, a, masked, m.label(a, False))
+            for v, m in METHODS.items() for a in m.attacks for masked in (False, True)}
 
 
 class TrainLoss(torch.nn.Module):

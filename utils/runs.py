@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import random
 import shutil
 import sys
@@ -18,7 +19,7 @@ from .errors import UsageError
 # what a run writes into its folder (--overwrite deletes exactly these)
 RUN_FILES = ("config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md", "mask.png",
              "aa_log.txt")
-RUN_PATTERNS = ("epoch_", "eval_")
+RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)")
 LOCK = ".lock"
 
 
@@ -150,10 +151,29 @@ def clear_run(out: str) -> None:
     """Delete what a run wrote into `out` (its known files and tb/), leaving anything else alone."""
     for f in os.listdir(out):
         p = os.path.join(out, f)
-        if f in RUN_FILES or any(f.startswith(s) for s in RUN_PATTERNS) or ".tmp." in f:
+        name = re.sub(r"\.tmp\.\d+$", "", f)  # a temporary file left by a killed write
+        if name in RUN_FILES or RUN_PATTERN.fullmatch(name):
             os.remove(p)
         elif f == "tb" and os.path.isdir(p):
             shutil.rmtree(p)
+
+
+def drop_later_files(out: str, epoch: int) -> list[str]:
+    """When a run resumes from epoch `epoch`, remove what a later point of the trajectory it replaces wrote:
+    epoch_M.pt for M > epoch, best.pt of a later epoch, and the final record. Returns the names removed."""
+    gone = []
+    for f in sorted(os.listdir(out)):
+        m = re.fullmatch(r"epoch_(\d+)\.pt", f)
+        later = m is not None and int(m.group(1)) > epoch
+        if f == "best.pt":
+            try:
+                later = read_checkpoint(os.path.join(out, f)).get("epoch", epoch + 1) > epoch
+            except UsageError:
+                later = True
+        if later or f in ("results.json", "results.md", "mask.png"):
+            os.remove(os.path.join(out, f))
+            gone.append(f)
+    return gone
 
 
 class RunFolder:
