@@ -94,6 +94,7 @@ BAD_INPUT = [
     ("part", ["--eval-attacks", "part-pgd", "--no-mask", "--cam-layer", "nope"], 2, "nope"),
     ("part", ["--out", "TMP/afile/run"], 2, "is a file"),
     ("part", ["--out", "TMP/afile"], 2, "is a file"),
+    ("part", ["--out", "/proc/part_run_test"], 2, "cannot create or write the run folder"),  # unwritable
     ("part", ["--eval-corruptions", "TMP/nothing"], 2, "not a folder"),
     ("part", ["--resume", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/garbage.pt"], 2, "cannot read checkpoint"),

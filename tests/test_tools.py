@@ -192,7 +192,7 @@ def test_benchmark_runs_and_writes_its_record(tmp_path):
     assert rec["results"].keys() == saved["results"].keys()
     with pytest.raises(SystemExit):
         benchmark.main(["--warmup", "0"])  # an unwarmed first call would be timed
-    rec = benchmark.main(["--eval", "--models", "resnet18", "--width", "4", "--eval-batch-size", "16", "--iters", "2",
+    rec = benchmark.main(["--eval", "--clock", "cpu", "--models", "resnet18", "--width", "4", "--eval-batch-size", "16", "--iters", "2",
                           "--eval-attacks", "natural", "pgd20", "cw", "--json", str(out)])
     r = rec["results"]["resnet18/eval"]
     assert r["pgd20"]["vs_pgd20"] == 1.0 and r["cw"]["s"] > 0 and r["natural"]["vs_pgd20"] < 1

@@ -14,6 +14,8 @@ Training (default), on the current device, for each model and each speed setting
 and the PART / AT ratio and the implied time of a 50,000-image CIFAR-10 epoch.
 --eval: each evaluation attack on --eval-batch-size test images (natural, pgd20, pgd50, pgd100, mma, cw, part-pgd,
 and aa when asked for), the median of --iters rounds, with its cost relative to PGD-20.
+--clock cpu times with the process's CPU time instead of wall time: on a CPU shared with other runs (and with
+OMP_NUM_THREADS=1) it measures the work done, which the other processes do not stretch.
 Every timing follows at least one warm-up call. A JSON record (device, versions, settings, figures) goes to --json.
 """
 import argparse
@@ -45,18 +47,22 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_it(fn, device, warmup, iters):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_it(fn, device, warmup, iters, clock=time.perf_counter):
     for _ in range(max(1, warmup)):  # first calls pay for allocation, cudnn autotuning, lazy imports
         fn()
     _sync(device)
-    t = time.perf_counter()
+    t = clock()
     for _ in range(iters):
         fn()
     _sync(device)
-    return (time.perf_counter() - t) / iters
+    return (clock() - t) / iters
 
 
-def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup, iters, num_classes):
+def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup, iters, num_classes,
+                clock=time.perf_counter):
     cfg = dict(model=model_name, width=width, **SETTINGS[setting])
     configure_backends(cfg, device)
     torch.manual_seed(0)
@@ -102,16 +108,16 @@ def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup,
     out = {}
     for name, fn in (("at_step", at_step), ("part_step", part_step), ("mask", mask), ("official_mask", official_mask),
                      ("pgd20_eval", pgd20)):
-        sec = time_it(fn, device, warmup, iters)
+        sec = time_it(fn, device, warmup, iters, clock)
         out[name] = {"ms_per_batch": round(1000 * sec, 2), "images_per_s": round(batch / sec, 1)}
     out["part_over_at"] = round(out["part_step"]["ms_per_batch"] / out["at_step"]["ms_per_batch"], 3)
     out["cifar10_epoch_s"] = round(50000 / out["part_step"]["images_per_s"], 1)
     return out
 
 
-def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters):
+def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters, clock=time.perf_counter):
     """Median seconds for each evaluation attack on the first `batch` test images over `iters` rounds (the attacks
-    interleaved within a round, so that a busy machine slows them alike), and the ratio to PGD-20."""
+    interleaved within a round), and the ratio to PGD-20."""
     torch.manual_seed(0)
     model = prepare_model(dict(model=model_name, width=width), data.num_classes, device).eval()
     cfg = {"low_epsilon": 7 / 255, "cam": "gradcam", "mask_rule": "official", "cam_layer": None,
@@ -123,10 +129,10 @@ def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters):
     for _ in range(iters):
         for name in attacks:
             _sync(device)
-            t = time.perf_counter()
+            t = clock()
             evaluate(model, data, attacks=(name,), n_eval=batch, batch_size=batch, cfg=cfg)
             _sync(device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
     out = {name: {"s": round(sorted(v)[len(v) // 2], 3), "runs_s": [round(t, 3) for t in v]} for name, v in times.items()}
     base = out.get("pgd20", {}).get("s")
     for name in out:
@@ -150,6 +156,8 @@ def main(argv=None):
     p.add_argument("--eval-attacks", nargs="+", default=list(EVAL_ATTACKS), help="attacks to time with --eval "
                    "(default: natural pgd20 pgd50 pgd100 mma cw part-pgd; add aa if you can wait)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (for a shared CPU; default: wall)")
     p.add_argument("--json", default="runs/benchmark.json", help="where to write the record (default: runs/benchmark.json)")
     args = p.parse_args(argv)
     if args.warmup < 1 or args.iters < 1:
@@ -161,17 +169,17 @@ def main(argv=None):
             p.error(str(e))
     device = pick_device(args.device, 0)
     data = load_dataset(args.data, args.data_dir)
-    record = {"device": library_versions()["device"], "versions": library_versions(), "data": args.data,
-              "width": args.width, "threads": torch.get_num_threads(), "results": {}}
+    record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,
+              "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {}}
     print(f"device: {record['device']} ({device}), data {args.data}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.clock} clock")
     if args.eval:
         record["eval_batch_size"] = args.eval_batch_size
         header = f"{'model':<10} {'attack':<10} {'s per ' + str(args.eval_batch_size) + ' images':>18} {'x PGD-20':>9}"
         print(header + "\n" + "-" * len(header))
         for model_name in args.models:
             r = bench_eval(model_name, args.width, data.to(device), device, args.eval_batch_size, args.eval_attacks,
-                           args.warmup, args.iters)
+                           args.warmup, args.iters, CLOCKS[args.clock])
             record["results"][f"{model_name}/eval"] = r
             for name, v in r.items():
                 ratio = "" if v["vs_pgd20"] is None else f"{v['vs_pgd20']:.2f}"
@@ -186,7 +194,7 @@ def main(argv=None):
         for model_name in args.models:
             for setting in settings:
                 r = bench_model(model_name, args.width, setting, x_all, y_all, device, args.batch_size, args.warmup,
-                                args.iters, data.num_classes)
+                                args.iters, data.num_classes, CLOCKS[args.clock])
                 record["results"][f"{model_name}/{setting}"] = r
                 for step in ("at_step", "part_step", "mask", "official_mask", "pgd20_eval"):
                     print(f"{model_name:<10} {setting:<10} {step:<14} {r[step]['ms_per_batch']:>10.1f} "
