@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from attacks import autoattack, cw, mart_attack, mma, pgd, trades_attack
 from models import build_model

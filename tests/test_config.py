@@ -2,7 +2,7 @@
 import pytest
 
 from tests.test_scripts import SCRIPTS, constants
-from utils.config import build_parser, effective, explicit_flags, lr_at, parse
+from utils.config import build_parser, effective, lr_at, parse
 from utils.methods import METHODS
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.test_reliability import call
-from tests.test_scripts import SCRIPTS, TINY, constants, run
+from tests.test_scripts import TINY, run
 from utils.data import to_float
 from utils.errors import UsageError
 from utils.evaluate import EVAL_ATTACKS, corruption_files, eval_attack, evaluate, evaluate_corruptions

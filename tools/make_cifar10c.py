@@ -43,7 +43,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (default: 0)")
     args = p.parse_args(argv)
     try:
-        import imagecorruptions  # noqa: F401
+        import imagecorruptions  # noqa: F401  (fail early, with a message)
     except ImportError as e:
         print(f"error: this tool needs imagecorruptions ({e}); pip install imagecorruptions", file=sys.stderr)
         return 2
