@@ -60,6 +60,18 @@ def test_report_mean_std_and_differences(tmp_path, capsys):
     assert part["aa_mean"] == "" and part["aa_n"] == "0"
 
 
+def test_report_pooled_std_weights_each_group_by_its_degrees_of_freedom(tmp_path, capsys):
+    for seed, nat in zip((1, 2), (80.0, 82.0)):           # variance 2, 1 degree of freedom
+        fake_run(tmp_path, f"a{seed}", "AT", seed, nat, 50.0)
+    for seed, nat in zip((1, 2, 3), (84.0, 88.0, 92.0)):  # variance 16, 2 degrees of freedom
+        fake_run(tmp_path, f"p{seed}", "PART", seed, nat, 50.0 + seed)
+    fake_run(tmp_path, "t1", "TRADES", 1, 10.0, 10.0)      # one run: no variance, left out
+    assert report.main([str(tmp_path)]) == 0
+    cells = row_cells(capsys.readouterr().out, "Pooled std (noise scale)")
+    assert cells[0] == f"{((2 * 1 + 16 * 2) / 3) ** 0.5:.2f}"
+    assert cells[1] == f"{((0 * 1 + 1 * 2) / 3) ** 0.5:.2f}"
+
+
 def test_report_groups_by_data_and_model(tmp_path, capsys):
     fake_run(tmp_path, "x", "AT", 1, 90.0, 60.0, data="svhn")
     fake_run(tmp_path, "y", "AT", 1, 70.0, 40.0, model="wrn34-10")

@@ -206,6 +206,16 @@ def diff_cells(a, b, cols):
     return cells
 
 
+def pooled_std(groups, col) -> str:
+    """The pooled within-group sample standard deviation of `col`, sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) over
+    the groups with two or more runs: the seed-to-seed noise a difference of means is to be read against."""
+    stats = [g.stat(col) for g in groups]
+    dof = sum(n - 1 for _, s, n in stats if s is not None)
+    if dof == 0:
+        return "missing"
+    return f"{math.sqrt(sum((n - 1) * s * s for _, s, n in stats if s is not None) / dof):.2f}"
+
+
 def _masked_name(baseline: "Group") -> str:
     """The masked method's name for a baseline group (PART for AT, PART-T for TRADES, ...)."""
     return next((name for name, (base, masked) in LABELS.items() if masked and base == baseline.method), "masked")
@@ -257,6 +267,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                     name_a = a.label if isinstance(a, Group) else (a or _masked_name(b))
                     name_b = b.label if isinstance(b, Group) else (b or "its baseline")
                     out.append(f"| {name_a} − {name_b} | " + " | ".join(["missing"] * len(cols)) + " |")
+            out.append("| Pooled std (noise scale) | " + " | ".join(pooled_std(groups, c) for c in cols) + " |")
         if per_seed:
             out += ["", "| Run | Seed | " + " | ".join(column_title(c) for c in cols) + " |",
                     "|" + "---|" * (len(cols) + 2)]
@@ -266,7 +277,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                     out.append(f"| {g.label} | {r.get('seed')} | " + " | ".join(cells) + " |")
         out.append("")
     out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]; differences are "
-               "of the means.")
+               "of the means; the pooled std is over the groups with two or more runs.")
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
