@@ -67,7 +67,9 @@ def test_report_pooled_std_weights_each_group_by_its_degrees_of_freedom(tmp_path
         fake_run(tmp_path, f"p{seed}", "PART", seed, nat, 50.0 + seed)
     fake_run(tmp_path, "t1", "TRADES", 1, 10.0, 10.0)      # one run: no variance, left out
     assert report.main([str(tmp_path)]) == 0
-    cells = row_cells(capsys.readouterr().out, "Pooled std (noise scale)")
+    out = capsys.readouterr().out
+    assert row_cells(out, "PART − AT") == [f"{88 - 81:+.2f}*", f"{52 - 50:+.2f}*"]  # seeds 1,2,3 against 1,2
+    cells = row_cells(out, "Pooled std (noise scale)")
     assert cells[0] == f"{((2 * 1 + 16 * 2) / 3) ** 0.5:.2f}"
     assert cells[1] == f"{((0 * 1 + 1 * 2) / 3) ** 0.5:.2f}"
 

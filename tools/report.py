@@ -198,11 +198,17 @@ def fmt(ms, digits=2):
     return (f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}") + f" [{n}]"
 
 
+def _seeds(group, col):
+    return sorted(r.get("seed") for r in group.runs if value(r, col) is not None)
+
+
 def diff_cells(a, b, cols):
+    """Differences of means; a cell whose two means cover different seeds is marked with `*`."""
     cells = []
     for c in cols:
         x, y = a.stat(c), b.stat(c)
-        cells.append("missing" if x[2] == 0 or y[2] == 0 else f"{x[0] - y[0]:+.2f}")
+        mark = "*" if _seeds(a, c) != _seeds(b, c) else ""
+        cells.append("missing" if x[2] == 0 or y[2] == 0 else f"{x[0] - y[0]:+.2f}{mark}")
     return cells
 
 
@@ -277,7 +283,8 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                     out.append(f"| {g.label} | {r.get('seed')} | " + " | ".join(cells) + " |")
         out.append("")
     out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]; differences are "
-               "of the means; the pooled std is over the groups with two or more runs.")
+               "of the means (* where the two means cover different seeds); the pooled std is over the groups with two or "
+               "more runs.")
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
