@@ -70,6 +70,10 @@ def test_report_pooled_std_weights_each_group_by_its_degrees_of_freedom(tmp_path
     out = capsys.readouterr().out
     assert row_cells(out, "PART − AT") == [f"{88 - 81:+.2f}*", f"{52 - 50:+.2f}*"]  # seeds 1,2,3 against 1,2
     cells = row_cells(out, "Pooled std (noise scale)")
+    assert report.main([str(tmp_path), "--per-seed"]) == 0
+    table = capsys.readouterr().out.split("Paired difference")[1]
+    # seeds 1 and 2 only: natural 84-80, 88-82; PGD-20 51-50, 52-50
+    assert row_cells(table, "PART − AT") == [f"+{5.0:.2f} ± {2 ** 0.5:.2f} [2]", f"+{1.5:.2f} ± {0.5 ** 0.5:.2f} [2]"]
     assert cells[0] == f"{((2 * 1 + 16 * 2) / 3) ** 0.5:.2f}"
     assert cells[1] == f"{((0 * 1 + 1 * 2) / 3) ** 0.5:.2f}"
 

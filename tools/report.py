@@ -191,11 +191,11 @@ def baseline_of(group, groups):
 # ----------------------------------------------------------------------------------------------------
 # output
 # ----------------------------------------------------------------------------------------------------
-def fmt(ms, digits=2):
+def fmt(ms, digits=2, sign=""):
     m, s, n = ms
     if n == 0:
         return "missing"
-    return (f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}") + f" [{n}]"
+    return (f"{m:{sign}.{digits}f}" if s is None else f"{m:{sign}.{digits}f} ± {s:.{digits}f}") + f" [{n}]"
 
 
 def _seeds(group, col):
@@ -210,6 +210,14 @@ def diff_cells(a, b, cols):
         mark = "*" if _seeds(a, c) != _seeds(b, c) else ""
         cells.append("missing" if x[2] == 0 or y[2] == 0 else f"{x[0] - y[0]:+.2f}{mark}")
     return cells
+
+
+def paired_diff(a, b, col):
+    """(mean, sample std, n) of the per-seed differences a - b over the seeds both groups have a value for: the
+    comparison to read when rows share their seeds (and so their warm-up and data order)."""
+    va = {r.get("seed"): value(r, col) for r in a.runs if value(r, col) is not None}
+    vb = {r.get("seed"): value(r, col) for r in b.runs if value(r, col) is not None}
+    return mean_std([va[s] - vb[s] for s in sorted(set(va) & set(vb), key=str)])
 
 
 def pooled_std(groups, col) -> str:
@@ -263,6 +271,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
         for a_name, b_name in diffs:
             a, b = find_group(groups, a_name), find_group(groups, b_name)
             pairs.append((a, b) if a is not None and b is not None else (a_name, b_name))
+        complete = [(a, b) for a, b in pairs if isinstance(a, Group) and isinstance(b, Group)]
         if pairs:
             out += ["", "| Difference of means | " + " | ".join(column_title(c) for c in cols) + " |",
                     "|" + "---|" * (len(cols) + 1)]
@@ -281,6 +290,11 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                 for r in sorted(g.runs, key=lambda r: r.get("seed")):
                     cells = ["-" if value(r, c) is None else f"{value(r, c):.2f}" for c in cols]
                     out.append(f"| {g.label} | {r.get('seed')} | " + " | ".join(cells) + " |")
+            if complete:
+                out += ["", "| Paired difference (same seeds) | " + " | ".join(column_title(c) for c in cols) + " |",
+                        "|" + "---|" * (len(cols) + 1)]
+                for a, b in complete:
+                    out.append(f"| {a.label} − {b.label} | " + " | ".join(fmt(paired_diff(a, b, c), sign="+") for c in cols) + " |")
         out.append("")
     out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]; differences are "
                "of the means (* where the two means cover different seeds); the pooled std is over the groups with two or "
@@ -340,7 +354,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="*", help="seeds every row should have (flags the missing ones)")
     p.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="also show row A minus row B (labels, or a part of one that names a single row)")
-    p.add_argument("--per-seed", action="store_true", help="also list every run's values")
+    p.add_argument("--per-seed", action="store_true",
+                   help="also list every run's values, and each difference as the mean ± std of its per-seed "
+                        "differences over the seeds both rows have")
     p.add_argument("--plot", metavar="PNG", help="write training curves (natural, PGD-20, budget per epoch; mean over "
                                                   "seeds with a +-1 std band) here")
     args = p.parse_args(argv)
