@@ -198,8 +198,9 @@ def fmt(ms, digits=2, sign=""):
     return (f"{m:{sign}.{digits}f}" if s is None else f"{m:{sign}.{digits}f} ± {s:.{digits}f}") + f" [{n}]"
 
 
-def _seeds(group, col):
-    return sorted(r.get("seed") for r in group.runs if value(r, col) is not None)
+def seed_values(group, col) -> dict:
+    """{seed: value of `col`} over the group's runs that have the column."""
+    return {r.get("seed"): value(r, col) for r in group.runs if value(r, col) is not None}
 
 
 def diff_cells(a, b, cols):
@@ -207,7 +208,7 @@ def diff_cells(a, b, cols):
     cells = []
     for c in cols:
         x, y = a.stat(c), b.stat(c)
-        mark = "*" if _seeds(a, c) != _seeds(b, c) else ""
+        mark = "*" if seed_values(a, c).keys() != seed_values(b, c).keys() else ""
         cells.append("missing" if x[2] == 0 or y[2] == 0 else f"{x[0] - y[0]:+.2f}{mark}")
     return cells
 
@@ -215,19 +216,16 @@ def diff_cells(a, b, cols):
 def paired_diff(a, b, col):
     """(mean, sample std, n) of the per-seed differences a - b over the seeds both groups have a value for: the
     comparison to read when rows share their seeds (and so their warm-up and data order)."""
-    va = {r.get("seed"): value(r, col) for r in a.runs if value(r, col) is not None}
-    vb = {r.get("seed"): value(r, col) for r in b.runs if value(r, col) is not None}
-    return mean_std([va[s] - vb[s] for s in sorted(set(va) & set(vb), key=str)])
+    va, vb = seed_values(a, col), seed_values(b, col)
+    return mean_std([va[s] - vb[s] for s in va.keys() & vb.keys()])
 
 
 def pooled_std(groups, col) -> str:
     """The pooled within-group sample standard deviation of `col`, sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) over
     the groups with two or more runs: the seed-to-seed noise a difference of means is to be read against."""
-    stats = [g.stat(col) for g in groups]
-    dof = sum(n - 1 for _, s, n in stats if s is not None)
-    if dof == 0:
-        return "missing"
-    return f"{math.sqrt(sum((n - 1) * s * s for _, s, n in stats if s is not None) / dof):.2f}"
+    stats = [(n, s) for _, s, n in map(lambda g: g.stat(col), groups) if s is not None]
+    dof = sum(n - 1 for n, _ in stats)
+    return "missing" if dof == 0 else f"{math.sqrt(sum((n - 1) * s * s for n, s in stats) / dof):.2f}"
 
 
 def _masked_name(baseline: "Group") -> str:
@@ -294,11 +292,12 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                 out += ["", "| Paired difference (same seeds) | " + " | ".join(column_title(c) for c in cols) + " |",
                         "|" + "---|" * (len(cols) + 1)]
                 for a, b in complete:
-                    out.append(f"| {a.label} − {b.label} | " + " | ".join(fmt(paired_diff(a, b, c), sign="+") for c in cols) + " |")
+                    cells = [fmt(paired_diff(a, b, c), sign="+") for c in cols]
+                    out.append(f"| {a.label} − {b.label} | " + " | ".join(cells) + " |")
         out.append("")
     out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]; differences are "
-               "of the means (* where the two means cover different seeds); the pooled std is over the groups with two or "
-               "more runs.")
+               "of the means (* where the two means cover different seeds); the pooled std is over the groups with "
+               "two or more runs.")
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
