@@ -23,13 +23,14 @@ from .cams import find_target_layer
 from .config import lr_at
 from .data import Dataset, epoch_generator, load_dataset, num_batches, to_float, train_batches, train_size
 from .errors import UsageError
-from .evaluate import corruption_files, evaluate, evaluate_corruptions, make_record, markdown_table
+from .evaluate import (corruption_files, evaluate, evaluate_corruptions, make_record, markdown_table, per_image_arrays,
+                       per_image_name)
 from .figures import save_mask_figure
 from .mask_sources import MASK_SOURCES, BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
 from .runs import (RunFolder, append_metrics, check_out_path, clear_run, drop_later_files, holds_run, make_logger,
-                   read_checkpoint, rng_state, save_checkpoint, save_json, save_text, seed_everything, set_rng_state,
-                   truncate_metrics)
+                   read_checkpoint, rng_state, save_checkpoint, save_json, save_npz, save_text, seed_everything,
+                   set_rng_state, truncate_metrics)
 
 
 class NonFinite(RuntimeError):
@@ -399,7 +400,8 @@ def run_epochs(run: Run) -> None:
 
 def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
                      checkpoint: str | None) -> dict:
-    """Run the evaluation suite as configured and write <folder>/<name>.json and .md (and aa_log.txt)."""
+    """Run the evaluation suite as configured and write <folder>/<name>.json and .md, the per-image record
+    (`per_image_name(name)`) and, with AutoAttack, aa_log.txt."""
     t = time.time()
     res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
                    step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
@@ -412,6 +414,8 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
     aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
     log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
              markdown_table(record, record["method"]))
+    record["per_image_file"] = per_image_name(name)
+    save_npz(os.path.join(folder, record["per_image_file"]), per_image_arrays(res, data, cfg.get("data_fingerprint")))
     save_json(os.path.join(folder, f"{name}.json"), record)
     save_text(os.path.join(folder, f"{name}.md"), markdown_table(record, record["method"]))
     log.info("wrote %s", os.path.join(folder, f"{name}.json"))

@@ -108,10 +108,15 @@ def provenance() -> dict:
     return out
 
 
-def _accuracy(model, x, y, batch_size):
+def _correct(model, x, y, batch_size) -> torch.Tensor:
+    """Bool tensor (N,) on the model's device: whether the model classifies each image of x correctly."""
     with torch.no_grad():
-        return sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                   for i in range(0, x.shape[0], batch_size))
+        return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+                          for i in range(0, x.shape[0], batch_size)])
+
+
+def _accuracy(model, x, y, batch_size):
+    return int(_correct(model, x, y, batch_size).sum())
 
 
 def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTACKS, eps: float = 8 / 255,
@@ -123,7 +128,8 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
     figure does not depend on which other attacks ran. `log` (a logger) gets a line as each attack starts and
     ends; `aa_log` receives AutoAttack's own log.
     Returns {name: accuracy, ..., 'n_eval', 'n_eval_aa' (None without aa), 'n_test', 'time_s': {name: s},
-    'aa_breakdown': {...} (with aa)}; the default attacks that did not run are None. The model is left as `attacks.frozen` guarantees."""
+    'aa_breakdown': {...} (with aa), 'per_image': {name: bool array (size,), one per test image, in test-set
+    order from index 0}}; the default attacks that did not run are None. The model is left as `attacks.frozen` guarantees."""
     from tqdm import tqdm
     device = next(model.parameters()).device
     n_test = data.x_test.shape[0]
@@ -131,7 +137,7 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
     n_aa = n if not n_eval_aa else min(n_eval_aa, n_test)
     ctx = {"eps": eps, "step_size": step_size, "cfg": cfg or {}}
     result = {**{a: None for a in DEFAULT_EVAL_ATTACKS}, "n_eval": n, "n_eval_aa": n_aa if "aa" in attacks else None,
-              "n_test": n_test, "time_s": {}}
+              "n_test": n_test, "time_s": {}, "per_image": {}}
     say = log.info if log else (lambda *a: None)
     with frozen(model):
         for name in attacks:
@@ -143,18 +149,21 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
                 x, y = to_float(data.x_test[:n_aa]).to(device), data.y_test[:n_aa].to(device)
                 xa, breakdown = autoattack(model, x, y, eps, num_classes=data.num_classes, batch_size=batch_size,
                                            seed=seed, log_path=aa_log, progress=(lambda m: say("eval aa: %s", m)))
-                correct = _accuracy(model, xa, y, batch_size)
+                hits = _correct(model, xa, y, batch_size)
                 result["aa_breakdown"] = breakdown
             else:
                 run = eval_attack(name).run
-                correct = 0
+                parts = []
                 for x, y in tqdm(eval_batches(data, batch_size, n), total=-(-n // batch_size), desc=name,
                                  disable=None if progress else True, leave=False):
                     x, y = x.to(device), y.to(device)
-                    correct += _accuracy(model, run(model, x, y, ctx), y, batch_size)
+                    parts.append(_correct(model, run(model, x, y, ctx), y, batch_size))
+                hits = torch.cat(parts)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             result["time_s"][name] = round(time.time() - t, 2)
+            result["per_image"][name] = hits.cpu().numpy()
+            correct = int(result["per_image"][name].sum())
             result[name] = 100.0 * correct / size
             say("eval %s: %.2f%% (%d/%d) in %.1f s", name, result[name], correct, size, result["time_s"][name])
     return result
@@ -230,6 +239,26 @@ def evaluate_corruptions(model: torch.nn.Module, folder: str, n_eval: int = 0, b
 # ----------------------------------------------------------------------------------------------------
 # the record
 # ----------------------------------------------------------------------------------------------------
+def per_image_name(record_name: str) -> str:
+    """The per-image file beside a record: results -> per_image.npz, eval_last -> eval_last_per_image.npz."""
+    return "per_image.npz" if record_name == "results" else f"{record_name}_per_image.npz"
+
+
+def per_image_arrays(res: dict, data: Dataset, fingerprint: str | None) -> dict:
+    """The arrays of a per_image.npz: for each attack <name> (bool, one per image: correct under it) and
+    <name>_index (int64, the test-set indices of those images); `labels` (int64) of the first max(size) test
+    images; `n_test`; `data_fingerprint` (the test set's identity, '' when unknown)."""
+    out = {}
+    for name, hits in res["per_image"].items():
+        out[name] = np.asarray(hits, dtype=bool)
+        out[f"{name}_index"] = np.arange(len(hits), dtype=np.int64)
+    size = max((len(h) for h in res["per_image"].values()), default=0)
+    out["labels"] = data.y_test[:size].cpu().numpy().astype(np.int64)
+    out["n_test"] = np.int64(res["n_test"])
+    out["data_fingerprint"] = np.array(fingerprint or "")
+    return out
+
+
 ARCHITECTURES = {"resnet18": ("ResNet-18", 64), "wrn34-10": ("WideResNet-34-10", 10)}
 
 
@@ -246,7 +275,7 @@ def robustbench_fields(cfg: dict, res: dict) -> dict:
 
 def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float, device=None) -> dict:
     """The JSON record of an evaluated model: accuracies, sizes, config, provenance, RobustBench fields."""
-    accs = {k: v for k, v in res.items() if k not in ("n_eval", "n_eval_aa", "n_test", "time_s")}
+    accs = {k: v for k, v in res.items() if k not in ("n_eval", "n_eval_aa", "n_test", "time_s", "per_image")}
     return {"method": cfg["method"], "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
             "seed": cfg["seed"], **accs, "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"],
             "eval_epsilon": cfg["eval_epsilon"], "eval_time_s": round(eval_time_s, 1), "attack_time_s": res["time_s"],

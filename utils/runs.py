@@ -18,8 +18,8 @@ from .errors import UsageError
 
 # what a run writes into its folder (--overwrite deletes exactly these)
 RUN_FILES = ("config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md", "mask.png",
-             "aa_log.txt")
-RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)")
+             "aa_log.txt", "per_image.npz")
+RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)|eval_.+_per_image\.npz")
 LOCK = ".lock"
 
 
@@ -63,6 +63,14 @@ def save_text(path: str, text: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
+    atomic_write(path, write)
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    """np.savez_compressed, atomically; `path` is written exactly as given (no .npz appended)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
     atomic_write(path, write)
 
 
