@@ -49,6 +49,19 @@ def test_unknown_attack_names_are_refused():
     assert eval_attack("pgd7").title == "PGD-7" and set(EVAL_ATTACKS) >= {"natural", "pgd20", "mma", "cw", "aa"}
 
 
+def test_per_image_bits_equal_one_by_one_classification(trained, synth):
+    model, _ = trained
+    res = evaluate(model, synth, attacks=("natural", "pgd20"), n_eval=20, batch_size=8)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        alone = [bool(model(to_float(synth.x_test[i:i + 1]).to(device)).argmax(1).item() == synth.y_test[i].item())
+                 for i in range(20)]
+    assert res["per_image"]["natural"].tolist() == alone
+    assert res["per_image"]["pgd20"].dtype == bool and res["per_image"]["pgd20"].shape == (20,)
+    for name in ("natural", "pgd20"):
+        assert res[name] == 100.0 * res["per_image"][name].sum() / 20
+
+
 def test_evaluation_logs_a_line_per_attack(trained, synth, caplog):
     model, _ = trained
     log = logging.getLogger("test-eval")

@@ -32,6 +32,15 @@ def row_cells(out, label):
     raise AssertionError(f"no row {label!r} in:\n{out}")
 
 
+def diff_cells(out, label, column):
+    """[mean, 95% CI, interval kind] of the difference `label` on `column` (its title) in the differences table."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[:2] == [label, column]:
+            return cells[2:]
+    raise AssertionError(f"no difference {label!r} / {column!r} in:\n{out}")
+
+
 def test_report_mean_std_and_differences(tmp_path, capsys):
     fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0, 48.0, 46.0)
     fake_run(tmp_path, "a2", "AT", 2, 82.0, 52.0, 50.0, 48.0)
@@ -45,11 +54,13 @@ def test_report_mean_std_and_differences(tmp_path, capsys):
     out = capsys.readouterr().out
     assert row_cells(out, "AT")[:4] == ["81.00 ± 1.41 [2]", "51.00 ± 1.41 [2]", "49.00 ± 1.41 [2]", "47.00 ± 1.41 [2]"]
     assert row_cells(out, "PART")[:4] == ["85.00 ± 1.41 [2]", "52.00 ± 1.41 [2]", "50.00 ± 1.41 [2]", "missing"]
-    assert row_cells(out, "PART − AT") == ["+4.00", "+1.00", "+1.00", "missing"]
+    # two pairs with equal differences on every seed: the paired interval collapses to the mean
+    assert diff_cells(out, "PART − AT", "Natural") == ["+4.00", "[+4.00, +4.00]", "paired t, n=2"]
+    assert diff_cells(out, "PART − AT", "AA") == ["missing", "", ""]
     # a lone TRADES seed: no std, its missing seed flagged, its AA subset size shown; PART-T wholly missing
     assert row_cells(out, "TRADES") == ["78.00 [1]", "51.00 [1]", "49.00 [1]", "47.00 [1]", "1 (missing 2)",
                                         "1000 (AA 500)"]
-    assert row_cells(out, "PART-T − TRADES") == ["missing"] * 4
+    assert [diff_cells(out, "PART-T − TRADES", c)[0] for c in ("Natural", "PGD-20", "MMA", "AA")] == ["missing"] * 4
     assert "MART" not in out
     assert "crashed" in out and not re.search(r"\| [+-]?0\.00", out)  # missing is never shown as zero
     with open(tmp_path / "t.csv") as f:
@@ -68,8 +79,10 @@ def test_report_pooled_std_weights_each_group_by_its_degrees_of_freedom(tmp_path
     fake_run(tmp_path, "t1", "TRADES", 1, 10.0, 10.0)      # one run: no variance, left out
     assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert row_cells(out, "PART − AT") == [f"{88 - 81:+.2f}*", f"{52 - 50:+.2f}*"]  # seeds 1,2,3 against 1,2
-    cells = row_cells(out, "Pooled std (noise scale)")
+    # seeds 1,2,3 against 1,2: paired over the shared seeds 1 and 2 (natural 84-80, 88-82)
+    assert diff_cells(out, "PART − AT", "Natural")[0] == "+5.00" and diff_cells(out, "PART − AT", "Natural")[2] == \
+        "paired t, n=2"
+    cells = row_cells(out, "Pooled std")
     assert report.main([str(tmp_path), "--per-seed"]) == 0
     table = capsys.readouterr().out.split("Paired difference")[1]
     # seeds 1 and 2 only: natural 84-80, 88-82; PGD-20 51-50, 52-50
@@ -121,7 +134,7 @@ def test_report_keeps_configurations_apart_and_warns_on_a_duplicate_seed(tmp_pat
     assert row_cells(out, "PART (epochs=40, lr_milestones=40)")[0] == "60.00 [1]"
     assert row_cells(out, "AT")[0] == "75.50 ± 0.71 [2]"
     assert row_cells(out, "AT (n_eval=100)")[0] == "90.00 [1]"
-    assert row_cells(out, "PART − AT")[0] == "+7.50"
+    assert diff_cells(out, "PART − AT", "Natural")[0] == "+7.50"
     assert row_cells(out, "PART")[-4:-2] == ["7.20 ± 0.00 [2]", "0.200 ± 0.000 [2]"]  # budgets after warm-up
     assert row_cells(out, "AT")[-4] == "7.20 ± 0.00 [2]"
     from PIL import Image

@@ -12,8 +12,16 @@ of its table, e.g. `PART (cam=layercam)`. A cell is the mean +- sample standard 
 have that column, with their number in brackets. Two runs of one configuration with the same seed are not
 averaged: the newer is kept and a warning names both. Budget columns come from metrics.csv: the mean budget
 (in 1/255) and the share of elements at eps over the epochs after warm-up. After the table, each masked row
-minus its unmasked baseline (same settings otherwise), and any --diff A B. Unfinished runs are listed as
-missing, never counted as zero.
+minus its unmasked baseline (same settings otherwise), and any --diff A B, each with its 95% confidence interval:
+the paired t-interval over the seeds both rows have, or Welch's interval over the runs when they share none
+(utils/stats.py holds the statistics). Unfinished runs are listed as missing, never counted as zero.
+
+    python -m tools.report docs/studies/figure1 --diff AT-ul6 AT-br6 --plan 0.5 1.0 --bootstrap 10000 --json r.json
+    python -m tools.report --mcnemar RUN_A RUN_B     # exact McNemar test of two runs on the same test images
+
+--plan DELTA gives, per difference and column, the seeds the paired t-test needs to detect DELTA points with
+--power at two-sided --alpha, and the smallest difference the current seeds resolve. --bootstrap N adds a
+percentile bootstrap interval that resamples test images and seeds together, from the runs' per_image.npz.
 """
 import argparse
 import csv
@@ -21,9 +29,14 @@ import json
 import math
 import os
 import sys
+import zipfile
 
-from utils.config import MASK_KEYS, effective, upgrade
-from utils.evaluate import column_title
+import numpy as np
+
+from utils import stats
+from utils.config import MASK_KEYS, effective, number, upgrade
+from utils.errors import UsageError
+from utils.evaluate import column_title, per_image_name, record_columns
 from utils.methods import labels
 from utils.runs import read_metrics
 from utils.units import fraction_text
@@ -59,9 +72,42 @@ def load_runs(folders):
             rec = json.load(fh)
         rec["folder"], rec["mtime"] = f, os.path.getmtime(path)
         rec["metrics"] = read_metrics(os.path.join(f, "metrics.csv"))
+        rec["per_image"] = load_per_image(f, rec)
         rec["settings"] = settings(rec)
         runs.append(rec)
     return runs, unfinished
+
+
+def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None:
+    """The run's per-image record (see utils.evaluate.per_image_arrays) as {'columns': {col: bool array},
+    'test_set': {col: identity of the images}}, or None when the run has none. Raises UsageError when the file
+    is unreadable or does not match its record (another length, or another accuracy than results.json says)."""
+    path = os.path.join(folder, rec.get("per_image_file") or per_image_name(name))
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path} is not a readable per-image record ({type(e).__name__})") from None
+    out = {"columns": {}, "test_set": {}}
+    fingerprint = str(arrays.get("data_fingerprint", ""))
+    labels = arrays.get("labels")
+    for col in record_columns(rec):
+        if col not in arrays or col == "corruptions":
+            continue
+        bits, index = arrays[col], arrays.get(f"{col}_index")
+        size = rec.get("n_eval_aa") if col == "aa" else rec.get("n_eval")
+        value = rec.get(col)
+        if (bits.dtype != bool or bits.ndim != 1 or index is None or index.shape != bits.shape or labels is None
+                or (len(index) and index.max() >= len(labels))):
+            raise UsageError(f"{path}: '{col}' is not a per-image record (bool vector with its test indices)")
+        if (size is not None and len(bits) != size) or value is None or abs(100.0 * bits.mean() - value) > 1e-6:
+            raise UsageError(f"{path} does not match {os.path.join(folder, 'results.json')}: {col} has "
+                             f"{len(bits)} images at {100.0 * bits.mean():.2f}%, the record {size} at {value}")
+        out["columns"][col] = bits
+        out["test_set"][col] = (fingerprint, int(arrays.get("n_test", -1)), index.tobytes(), labels[index].tobytes())
+    return out
 
 
 def settings(rec: dict) -> dict:
@@ -84,7 +130,6 @@ def _text(v) -> str:
 
 def columns(runs) -> list[str]:
     """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, CIFAR-10-C)."""
-    from utils.evaluate import record_columns
     seen = []
     for r in runs:
         for c in record_columns(r):
@@ -203,14 +248,84 @@ def seed_values(group, col) -> dict:
     return {r.get("seed"): value(r, col) for r in group.runs if value(r, col) is not None}
 
 
-def diff_cells(a, b, cols):
-    """Differences of means; a cell whose two means cover different seeds is marked with `*`."""
-    cells = []
-    for c in cols:
-        x, y = a.stat(c), b.stat(c)
-        mark = "*" if seed_values(a, c).keys() != seed_values(b, c).keys() else ""
-        cells.append("missing" if x[2] == 0 or y[2] == 0 else f"{x[0] - y[0]:+.2f}{mark}")
-    return cells
+def per_image_values(group, col) -> dict | None:
+    """{seed: bool vector} of `col` over the group's runs that have the column, or None when one of them has no
+    per-image record of it."""
+    runs = [r for r in group.runs if value(r, col) is not None]
+    if not runs or any(r["per_image"] is None or col not in r["per_image"]["columns"] for r in runs):
+        return None
+    return {r.get("seed"): r["per_image"]["columns"][col] for r in runs}
+
+
+def check_same_images(groups, col) -> None:
+    """Raise UsageError unless every run of `groups` with a per-image record of `col` scored the same test
+    images (same data fingerprint, test-set size, indices and labels)."""
+    seen = {}
+    for g in groups:
+        for r in g.runs:
+            if r["per_image"] is not None and col in r["per_image"]["test_set"]:
+                seen.setdefault(r["per_image"]["test_set"][col], r["folder"])
+    if len(seen) > 1:
+        a, b = list(seen.values())[:2]
+        raise UsageError(f"per-image records of {col} in {a} and {b} come from different test images; they cannot "
+                         f"be paired (evaluate both on the same test set)")
+
+
+def difference(a, b, col, bootstrap=0, boot_seed=0) -> dict | None:
+    """A - B on `col`: the mean (paired over shared seeds, else of the rows' means), its 95% interval, and with
+    `bootstrap` > 0 the per-image bootstrap interval (None where a run has no per-image record). None when a
+    row has no value."""
+    iv = stats.difference_interval(seed_values(a, col), seed_values(b, col))
+    if iv is None:
+        return None
+    boot = None
+    if bootstrap:
+        va, vb = per_image_values(a, col), per_image_values(b, col)
+        if va and vb:
+            check_same_images([a, b], col)
+            boot = list(stats.bootstrap_interval(va, vb, bootstrap, boot_seed))
+    return {"a": a.label, "b": b.label, "column": col, "mean": iv.mean,
+            "ci95": None if iv.lo is None else [iv.lo, iv.hi], "n": iv.n, "paired": iv.paired,
+            "n_a": iv.n_a if not iv.paired else None, "n_b": iv.n_b if not iv.paired else None, "test": iv.test,
+            "bootstrap_ci95": boot}
+
+
+def plan(a, b, col, deltas, power=0.8, alpha=0.05) -> list[dict]:
+    """Per delta: the paired sd of A - B over the shared seeds, the seeds the paired t-test needs to detect delta
+    with `power` at two-sided `alpha`, and the smallest difference the current pairs resolve. With fewer than 2
+    pairs, sd, seeds and resolvable are None."""
+    va, vb = seed_values(a, col), seed_values(b, col)
+    d = [va[k] - vb[k] for k in sorted(va.keys() & vb.keys())]
+    sd = float(np.std(d, ddof=1)) if len(d) >= 2 else None
+    resolvable = None if sd is None else stats.resolvable_delta(sd, len(d), power, alpha)
+    return [{"a": a.label, "b": b.label, "column": col, "n": len(d), "sd": sd, "delta": delta,
+             "seeds": None if sd is None else stats.seeds_needed(delta, sd, power, alpha), "resolvable": resolvable,
+             "power": power, "alpha": alpha} for delta in deltas]
+
+
+def comparisons(groups, diffs):
+    """[(A, B)]: each masked group against its baseline, each baseline that has no masked group, and each
+    --diff A B. A side given as a str (or None) names a row that has no finished run."""
+    pairs = [(g, baseline_of(g, groups)) for g in groups if g.masked]
+    paired = {id(b) for _, b in pairs if b is not None}
+    pairs += [(None, g) for g in groups if not g.masked and id(g) not in paired]
+    for a_name, b_name in diffs:
+        a, b = find_group(groups, a_name), find_group(groups, b_name)
+        pairs.append((a, b) if a is not None and b is not None else (a or a_name, b or b_name))
+    return pairs
+
+
+def pair_names(a, b) -> tuple[str, str]:
+    return (a.label if isinstance(a, Group) else (a or _masked_name(b)),
+            b.label if isinstance(b, Group) else (b or "its baseline"))
+
+
+def _signed(v, digits=2):
+    return "-" if v is None else f"{v:+.{digits}f}"
+
+
+def _interval(ci):
+    return "n/a" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 def paired_diff(a, b, col):
@@ -242,7 +357,28 @@ def find_group(groups, name):
     return part[0] if len(part) == 1 else None
 
 
-def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=False):
+def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boot_seed=0) -> dict:
+    """{(data, model): {'columns', 'pairs': [(A, B, [difference or None per column])], 'plan': [...]}} for the
+    comparisons of each table (see `comparisons`); a difference is None where a row or a value is missing."""
+    out = {}
+    for key, groups in tables.items():
+        cols = columns([r for g in groups for r in g.runs])
+        pairs, plans = [], []
+        for a, b in comparisons(groups, diffs):
+            complete = isinstance(a, Group) and isinstance(b, Group)
+            pairs.append((*pair_names(a, b), [difference(a, b, c, bootstrap, boot_seed) if complete else None
+                                              for c in cols]))
+            if complete and deltas:
+                plans += [row for c in cols for row in plan(a, b, c, deltas, power, alpha)]
+        out[key] = {"columns": cols, "pairs": pairs, "plan": plans}
+    return out
+
+
+def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysis=None, bootstrap=0, diffs=()):
+    """The report as markdown: per (data, model) the table of rows, the differences with their intervals, the
+    noise scale, the seed plan (when `analysis` has one) and, with `per_seed`, every run and the paired
+    per-seed differences."""
+    analysis = analysis if analysis is not None else analyse(tables, diffs)
     out = []
     for (data, model), groups in sorted(tables.items(), key=lambda t: str(t[0])):
         runs = [r for g in groups for r in g.runs]
@@ -263,25 +399,43 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
             budget = [fmt(g.budget("budget_mean")), fmt(g.budget("eps_share"), 3)] if has_budget else []
             out.append(f"| {g.label} | " + " | ".join(fmt(g.stat(c)) for c in cols) + " | " +
                        " | ".join(budget + [note, images]) + " |")
-        pairs = [(g, baseline_of(g, groups)) for g in groups if g.masked]
-        paired = {id(b) for _, b in pairs if b is not None}
-        pairs += [(None, g) for g in groups if not g.masked and id(g) not in paired]
-        for a_name, b_name in diffs:
-            a, b = find_group(groups, a_name), find_group(groups, b_name)
-            pairs.append((a, b) if a is not None and b is not None else (a_name, b_name))
-        complete = [(a, b) for a, b in pairs if isinstance(a, Group) and isinstance(b, Group)]
-        if pairs:
-            out += ["", "| Difference of means | " + " | ".join(column_title(c) for c in cols) + " |",
-                    "|" + "---|" * (len(cols) + 1)]
-            for a, b in pairs:
-                if isinstance(a, Group) and isinstance(b, Group):
-                    out.append(f"| {a.label} − {b.label} | " + " | ".join(diff_cells(a, b, cols)) + " |")
-                else:  # a row without its counterpart: the difference is missing, never zero
-                    name_a = a.label if isinstance(a, Group) else (a or _masked_name(b))
-                    name_b = b.label if isinstance(b, Group) else (b or "its baseline")
-                    out.append(f"| {name_a} − {name_b} | " + " | ".join(["missing"] * len(cols)) + " |")
-            out.append("| Pooled std (noise scale) | " + " | ".join(pooled_std(groups, c) for c in cols) + " |")
+        result = analysis[(data, model)]
+        if result["pairs"]:
+            head = ["Difference", "Column", "Mean", "95% CI", "Interval"] + (["Bootstrap 95% CI"] if bootstrap else [])
+            out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for a, b, cells in result["pairs"]:
+                label = f"{a} − {b}"
+                for c, d in zip(cols, cells):
+                    row = ([label, column_title(c), "missing", "", ""] if d is None else
+                           [label, column_title(c), _signed(d["mean"]), _interval(d["ci95"]), d["test"]])
+                    if bootstrap:
+                        row.append("" if d is None else
+                                   _interval(d["bootstrap_ci95"]) if d["bootstrap_ci95"] else "no per-image record")
+                    out.append("| " + " | ".join(row) + " |")
+            out += ["", "| Noise scale | " + " | ".join(column_title(c) for c in cols) + " |",
+                    "|" + "---|" * (len(cols) + 1),
+                    "| Pooled std | " + " | ".join(pooled_std(groups, c) for c in cols) + " |"]
+        if result["plan"]:
+            p0 = result["plan"][0]
+            deltas = sorted({r["delta"] for r in result["plan"]})
+            out += ["", f"Seed plan: paired t-test, power {p0['power']:g}, two-sided alpha {p0['alpha']:g}.", "",
+                    "| Difference | Column | Pairs | Paired sd | " +
+                    " | ".join(f"Seeds for {d:g}" for d in deltas) + " | Resolvable now |",
+                    "|" + "---|" * (5 + len(deltas))]
+            rows = {}
+            for r in result["plan"]:
+                rows.setdefault((r["a"], r["b"], r["column"]), []).append(r)
+            for (a, b, c), rs in rows.items():
+                if rs[0]["sd"] is None:
+                    cells = [str(rs[0]["n"]), "no plan: fewer than 2 pairs"] + [""] * (len(deltas) + 1)
+                else:
+                    seeds = {r["delta"]: r["seeds"] for r in rs}
+                    cells = [str(rs[0]["n"]), f"{rs[0]['sd']:.2f}"] + \
+                        [str(seeds[d]) if seeds[d] is not None else "more than 100000" for d in deltas] + \
+                        [f"{rs[0]['resolvable']:.2f}"]
+                out.append(f"| {a} − {b} | {column_title(c)} | " + " | ".join(cells) + " |")
         if per_seed:
+            complete = [(a, b) for a, b in comparisons(groups, diffs) if isinstance(a, Group) and isinstance(b, Group)]
             out += ["", "| Run | Seed | " + " | ".join(column_title(c) for c in cols) + " |",
                     "|" + "---|" * (len(cols) + 2)]
             for g in groups:
@@ -295,13 +449,38 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
                     cells = [fmt(paired_diff(a, b, c), sign="+") for c in cols]
                     out.append(f"| {a.label} − {b.label} | " + " | ".join(cells) + " |")
         out.append("")
-    out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]; differences are "
-               "of the means (* where the two means cover different seeds); the pooled std is over the groups with "
-               "two or more runs.")
+    out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]. A difference is "
+               "the mean of the per-seed differences over the seeds both rows have, with the paired t-interval (paired "
+               "t, n pairs), or, when the rows share no seed, the difference of the means with Welch's interval "
+               "(Welch t, n runs + n runs); n/a where too few runs give no interval. The pooled std is the "
+               "within-row seed-to-seed noise over the rows with two or more runs.")
+    if bootstrap:
+        out.append(f"Bootstrap: {bootstrap} percentile replicates resampling test images and seeds together.")
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
     return "\n".join(out) + "\n"
+
+
+def report_json(tables, analysis, unfinished=(), bootstrap=0) -> dict:
+    """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n),
+    differences and plan (lists of flat rows; see `difference` and `plan`), unfinished folders."""
+    groups, differences, plans = [], [], []
+    for (data, model), gs in sorted(tables.items(), key=lambda t: str(t[0])):
+        cols = analysis[(data, model)]["columns"]
+        for g in gs:
+            groups.append({"data": data, "model": model, "label": g.label, "method": g.method,
+                           "seeds": sorted(r.get("seed") for r in g.runs), "folders": [r["folder"] for r in g.runs],
+                           "settings": g.settings,
+                           "columns": {c: dict(zip(("mean", "std", "n"), g.stat(c))) for c in cols}})
+        for a, b, cells in analysis[(data, model)]["pairs"]:
+            for c, d in zip(cols, cells):
+                differences.append({"data": data, "model": model, **(d or {"a": a, "b": b, "column": c, "mean": None,
+                                                                           "ci95": None, "n": 0, "paired": None,
+                                                                           "bootstrap_ci95": None})})
+        plans += [{"data": data, "model": model, **r} for r in analysis[(data, model)]["plan"]]
+    return {"groups": groups, "differences": differences, "plan": plans, "bootstrap": bootstrap or None,
+            "unfinished": list(unfinished)}
 
 
 def write_csv(path, tables):
@@ -346,9 +525,59 @@ def curves(tables) -> dict:
     return out
 
 
+def mcnemar_table(folder_a: str, folder_b: str) -> tuple[str, list[dict]]:
+    """The exact McNemar test per attack between two finished runs evaluated on the same test images."""
+    recs = []
+    for f in (folder_a, folder_b):
+        path = os.path.join(f, "results.json")
+        try:
+            with open(path) as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--mcnemar: cannot read {path} ({type(e).__name__})") from None
+        rec["folder"] = f
+        rec["per_image"] = load_per_image(f, rec)
+        if rec["per_image"] is None:
+            raise UsageError(f"--mcnemar: {f} has no per-image record ({rec.get('per_image_file') or 'per_image.npz'}); "
+                             f"re-evaluate it with --eval-only")
+        recs.append(rec)
+    a, b = recs
+    cols = [c for c in a["per_image"]["columns"] if c in b["per_image"]["columns"]]
+    if not cols:
+        raise UsageError(f"--mcnemar: {folder_a} and {folder_b} share no evaluated attack")
+    rows = []
+    for c in cols:
+        if a["per_image"]["test_set"][c] != b["per_image"]["test_set"][c]:
+            raise UsageError(f"--mcnemar: {folder_a} and {folder_b} scored {c} on different test images; they "
+                             f"cannot be paired")
+        t = stats.mcnemar(a["per_image"]["columns"][c], b["per_image"]["columns"][c])
+        rows.append({"column": c, "n": t.n, "acc_a": t.acc_a, "acc_b": t.acc_b, "only_a": t.only_a,
+                     "only_b": t.only_b, "p": t.p})
+    out = [f"A = {folder_a}", f"B = {folder_b}", "", "| Attack | Images | A | B | Right for A only | Right for B only | "
+           "Exact McNemar p |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {column_title(r['column'])} | {r['n']} | {r['acc_a']:.2f} | {r['acc_b']:.2f} | {r['only_a']} | "
+            f"{r['only_b']} | {r['p']:.4g} |" for r in rows]
+    return "\n".join(out) + "\n", rows
+
+
+def _write(path, write) -> None:
+    try:
+        write(path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+
+
 def main(argv=None):
+    try:
+        return _main(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="run folders, or folders holding them")
+    p.add_argument("paths", nargs="*", help="run folders, or folders holding them")
     p.add_argument("--csv", metavar="PATH", help="also write the table as CSV here")
     p.add_argument("--seeds", type=int, nargs="*", help="seeds every row should have (flags the missing ones)")
     p.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
@@ -358,16 +587,43 @@ def main(argv=None):
                         "differences over the seeds both rows have")
     p.add_argument("--plot", metavar="PNG", help="write training curves (natural, PGD-20, budget per epoch; mean over "
                                                   "seeds with a +-1 std band) here")
+    p.add_argument("--plan", nargs="+", type=number(float, lo=0, lo_open=True), metavar="DELTA",
+                   help="seed plan: seeds the paired t-test needs to detect each DELTA (accuracy points), and the "
+                        "smallest difference the current seeds resolve")
+    p.add_argument("--power", type=number(float, lo=0, hi=1, lo_open=True, hi_open=True), default=0.8,
+                   help="power of the seed plan (default: 0.8)")
+    p.add_argument("--alpha", type=number(float, lo=0, hi=1, lo_open=True, hi_open=True), default=0.05,
+                   help="two-sided level of the seed plan (default: 0.05)")
+    p.add_argument("--bootstrap", type=number(int, lo=1), metavar="N", default=0,
+                   help="add a percentile bootstrap interval from N replicates resampling test images and seeds "
+                        "(needs the runs' per_image.npz)")
+    p.add_argument("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
+                   help="seed of the bootstrap (default: 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the whole report as JSON here")
+    p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"),
+                   help="instead of the tables: the exact McNemar test per attack between two run folders")
     args = p.parse_args(argv)
+    if args.mcnemar:
+        text, rows = mcnemar_table(*args.mcnemar)
+        print(text, end="")
+        if args.json:
+            _write(args.json, lambda path: open(path, "w").write(json.dumps({"mcnemar": rows}, indent=2) + "\n"))
+        return 0
+    if not args.paths:
+        p.error("give run folders (or folders holding them), or --mcnemar RUN_A RUN_B")
     folders = find_runs(args.paths)
     if not folders:
         print(f"error: no run folders (with config.json or results.json) under {' '.join(args.paths)}", file=sys.stderr)
         return 2
     runs, unfinished = load_runs(folders)
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    print(markdown(tables, unfinished, args.seeds, args.diff, args.per_seed), end="")
+    analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
+    print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff), end="")
     if args.csv:
-        write_csv(args.csv, tables)
+        _write(args.csv, lambda path: write_csv(path, tables))
+    if args.json:
+        doc = report_json(tables, analysis, unfinished, args.bootstrap)
+        _write(args.json, lambda path: open(path, "w").write(json.dumps(doc, indent=2, default=str) + "\n"))
     if args.plot:
         from utils.figures import save_curves
         save_curves(args.plot, curves(tables))

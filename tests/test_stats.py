@@ -1,0 +1,203 @@
+"""The report's statistics (utils/stats.py) against independent computations and published power tables, and
+the report's intervals, seed plan, bootstrap, McNemar test and JSON on run folders built here."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from tests.conftest import ROOT
+from tests.test_tools import diff_cells, fake_run
+from tools import report
+from utils import stats
+
+
+def test_paired_interval_is_the_textbook_t_interval():
+    d = np.array([0.4, -0.1, 0.9, 0.3, 0.2])
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    iv = stats.paired_interval(d)
+    assert (iv.mean, iv.lo, iv.hi, iv.n, iv.paired) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half, 5, True))
+    assert stats.paired_interval([1.5]).lo is None  # one pair: no interval
+
+
+def test_welch_interval_uses_the_welch_satterthwaite_degrees_of_freedom():
+    a, b = np.array([80.1, 81.3, 79.8, 80.9]), np.array([78.0, 80.5, 77.2])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = sps.t.ppf(0.975, df) * math.sqrt(va + vb)
+    iv = stats.welch_interval(a, b)
+    assert (iv.lo, iv.hi) == pytest.approx((a.mean() - b.mean() - half, a.mean() - b.mean() + half))
+    assert iv.test == "Welch t, n=4+3"
+
+
+def test_shared_seeds_pair_and_disjoint_seeds_do_not():
+    assert stats.difference_interval({1: 5.0, 2: 7.0, 3: 6.0}, {2: 1.0, 3: 3.0}).test == "paired t, n=2"
+    assert stats.difference_interval({1: 5.0, 2: 7.0}, {3: 1.0, 4: 3.0}).test == "Welch t, n=2+2"
+
+
+@pytest.mark.parametrize("d,n", [(0.2, 199), (0.5, 34), (0.8, 15), (1.0, 10)])
+def test_seeds_needed_match_published_power_tables(d, n):
+    # paired t-test, two-sided alpha 0.05, power 0.8 (Cohen's tables; G*Power's "means: difference from
+    # constant (matched pairs)" gives the same sizes)
+    assert stats.seeds_needed(d, 1.0) == n
+    assert stats.seeds_needed(2 * d, 2.0) == n  # only delta / sd matters
+
+
+def test_power_stays_finite_where_the_noncentral_cdf_is_nan():
+    df, nc = 2, 11.5
+    assert math.isnan(sps.nct.cdf(-sps.t.isf(0.025, df), df, nc))  # the trap the survival function avoids
+    p = stats.paired_power(nc / math.sqrt(3), 1.0, 3)
+    assert 0.99 < p <= 1.0
+
+
+def test_resolvable_delta_inverts_the_power():
+    for sd, n in ((0.65, 3), (1.3, 8), (0.2, 20)):
+        delta = stats.resolvable_delta(sd, n)
+        assert stats.paired_power(delta, sd, n) == pytest.approx(0.8, abs=1e-6)
+        assert stats.seeds_needed(delta * 1.001, sd) <= n < stats.seeds_needed(delta * 0.95, sd)
+    assert stats.resolvable_delta(1.0, 1) is None
+
+
+def test_bootstrap_of_one_pair_matches_the_normal_width_and_is_seeded():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(2000) < 0.7, rng.random(2000) < 0.6
+    lo, hi = stats.bootstrap_interval({1: a}, {1: b}, 4000, seed=5)
+    d = a.astype(float) - b
+    half = 1.96 * 100 * d.std() / math.sqrt(len(d))
+    assert (lo + hi) / 2 == pytest.approx(100 * d.mean(), abs=0.3 * half)
+    assert hi - lo == pytest.approx(2 * half, rel=0.1)
+    assert stats.bootstrap_interval({1: a}, {1: b}, 4000, seed=5) == (lo, hi)
+    assert stats.bootstrap_interval({1: a}, {1: a}, 100) == (0.0, 0.0)
+
+
+def test_bootstrap_widens_with_seed_to_seed_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random(500) < 0.5
+    same = {s: base for s in range(4)}
+    noisy = {s: rng.random(500) < 0.3 + 0.1 * s for s in range(4)}  # seeds differ by 10 points each
+    quiet = stats.bootstrap_interval(same, {s: base for s in range(4)}, 500)
+    loud = stats.bootstrap_interval(noisy, same, 500)
+    assert quiet == (0.0, 0.0) and loud[1] - loud[0] > 10
+
+
+def test_mcnemar_exact_p_value():
+    a = np.array([True] * 5 + [False] * 15 + [True] * 30 + [False] * 50)
+    b = np.array([False] * 5 + [True] * 15 + [True] * 30 + [False] * 50)
+    t = stats.mcnemar(a, b)
+    assert (t.only_a, t.only_b, t.n) == (5, 15, 100)
+    assert t.p == pytest.approx(0.041389, abs=1e-6)  # 2 * P(Bin(20, 1/2) <= 5)
+    assert stats.mcnemar(a, a).p == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report with per-image records
+# ----------------------------------------------------------------------------------------------------
+def image_run(root, name, method, seed, bits: dict, labels=None, fingerprint="abc"):
+    """A finished run folder with results.json and a per_image.npz of `bits` {column: bool vector}."""
+    acc = {c: 100.0 * np.mean(v) for c, v in bits.items()}
+    n = len(next(iter(bits.values())))
+    folder = fake_run(root, name, method, seed, acc["natural"], acc["pgd20"], n_eval=n)
+    labels = np.zeros(n, dtype=np.int64) if labels is None else labels
+    arrays = {"labels": labels, "n_test": np.int64(n), "data_fingerprint": np.array(fingerprint)}
+    for c, v in bits.items():
+        arrays[c], arrays[f"{c}_index"] = np.asarray(v, dtype=bool), np.arange(n)
+    np.savez_compressed(folder / "per_image.npz", **arrays)
+    return folder
+
+
+def grid_of_runs(tmp_path, seeds=(1, 2, 3), n=300):
+    rng = np.random.default_rng(1)
+    for s in seeds:
+        image_run(tmp_path, f"a{s}", "AT", s, {"natural": rng.random(n) < 0.6, "pgd20": rng.random(n) < 0.3})
+        image_run(tmp_path, f"p{s}", "PART", s, {"natural": rng.random(n) < 0.65, "pgd20": rng.random(n) < 0.3})
+
+
+def test_report_json_intervals_plan_and_bootstrap(tmp_path, capsys):
+    grid_of_runs(tmp_path)
+    path = tmp_path / "r.json"
+    assert report.main([str(tmp_path), "--plan", "0.5", "1", "--bootstrap", "300", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads(path.read_text())
+    d = next(x for x in doc["differences"] if x["column"] == "natural")
+    runs = {(r["method"], r["seed"]): r for r in (json.loads((tmp_path / f / "results.json").read_text())
+                                                  for f in os.listdir(tmp_path) if (tmp_path / f).is_dir())}
+    diffs = [runs["PART", s]["natural"] - runs["AT", s]["natural"] for s in (1, 2, 3)]
+    iv = stats.paired_interval(diffs)
+    assert (d["a"], d["b"], d["paired"], d["n"]) == ("PART", "AT", True, 3)
+    assert d["mean"] == pytest.approx(np.mean(diffs)) and d["ci95"] == pytest.approx([iv.lo, iv.hi])
+    lo, hi = d["bootstrap_ci95"]
+    assert lo < d["mean"] < hi
+    assert diff_cells(out, "PART − AT", "Natural")[:2] == [f"{d['mean']:+.2f}", f"[{iv.lo:+.2f}, {iv.hi:+.2f}]"]
+    plan = [p for p in doc["plan"] if p["column"] == "natural"]
+    sd = np.std(diffs, ddof=1)
+    assert [p["delta"] for p in plan] == [0.5, 1.0]
+    assert [p["seeds"] for p in plan] == [stats.seeds_needed(0.5, sd), stats.seeds_needed(1.0, sd)]
+    assert plan[0]["resolvable"] == pytest.approx(stats.resolvable_delta(sd, 3)) and plan[0]["sd"] == pytest.approx(sd)
+    g = next(g for g in doc["groups"] if g["label"] == "AT")
+    assert g["columns"]["natural"]["n"] == 3 and g["seeds"] == [1, 2, 3]
+
+
+def test_plan_needs_two_pairs(tmp_path, capsys):
+    grid_of_runs(tmp_path, seeds=(1,))
+    assert report.main([str(tmp_path), "--plan", "1"]) == 0
+    assert "no plan: fewer than 2 pairs" in capsys.readouterr().out
+
+
+def test_mcnemar_between_two_run_folders(tmp_path, capsys):
+    a = [True] * 5 + [False] * 15 + [True] * 30
+    b = [False] * 5 + [True] * 15 + [True] * 30
+    image_run(tmp_path, "x", "AT", 1, {"natural": a, "pgd20": a})
+    image_run(tmp_path, "y", "PART", 1, {"natural": b, "pgd20": a})
+    assert report.main(["--mcnemar", str(tmp_path / "x"), str(tmp_path / "y"), "--json", str(tmp_path / "m.json")]) == 0
+    rows = {r["column"]: r for r in json.loads((tmp_path / "m.json").read_text())["mcnemar"]}
+    assert rows["natural"]["p"] == pytest.approx(0.041389, abs=1e-6) and rows["pgd20"]["p"] == 1.0
+    assert "| Natural | 50 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["other-labels", "other-fingerprint", "record-mismatch", "damaged"])
+def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, capsys):
+    bits = {"natural": [True, False, True, True], "pgd20": [False, False, True, False]}
+    image_run(tmp_path, "x", "AT", 1, bits)
+    y = image_run(tmp_path, "y", "PART", 1, bits, labels=np.array([0, 1, 0, 0]) if case == "other-labels" else None,
+                  fingerprint="zzz" if case == "other-fingerprint" else "abc")
+    if case == "record-mismatch":
+        rec = json.loads((y / "results.json").read_text())
+        rec["natural"] = 50.0
+        (y / "results.json").write_text(json.dumps(rec))
+    if case == "damaged":
+        (y / "per_image.npz").write_bytes(b"PK\x03\x04 not really")
+    for argv in (["--mcnemar", str(tmp_path / "x"), str(y)], [str(tmp_path), "--bootstrap", "50"]):
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and (str(y) in err or "different test images" in err), err
+
+
+@pytest.mark.parametrize("argv", [["--plan", "0"], ["--plan", "-1"], ["--bootstrap", "0"], ["--power", "1"],
+                                  ["--alpha", "0"]])
+def test_bad_statistics_flags_exit_2(argv, tmp_path, capsys):
+    grid_of_runs(tmp_path, seeds=(1, 2))
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path), *argv])
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_runs_without_per_image_records_say_so(tmp_path, capsys):
+    fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0)
+    fake_run(tmp_path, "p1", "PART", 1, 81.0, 50.0)
+    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 0
+    assert "no per-image record" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "docs", "studies", "mask-source")),
+                    reason="the mask-source study's records are not in this checkout")
+def test_mask_source_study_intervals(capsys):
+    # the intervals issue 25 computed by hand from the committed records
+    assert report.main([os.path.join(ROOT, "docs", "studies", "mask-source"),
+                        "--diff", "mask_source=cam", "mask_source=permuted"]) == 0
+    out = capsys.readouterr().out
+    assert diff_cells(out, "PART (mask_source=cam) − AT", "PGD-20")[:2] == ["-0.07", "[-0.44, +0.31]"]
+    assert diff_cells(out, "PART (mask_source=cam) − AT", "AA")[:2] == ["-1.50", "[-4.79, +1.79]"]
+    assert diff_cells(out, "PART (mask_source=cam) − PART (mask_source=permuted)", "Natural")[:2] == \
+        ["+0.20", "[-0.05, +0.44]"]

@@ -1,0 +1,170 @@
+"""The statistics of the report: confidence intervals of differences, a seed plan from the paired t-test's
+power, a bootstrap over test images and seeds, and McNemar's exact test. Distributions come from scipy.stats;
+each function states what it returns for the edge cases (too few values, no variance).
+
+Accuracies are in percent throughout; a "difference" is row A minus row B.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A difference A - B with its confidence interval. `paired`: the paired t-interval over the `n` seeds both
+    rows have; otherwise Welch's interval over `n` = n_a + n_b runs (`n_a`, `n_b` kept). lo/hi are None when the
+    interval is undefined (fewer than 2 pairs, or fewer than 2 runs in a row for Welch)."""
+    mean: float
+    lo: float | None
+    hi: float | None
+    n: int
+    paired: bool
+    n_a: int = 0
+    n_b: int = 0
+
+    @property
+    def test(self) -> str:
+        return f"paired t, n={self.n}" if self.paired else f"Welch t, n={self.n_a}+{self.n_b}"
+
+
+def paired_interval(diffs, confidence: float = 0.95) -> Interval:
+    """The t-interval of the mean of per-seed differences `diffs` (scipy's one-sample t-test). With one
+    difference, lo/hi are None; with all differences equal, the interval is that value on both sides."""
+    d = np.asarray(list(diffs), dtype=float)
+    if len(d) == 0:
+        raise ValueError("no paired differences")
+    mean = float(d.mean())
+    if len(d) < 2:
+        return Interval(mean, None, None, 1, True)
+    if np.all(d == d[0]):
+        return Interval(mean, mean, mean, len(d), True)
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), len(d), True)
+
+
+def welch_interval(a, b, confidence: float = 0.95) -> Interval:
+    """Welch's t-interval of mean(a) - mean(b) for two independent samples (scipy's ttest_ind, equal_var=False).
+    lo/hi are None when either sample has fewer than 2 values or neither varies."""
+    a, b = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("an empty sample")
+    mean = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2 or (np.all(a == a[0]) and np.all(b == b[0])):
+        return Interval(mean, None, None, len(a) + len(b), False, len(a), len(b))
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), len(a) + len(b), False, len(a), len(b))
+
+
+def difference_interval(a: dict, b: dict, confidence: float = 0.95) -> Interval | None:
+    """The interval of A - B from per-seed values {seed: value}: paired over the shared seeds when there are any,
+    else Welch over all runs. None when a row has no value."""
+    if not a or not b:
+        return None
+    shared = sorted(a.keys() & b.keys())
+    if shared:
+        return paired_interval([a[s] - b[s] for s in shared], confidence)
+    return welch_interval(a.values(), b.values(), confidence)
+
+
+# ----------------------------------------------------------------------------------------------------
+# power of the paired t-test
+# ----------------------------------------------------------------------------------------------------
+def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at level `alpha` with `n` pairs to detect a true mean difference
+    `delta` when the differences have standard deviation `sd` (noncentral t with n - 1 degrees of freedom and
+    noncentrality delta * sqrt(n) / sd). Both tails use the survival function (nct.cdf returns nan at large
+    noncentrality). Requires n >= 2 and sd > 0."""
+    if n < 2 or sd <= 0:
+        raise ValueError("paired_power needs n >= 2 and sd > 0")
+    df, nc = n - 1, delta * math.sqrt(n) / sd
+    crit = stats.t.isf(alpha / 2, df)
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
+    if not math.isfinite(p):
+        raise ArithmeticError(f"power is not finite (df {df}, noncentrality {nc:.3g})")
+    return min(p, 1.0)
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05, cap: int = 100_000) -> int | None:
+    """The smallest number of pairs (>= 2) whose paired t-test reaches `power` for `delta` at `alpha`; 2 when
+    sd is 0; None when even `cap` pairs do not."""
+    if sd == 0:
+        return 2
+    if paired_power(delta, sd, cap, alpha) < power:
+        return None
+    lo, hi = 2, 2
+    while paired_power(delta, sd, hi, alpha) < power:  # power grows with n: double, then bisect
+        lo, hi = hi, min(2 * hi, cap)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if paired_power(delta, sd, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def resolvable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float | None:
+    """The smallest true difference that `n` pairs detect with `power` at `alpha` (the inverse of
+    `paired_power` in delta); 0 when sd is 0; None with fewer than 2 pairs."""
+    if n < 2:
+        return None
+    if sd == 0:
+        return 0.0
+    hi = sd
+    while paired_power(hi, sd, n, alpha) < power:
+        hi *= 2
+    return float(optimize.brentq(lambda d: paired_power(d, sd, n, alpha) - power, 0.0, hi, xtol=1e-10))
+
+
+# ----------------------------------------------------------------------------------------------------
+# per-image statistics
+# ----------------------------------------------------------------------------------------------------
+def bootstrap_interval(a: dict, b: dict, n_boot: int, seed: int = 0, confidence: float = 0.95,
+                       chunk: int = 500) -> tuple[float, float]:
+    """Percentile bootstrap interval of A - B (accuracy points) from per-image records {seed: bool array (N,)}
+    of the same N test images. Each replicate resamples the test images (one draw, shared by every run) and the
+    seeds: the shared seeds as pairs when the rows share any (the statistic is the mean paired difference),
+    else each row's seeds on their own (the difference of the rows' means). Deterministic for a given `seed`."""
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
+    shared = sorted(a.keys() & b.keys())
+    rows = ([np.stack([a[s] for s in shared]).astype(np.float64) - np.stack([b[s] for s in shared])]
+            if shared else [np.stack(list(a.values())).astype(np.float64), np.stack(list(b.values())).astype(np.float64)])
+    n_img = rows[0].shape[1]
+    rng = np.random.default_rng(seed)
+    reps = []
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        img_w = rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=k).T / n_img  # (N, k), columns sum to 1
+        parts = []
+        for m in rows:
+            seed_w = rng.multinomial(m.shape[0], np.full(m.shape[0], 1 / m.shape[0]), size=k).T / m.shape[0]
+            parts.append(((m @ img_w) * seed_w).sum(0))  # (k,): weighted mean over seeds and images
+        reps.append(parts[0] if shared else parts[0] - parts[1])
+    reps = 100.0 * np.concatenate(reps)
+    tail = 100 * (1 - confidence) / 2
+    return float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test of two classifiers on the same images: `only_a` images right for A alone, `only_b`
+    for B alone; `p` the two-sided exact binomial p-value of only_a among only_a + only_b (1 when both are 0)."""
+    n: int
+    acc_a: float
+    acc_b: float
+    only_a: int
+    only_b: int
+    p: float
+
+
+def mcnemar(a, b) -> McNemar:
+    """McNemar's exact test between per-image correctness vectors a and b (bool, same images, same order)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"per-image vectors of shapes {a.shape} and {b.shape} do not pair")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return McNemar(len(a), 100.0 * a.mean(), 100.0 * b.mean(), only_a, only_b, p)
