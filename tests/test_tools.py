@@ -227,3 +227,16 @@ def test_benchmark_runs_and_writes_its_record(tmp_path):
                           "--eval-attacks", "natural", "pgd20", "cw", "--json", str(out)])
     r = rec["results"]["resnet18/eval"]
     assert r["pgd20"]["vs_pgd20"] == 1.0 and r["cw"]["s"] > 0 and r["natural"]["vs_pgd20"] < 1
+
+
+def test_report_names_region_budgets_by_quadrant(tmp_path, capsys):
+    for seed, (ul, br) in enumerate(((60.0, 58.0), (61.0, 58.5)), start=1):
+        real_run(tmp_path, f"ul{seed}", ["--mask-source", "regions", "--region-eps", "6/255", "12/255", "12/255",
+                                         "12/255", "--warm-up", "0"], ul, seed=seed)
+        real_run(tmp_path, f"br{seed}", ["--mask-source", "regions", "--region-eps", "12/255", "12/255", "6/255",
+                                         "12/255", "--warm-up", "0"], br, seed=seed)
+    assert report.main([str(tmp_path), "--diff", "ul6,", "br6,"]) == 0
+    out = capsys.readouterr().out
+    assert row_cells(out, "AT (region_eps=ul6,ur12,br12,bl12)")[0] == "60.50 ± 0.71 [2]"
+    assert diff_cells(out, "AT (region_eps=ul6,ur12,br12,bl12) − AT (region_eps=ul12,ur12,br6,bl12)",
+                      "Natural")[0] == "+2.25"

@@ -122,6 +122,17 @@ def settings(rec: dict) -> dict:
     return eff
 
 
+QUADRANTS = ("ul", "ur", "br", "bl")  # the order of region_eps (utils/mask_sources.py)
+
+
+def _setting_text(key, v) -> str:
+    """A setting as a label shows it; region budgets name their quadrants in 1/255: ul6,ur12,br12,bl12."""
+    if key == "region_eps" and isinstance(v, list) and len(v) == 4 and \
+            all(abs(e * 255 - round(e * 255)) < 1e-9 for e in v):
+        return ",".join(f"{q}{round(e * 255)}" for q, e in zip(QUADRANTS, v))
+    return _text(v)
+
+
 def _text(v) -> str:
     if isinstance(v, list):
         return " ".join(_text(x) for x in v)
@@ -213,14 +224,14 @@ def label_groups(groups):
     keys = sorted({k for g in groups for k in g.settings} - set(FIXED) - {"method"})
     shown = {g: [] for g in map(id, groups)}
     for k in keys:
-        values = [_text(g.settings[k]) for g in groups if k in g.settings]
+        values = [_setting_text(k, g.settings[k]) for g in groups if k in g.settings]
         if len(set(values)) < 2:
             continue
         counts = sorted(((values.count(v), v) for v in set(values)), reverse=True)
         modal = counts[0][1] if counts[0][0] > counts[1][0] else None
         for g in groups:
-            if k in g.settings and _text(g.settings[k]) != modal:
-                shown[id(g)].append(f"{k}={_text(g.settings[k])}")
+            if k in g.settings and _setting_text(k, g.settings[k]) != modal:
+                shown[id(g)].append(f"{k}={_setting_text(k, g.settings[k])}")
     for g in groups:
         g.label = g.method + (f" ({', '.join(shown[id(g)])})" if shown[id(g)] else "")
 
