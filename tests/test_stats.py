@@ -201,3 +201,17 @@ def test_mask_source_study_intervals(capsys):
     assert diff_cells(out, "PART (mask_source=cam) − AT", "AA")[:2] == ["-1.50", "[-4.79, +1.79]"]
     assert diff_cells(out, "PART (mask_source=cam) − PART (mask_source=permuted)", "Natural")[:2] == \
         ["+0.20", "[-0.05, +0.44]"]
+
+
+def test_plot_of_paired_differences(tmp_path, capsys):
+    grid_of_runs(tmp_path)
+    png = tmp_path / "d.png"
+    assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural=1.23"]) == 0
+    from PIL import Image
+    with Image.open(png) as im:
+        assert im.size[0] > 500
+    assert report.main([str(tmp_path), "--plot-diff", str(png)]) == 2  # nothing to plot without --diff
+    assert "--plot-diff" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural"])
+    assert e.value.code == 2

@@ -571,6 +571,35 @@ def mcnemar_table(folder_a: str, folder_b: str) -> tuple[str, list[dict]]:
     return "\n".join(out) + "\n", rows
 
 
+def _mark(text: str) -> tuple[str, float]:
+    col, _, v = text.partition("=")
+    try:
+        return col, float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. natural=1.23), got {text!r}") from None
+
+
+def diff_panels(tables, diffs, analysis, marks=()) -> list[dict]:
+    """The panels of `save_paired_differences` for each --diff A B and column with paired seeds."""
+    marks = dict(marks)
+    panels = []
+    for key, groups in sorted(tables.items(), key=lambda t: str(t[0])):
+        for a_name, b_name in diffs:
+            a, b = find_group(groups, a_name), find_group(groups, b_name)
+            if a is None or b is None:
+                continue
+            for c, d in zip(analysis[key]["columns"], next(cells for x, y, cells in analysis[key]["pairs"]
+                                                            if (x, y) == (a.label, b.label))):
+                va, vb = seed_values(a, c), seed_values(b, c)
+                seeds = sorted(va.keys() & vb.keys())
+                if d is None or not seeds:
+                    continue
+                panels.append({"title": column_title(c), "pair": f"{a.label} − {b.label}", "seeds": seeds,
+                               "values": [va[s] - vb[s] for s in seeds], "mean": d["mean"], "ci95": d["ci95"],
+                               "mark": marks.get(c), "mark_label": "reference (--mark)"})
+    return panels
+
+
 def _write(path, write) -> None:
     try:
         write(path)
@@ -611,6 +640,11 @@ def _main(argv=None):
     p.add_argument("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
                    help="seed of the bootstrap (default: 0)")
     p.add_argument("--json", metavar="PATH", help="also write the whole report as JSON here")
+    p.add_argument("--plot-diff", metavar="PNG", help="plot each --diff A B: the per-seed differences of every "
+                                                      "column with their mean and 95%% interval")
+    p.add_argument("--mark", nargs="+", default=[], metavar="COLUMN=VALUE", type=_mark,
+                   help="with --plot-diff: a reference line per column, e.g. natural=1.23 pgd20=0.94 (a published "
+                        "effect)")
     p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"),
                    help="instead of the tables: the exact McNemar test per attack between two run folders")
     args = p.parse_args(argv)
@@ -635,6 +669,13 @@ def _main(argv=None):
     if args.json:
         doc = report_json(tables, analysis, unfinished, args.bootstrap)
         _write(args.json, lambda path: open(path, "w").write(json.dumps(doc, indent=2, default=str) + "\n"))
+    if args.plot_diff:
+        panels = diff_panels(tables, args.diff, analysis, args.mark)
+        if not panels:
+            raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
+        from utils.figures import save_paired_differences
+        _write(args.plot_diff, lambda path: save_paired_differences(path, panels))
+        print(f"wrote {args.plot_diff}")
     if args.plot:
         from utils.figures import save_curves
         save_curves(args.plot, curves(tables))

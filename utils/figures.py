@@ -72,3 +72,37 @@ def save_curves(path: str, groups: dict) -> None:
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=1 if len(groups) > 4 else len(groups))
     fig.savefig(path)
+
+
+def save_paired_differences(path: str, panels: list[dict]) -> None:
+    """One panel per (difference, column): the per-seed differences A - B as dots (labelled by seed), their mean
+    with its 95% interval as an error bar, zero as a grey line and, where a panel has 'mark' (a reference value
+    such as a published effect), a dashed red line. Each panel is {'title', 'seeds', 'values', 'mean',
+    'ci95' ([lo, hi] or None), 'mark' (float or None), 'mark_label', 'pair' (the difference's name)}."""
+    fig = _figure(3.2 * len(panels), 3.8)
+    one_pair = len({p["pair"] for p in panels}) == 1
+    if one_pair:
+        fig.suptitle(panels[0]["pair"], fontsize=10)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels):
+        xs = np.linspace(-0.25, 0.25, len(p["values"])) if len(p["values"]) > 1 else np.zeros(1)
+        ax.scatter(xs, p["values"], s=18, color="tab:blue", zorder=3, label="per seed")
+        for x, v, s in zip(xs, p["values"], p["seeds"]):
+            ax.annotate(str(s), (x, v), textcoords="offset points", xytext=(4, 2), fontsize=6, color="tab:blue")
+        if p["ci95"] is not None:
+            lo, hi = p["ci95"]
+            ax.errorbar([0.6], [p["mean"]], yerr=[[p["mean"] - lo], [hi - p["mean"]]], fmt="o", color="black",
+                        capsize=5, label="mean, 95% CI")
+        else:
+            ax.plot([0.6], [p["mean"]], "o", color="black", label="mean (no interval)")
+        ax.axhline(0, color="grey", lw=0.8)
+        if p.get("mark") is not None:
+            ax.axhline(p["mark"], color="tab:red", ls="--", lw=1, label=p.get("mark_label") or "reference")
+        ax.set_xlim(-0.6, 1.0)
+        ax.set_xticks([])
+        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}", fontsize=10 if one_pair else 7)
+        ax.set_ylabel("difference (accuracy points)")
+        ax.grid(alpha=0.3, axis="y")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=len(names))
+    fig.savefig(path)
