@@ -16,7 +16,7 @@ minus its unmasked baseline (same settings otherwise), and any --diff A B, each 
 the paired t-interval over the seeds both rows have, or Welch's interval over the runs when they share none
 (utils/stats.py holds the statistics). Unfinished runs are listed as missing, never counted as zero.
 
-    python -m tools.report docs/studies/figure1 --diff AT-ul6 AT-br6 --plan 0.5 1.0 --bootstrap 10000 --json r.json
+    python -m tools.report docs/studies/figure1 --diff ul6, br6, --plan 0.5 1.0 --bootstrap 10000 --json r.json
     python -m tools.report --mcnemar RUN_A RUN_B     # exact McNemar test of two runs on the same test images
 
 --plan DELTA gives, per difference and column, the seeds the paired t-test needs to detect DELTA points with
