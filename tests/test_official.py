@@ -239,6 +239,15 @@ def test_defaults_old_configs_and_training_setting():
     assert "official_trades_forward" in effective(cfg) and "official_trades_forward" not in effective(config("part"))
 
 
+def test_resume_refuses_a_checkpoint_trained_without_official_starts(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("part_m", out, "--epochs", "1", "--warm-up", "0", "--eval-attacks", "natural") == 0
+    capsys.readouterr()
+    assert run("part_m", out, "--epochs", "2", "--warm-up", "0", "--resume", "--official-starts") == 2
+    err = capsys.readouterr().err.strip()
+    assert "official_starts: False -> True" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("variant", list(METHODS))
 def test_as_published_sets_and_records_the_official_settings(variant):
     cfg, explicit = parse(variant, constants(SCRIPTS[variant]), ["--as-published", "--eval-attacks", "natural"])
@@ -301,3 +310,20 @@ def test_aa_official_end_to_end(tmp_path):
     first = rec["aa-official"]
     assert main("part", constants(SCRIPTS["part"]), ["--eval-only", str(out / "last.pt"), "--n-eval-aa", "6"]) == 0
     assert json.loads((out / "eval_last.json").read_text())["aa-official"] == first  # the seed is fixed
+
+
+def test_report_pairs_published_rows_and_shows_aa_official_after_aa(tmp_path, capsys):
+    from tools import report
+    for name, argv, acc in [("AT", ["--no-mask"], 40.0), ("AT-as-published", ["--no-mask", "--as-published"], 42.0),
+                            ("PART", [], 44.0), ("PART-as-published", ["--as-published"], 47.0)]:
+        cfg = config("part", "--data", "synthetic", *argv)
+        rec = {"method": cfg["method"], "seed": 1, "natural": 80.0, "pgd20": acc, "mma": acc, "aa": acc, "n_eval": 500,
+               "n_eval_aa": 500, "config": cfg, **({"aa-official": acc + 1} if cfg["as_published"] else {})}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(rec))
+    assert report.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("| Method |")).startswith(
+        "| Method | Natural | PGD-20 | MMA | AA | AA (official) |")
+    published = next(line for line in lines if line.startswith("| PART (mask_source=official, official_starts=True) −"))
+    assert "AT (official_starts=True)" in published and "+5.00" in published  # paired with the published baseline

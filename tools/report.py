@@ -83,14 +83,15 @@ def _text(v) -> str:
 
 
 def columns(runs) -> list[str]:
-    """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, CIFAR-10-C)."""
+    """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, aa-official,
+    CIFAR-10-C)."""
     from utils.evaluate import record_columns
     seen = []
     for r in runs:
         for c in record_columns(r):
             if c not in seen and (r.get(c) is not None or c not in ("natural", "pgd20", "mma", "aa")):
                 seen.append(c)
-    rank = {"natural": 0, "mma": 2, "cw": 3, "part-pgd": 4, "aa": 5, "corruptions": 6}
+    rank = {"natural": 0, "mma": 2, "cw": 3, "part-pgd": 4, "aa": 5, "aa-official": 5.5, "corruptions": 6}
     return sorted(seen, key=lambda c: (rank.get(c, 1), int(c[3:]) if c.startswith("pgd") and c[3:].isdigit() else 0))
 
 
