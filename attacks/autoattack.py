@@ -107,3 +107,30 @@ def autoattack(model, x, y, eps=8 / 255, num_classes=None, batch_size=256, seed=
         with open(log_path) as f:
             text = f.read().split("using standard version")[-1]  # this call's part of the appended log
     return out.detach(), parse_log(text)
+
+
+def torchattacks_version() -> str | None:
+    """The installed torchattacks version (the official code's AutoAttack), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torchattacks")
+    except PackageNotFoundError:
+        return None
+
+
+def autoattack_official(model, x, y, eps=8 / 255, seed=0, batch_size=256):
+    """AutoAttack as the official PART code evaluates: torchattacks' AutoAttack(model, norm='Linf', eps=eps,
+    version='standard') with torchattacks' other defaults (APGD-CE, APGD-T and FAB-T with 10 iterations each,
+    Square with 5000 queries, n_classes=10), called on each batch of `batch_size` images as the official code
+    calls it per test batch. The official code leaves the seed unset (torchattacks then seeds from the clock);
+    here it is `seed`. Returns the adversarial images shaped like x, detached; the model's mode,
+    requires_grad flags and gradients are left as they were. Raises ImportError (with the pip command) if
+    torchattacks is not installed."""
+    try:
+        import torchattacks
+    except ImportError:
+        raise ImportError("the official AutoAttack needs torchattacks: pip install torchattacks==3.4.0") from None
+    with frozen(model):
+        adversary = torchattacks.AutoAttack(model, norm="Linf", eps=float(eps), version="standard", seed=seed)
+        return torch.cat([adversary(x[i:i + batch_size], y[i:i + batch_size]).detach()
+                          for i in range(0, x.shape[0], batch_size)])

@@ -48,14 +48,30 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Te
     return (x + delta).clamp_(0.0, 1.0)
 
 
-def uniform_start(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x plus noise uniform in [-eps, eps] per element (its own budget), clipped to [0, 1]."""
-    return (x + (torch.rand_like(x) * 2 - 1) * eps).clamp_(0.0, 1.0)
+def uniform_start(x: torch.Tensor, eps: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """x plus noise uniform in [-eps, eps] per element (its own budget), clipped to [0, 1] unless `clip` is
+    False (the official PART PGD under a per-pixel budget does not clip its start)."""
+    start = x + (torch.rand_like(x) * 2 - 1) * eps
+    return start.clamp_(0.0, 1.0) if clip else start
 
 
-def gaussian_start(x: torch.Tensor, eps: torch.Tensor, scale: float = 0.001) -> torch.Tensor:
-    """TRADES/MART start x + 0.001 * N(0, 1), projected into the budget and [0, 1]."""
-    return project(x + scale * torch.randn_like(x), x, eps)
+def random_or_official_start(x: torch.Tensor, eps: torch.Tensor, random_start: bool = True,
+                             official_start: float | None = None, clip_official: bool = True) -> torch.Tensor:
+    """The start of a PGD-type attack: a copy of x (`random_start` False); `uniform_start` within the budget eps
+    (`official_start` None); or the official PART code's start x + U(-s, s) at the scalar s = `official_start`
+    whatever the per-element budget, clipped to [0, 1] when `clip_official` (the first step projects)."""
+    if not random_start:
+        return x.clone()
+    if official_start is None:
+        return uniform_start(x, eps)
+    return uniform_start(x, as_budget(official_start, x), clip=clip_official)
+
+
+def gaussian_start(x: torch.Tensor, eps: torch.Tensor, scale: float = 0.001, projected: bool = True) -> torch.Tensor:
+    """TRADES/MART start x + 0.001 * N(0, 1), projected into the budget and [0, 1]; with `projected` False, as
+    the official TRADES, MART and PART code start: not projected at all (the first step projects)."""
+    start = x + scale * torch.randn_like(x)
+    return project(start, x, eps) if projected else start
 
 
 def ascend(model, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, step_size: float, steps: int,

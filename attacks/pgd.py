@@ -2,31 +2,35 @@
 import torch
 import torch.nn.functional as F
 
-from .core import as_budget, ascend, frozen, uniform_start
+from .core import as_budget, ascend, frozen, random_or_official_start, uniform_start
 
 
-def pgd(model, x, y, eps, step_size, steps, random_start=True):
+def pgd(model, x, y, eps, step_size, steps, random_start=True, official_start=None):
     """PGD (L-inf) maximising the summed cross-entropy. `eps` is a float or a tensor broadcastable to x
     (B, C, H, W); every element of the result lies within its own budget of x and in [0, 1].
+    `official_start` (a float s) starts as the official PART code does: x + U(-s, s), clipped to [0, 1] when
+    `eps` is a float (torchattacks' PGD, which the official warm-up uses) and not at all under a budget tensor
+    (the official part_pgd); every step projects as usual, so with steps >= 1 the guarantee above holds.
     Runs on the model's device; the model's mode, BN buffers and parameter gradients are left unchanged."""
     with frozen(model):
         e = as_budget(eps, x)
-        x0 = uniform_start(x, e) if random_start else x.clone()
+        x0 = random_or_official_start(x, e, random_start, official_start, clip_official=isinstance(eps, (int, float)))
         return ascend(model, x, x0, e, step_size, steps, lambda z: F.cross_entropy(z, y, reduction="sum"))
 
 
-def mma(model, x, y, eps, step_size, steps, k=3, random_start=True, confidence=50.0):
+def mma(model, x, y, eps, step_size, steps, k=3, random_start=True, confidence=50.0, official_start=None):
     """Minimum-margin attack (Gao et al., ICML 2022) as PART uses it: for each of the k most likely wrong
     classes t on the clean input, a targeted PGD from one shared uniform start on the margin loss
     -sum(max(z_y - z_t + confidence, 0)); per sample the candidate with the largest z_t - z_y is kept.
-    Same budget semantics and guarantees as `pgd`."""
+    `official_start` (a float s): the shared start is x + U(-s, s) clipped to [0, 1], as in the official code's
+    mma and part_mma. Same budget semantics and guarantees as `pgd`."""
     with frozen(model):
         e = as_budget(eps, x)
         logits = model(x)
         k = min(k, logits.shape[1] - 1)
         wrong = logits.detach().scatter(1, y[:, None], float("-inf"))
         targets = wrong.topk(k, dim=1).indices  # (B, k), most likely wrong class first
-        x0 = uniform_start(x, e) if random_start else x.clone()
+        x0 = random_or_official_start(x, e, random_start, official_start)
         rows = torch.arange(x.shape[0], device=x.device)
         candidates, scores = [], []
         for i in range(k):

@@ -12,6 +12,8 @@ Studies (rows):
   eps-low      PART with eps_low 5/255, 6/255, 7/255 and 8/255 (8/255 trains exactly like AT)
   cam          PART with GradCAM, XGradCAM and LayerCAM
   mask-source  AT, and PART with the cam, official and permuted mask sources
+  as-published each row of main beside the same row with --as-published (the official code's behaviour:
+               official masks, starts and TRADES forward, and aa-official in the evaluation)
 
 Each run writes <root>/<data>-<model>[-<tag>]/<row>-seed<N>/, where <root> is runs/<study> unless given and
 <tag> names the flags passed after `--` for every command (--tag overrides it; --tag "" drops it). The
@@ -53,6 +55,14 @@ def _figure1_rows():
     return rows
 
 
+def _as_published_rows():
+    rows = {}
+    for label, (script, flags) in _main_rows().items():  # ours, then the official code's behaviour beside it
+        rows[label] = (script, flags)
+        rows[f"{label}-as-published"] = (script, flags + ["--as-published"])
+    return rows
+
+
 STUDIES = {
     "main": _main_rows(),
     "figure1": _figure1_rows(),
@@ -60,8 +70,10 @@ STUDIES = {
     "cam": {f"PART-{cam}": (SCRIPT["part"], ["--cam", cam]) for cam in ("gradcam", "xgradcam", "layercam")},
     "mask-source": {"AT": (SCRIPT["part"], ["--no-mask"]),
                     **{f"PART-{s}": (SCRIPT["part"], ["--mask-source", s]) for s in ("cam", "official", "permuted")}},
+    "as-published": _as_published_rows(),
 }
 DEFAULT_ROWS = {"main": [m.label(m.attacks[0], masked) for m in METHODS.values() for masked in (False, True)]}
+DEFAULT_ROWS["as-published"] = [r for label in DEFAULT_ROWS["main"] for r in (label, f"{label}-as-published")]
 NOT_IN_TAG = {"--data-dir", "--device", "--download", "--log-interval", "--save-freq"}
 
 

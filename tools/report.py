@@ -36,7 +36,7 @@ import numpy as np
 from utils import stats
 from utils.config import MASK_KEYS, effective, number, upgrade
 from utils.errors import UsageError
-from utils.evaluate import column_title, per_image_name, record_columns
+from utils.evaluate import AA_NAMES, column_title, per_image_name, record_columns
 from utils.methods import labels
 from utils.runs import read_metrics
 from utils.units import fraction_text
@@ -97,7 +97,7 @@ def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None
         if col not in arrays or col == "corruptions":
             continue
         bits, index = arrays[col], arrays.get(f"{col}_index")
-        size = rec.get("n_eval_aa") if col == "aa" else rec.get("n_eval")
+        size = rec.get("n_eval_aa") if col in AA_NAMES else rec.get("n_eval")
         value = rec.get(col)
         if (bits.dtype != bool or bits.ndim != 1 or index is None or index.shape != bits.shape or labels is None
                 or (len(index) and index.max() >= len(labels))):
@@ -140,13 +140,14 @@ def _text(v) -> str:
 
 
 def columns(runs) -> list[str]:
-    """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, CIFAR-10-C)."""
+    """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, aa-official,
+    CIFAR-10-C)."""
     seen = []
     for r in runs:
         for c in record_columns(r):
             if c not in seen and (r.get(c) is not None or c not in ("natural", "pgd20", "mma", "aa")):
                 seen.append(c)
-    rank = {"natural": 0, "mma": 2, "cw": 3, "part-pgd": 4, "aa": 5, "corruptions": 6}
+    rank = {"natural": 0, "mma": 2, "cw": 3, "part-pgd": 4, "aa": 5, "aa-official": 5.5, "corruptions": 6}
     return sorted(seen, key=lambda c: (rank.get(c, 1), int(c[3:]) if c.startswith("pgd") and c[3:].isdigit() else 0))
 
 

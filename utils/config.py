@@ -28,7 +28,7 @@ from .units import fraction_text, parse_fraction
 EVAL_KEYS = ("n_eval", "n_eval_aa", "eval_epsilon", "eval_corruptions")
 RUN_CONTROL_KEYS = ("out", "resume", "overwrite", "eval_only", "download", "device", "data_dir", "save_freq",
                     "log_interval", "mask_figure", "tensorboard", "n_eval_epoch", "eval_attacks", "eval_batch_size",
-                    "channels_last", "compile") + EVAL_KEYS
+                    "channels_last", "compile", "as_published") + EVAL_KEYS
 # Keys that matter only once masks are used (after warm-up, without --no-mask); which of them a run reads
 # depends on its mask source.
 MASK_KEYS = ("mask_source", "low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend", "mask_refresh",
@@ -195,7 +195,8 @@ def build_parser(variant: str, constants: dict) -> Parser:
                    help="test images for the per-epoch natural / PGD-20 check (0: all; lower it to speed up small runs)")
     add(e, "--eval-attacks", nargs="+", type=eval_attack, default=list(DEFAULT_EVAL_ATTACKS),
                    metavar="ATTACK", help="what the final evaluation runs: natural, pgdN (PGD with N steps, e.g. "
-                   "pgd20 pgd50 pgd100), mma, cw, part-pgd, aa (default: natural pgd20 mma aa)")
+                   "pgd20 pgd50 pgd100), mma, cw, part-pgd, aa, aa-official "
+                   "(default: natural pgd20 mma aa)")
     add(e, "--eval-epsilon", type=BUDGET, default=8 / 255, help="evaluation L-inf budget (default: 8/255)")
     add(e, "--eval-batch-size", type=POSITIVE, default=256, help="evaluation batch size (default: 256)")
     add(e, "--eval-corruptions", metavar="DIR",
@@ -209,6 +210,16 @@ def build_parser(variant: str, constants: dict) -> Parser:
                    help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4; "
                         "default: grad-cam)")
     add(s, "--compile", action="store_true", help="torch.compile the training forward (experimental)")
+    o = p.add_argument_group("as published (the official code's behaviour; README: Deviations from the official code)")
+    add(o, "--official-starts", action="store_true",
+        help="attack starts as the official code draws them: PGD / MMA uniform at the scalar --epsilon, clipped to "
+             "the per-pixel budget only by the first step; TRADES / MART x + 0.001 N(0, 1) not projected")
+    add(o, "--official-trades-forward", action="store_true",
+        help="TRADES (train_eval_part_t.py only): run the model on the natural batch twice in train mode, as the "
+             "official code does (same loss and gradient; BatchNorm running statistics differ)")
+    add(o, "--as-published", action="store_true",
+        help="preset: --mask-source official --official-starts (--official-trades-forward for TRADES) and adds "
+             "aa-official to --eval-attacks; config.json records what it set")
     return p
 
 
@@ -223,7 +234,8 @@ def explicit_flags(parser: Parser, argv) -> set:
 # keys that later versions added, at the values older code used (for checkpoints and records written before)
 LATER_DEFAULTS = {"mask_source": "cam", "mask_refresh": 1, "cam_backend": "grad-cam", "data_fingerprint": None,
                   "region_eps": [6 / 255, 12 / 255, 12 / 255, 12 / 255], "tensorboard": False, "eval_corruptions": None,
-                  "overwrite": False}
+                  "overwrite": False, "official_starts": False, "official_trades_forward": False,
+                  "as_published": False}
 
 
 def upgrade(saved: dict) -> dict:
@@ -268,6 +280,32 @@ def validate(cfg: dict) -> None:
                          f"({fraction_text(cfg['epsilon'])})")
     if cfg.get("beta") is None and METHODS[cfg["variant"]].uses_beta:
         raise UsageError("this method needs --beta")
+    if cfg["official_trades_forward"] and not METHODS[cfg["variant"]].trades_forward:
+        raise UsageError(f"--official-trades-forward applies to TRADES only (train_eval_part_t.py), not to "
+                         f"{METHODS[cfg['variant']].script}")
+
+
+# what --as-published sets (official_trades_forward only where the method has a TRADES loss); it also adds
+# aa-official to the evaluation
+AS_PUBLISHED = {"mask_source": "official", "official_starts": True, "official_trades_forward": True}
+
+
+def apply_as_published(variant: str, args: dict, explicit: set) -> None:
+    """With --as-published, set the official settings in `args` (parsed flags) and record them under
+    'as_published' as {key: value}; `explicit` gains eval_attacks. Raises UsageError where an explicit flag asks
+    for something else (e.g. --mask-source cam)."""
+    if not args.get("as_published"):
+        return
+    preset = {k: v for k, v in AS_PUBLISHED.items()
+              if k != "official_trades_forward" or METHODS[variant].trades_forward}
+    for key, value in preset.items():
+        if key in explicit and args[key] != value:
+            raise UsageError(f"--as-published sets --{key.replace('_', '-')} {_shown(value)}, which contradicts "
+                             f"--{key.replace('_', '-')} {_shown(args[key])}; drop one of them")
+    args.update(preset)
+    args["eval_attacks"] = list(args["eval_attacks"]) + [a for a in ("aa-official",) if a not in args["eval_attacks"]]
+    args["as_published"] = {**preset, "eval_attacks": args["eval_attacks"]}
+    explicit.add("eval_attacks")
 
 
 def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
@@ -275,7 +313,9 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     Raises UsageError for any bad value."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = vars(build_parser(variant, constants).parse_args(argv))
-    return resolve(variant, args), explicit_flags(build_parser(variant, constants), argv)
+    explicit = explicit_flags(build_parser(variant, constants), argv)
+    apply_as_published(variant, args, explicit)
+    return resolve(variant, args), explicit
 
 
 def script_constants(path: str) -> dict:
@@ -325,5 +365,7 @@ def effective(cfg: dict) -> dict:
             out.pop(k, None)
     if not METHODS[cfg["variant"]].uses_beta:
         out.pop("beta", None)
+    if not METHODS[cfg["variant"]].trades_forward:
+        out.pop("official_trades_forward", None)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 

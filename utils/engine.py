@@ -180,13 +180,23 @@ def check_inputs(cfg: dict, world: int) -> None:
     if cfg.get("eval_corruptions"):
         corruption_files(cfg["eval_corruptions"])
     needs = {"tensorboard": "--tensorboard"} if cfg.get("tensorboard") else {}
-    if "aa" in cfg["eval_attacks"]:
-        needs["pyautoattack|autoattack"] = "AutoAttack (--eval-attacks aa)"
     if _uses_cam(cfg) and cfg["cam_backend"] == "grad-cam":
         needs["pytorch_grad_cam"] = "the grad-cam CAM backend"
+    check_packages(cfg, needs)
+
+
+def check_packages(cfg: dict, needs: dict | None = None) -> None:
+    """Raise UsageError (one line with the pip command) if a package the evaluation attacks, or `needs`
+    ({'module|alternative': what needs it}), asks for is not installed."""
+    needs = dict(needs or {})
+    if "aa" in cfg["eval_attacks"]:
+        needs["pyautoattack|autoattack"] = "AutoAttack (--eval-attacks aa)"
+    if "aa-official" in cfg["eval_attacks"]:
+        needs["torchattacks"] = "the official code's AutoAttack (--eval-attacks aa-official)"
     for modules, what in needs.items():
         if not any(importlib.util.find_spec(m) for m in modules.split("|")):
-            package = {"pytorch_grad_cam": "grad-cam", "pyautoattack|autoattack": "pyautoattack"}.get(modules, modules)
+            package = {"pytorch_grad_cam": "grad-cam", "pyautoattack|autoattack": "pyautoattack",
+                       "torchattacks": "torchattacks==3.4.0"}.get(modules, modules)
             raise UsageError(f"{what} needs the {package} package, which is not installed: pip install {package}")
 
 
@@ -493,6 +503,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
                 raise UsageError(f"--data {run_cfg['data']} ({run_cfg['num_classes']} classes, {run_cfg['image_size']} px) "
                                  f"does not fit the checkpoint's model, trained on {saved['data']} "
                                  f"({saved.get('num_classes')} classes, {saved.get('image_size')} px)")
+    check_packages(run_cfg)
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
     data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))

@@ -7,6 +7,8 @@ Attack names (for --eval-attacks, keys of results.json, columns of the report):
   cw         CW-inf: PGD on the Carlini-Wagner margin loss, 30 steps, random start (TRADES / MART settings)
   part-pgd   PGD-20 within the model's own PART mask (eps where its CAM marks, eps_low elsewhere)
   aa         AutoAttack, standard version (fra31), on the first n_eval_aa images
+  aa-official  AutoAttack as the official PART code runs it (torchattacks, 10 iterations per attack), seeded,
+             on the first n_eval_aa images
 """
 import os
 import platform
@@ -20,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from attacks import autoattack, autoattack_version, cw, frozen, mma, pgd
+from attacks import autoattack, autoattack_official, autoattack_version, cw, frozen, mma, pgd, torchattacks_version
 
 from .data import Dataset, eval_batches, to_float
 from .errors import UsageError
@@ -53,7 +55,9 @@ EVAL_ATTACKS = {
     "cw": EvalAttack("CW-inf", lambda model, x, y, c: cw(model, x, y, c["eps"], c["step_size"], 30)),
     "part-pgd": EvalAttack("PART-PGD", _part_pgd),
     "aa": EvalAttack("AA", None),  # run on its own subset, see `evaluate`
+    "aa-official": EvalAttack("AA (official)", None),  # likewise
 }
+AA_NAMES = ("aa", "aa-official")  # the attacks run on the first n_eval_aa images
 DEFAULT_EVAL_ATTACKS = ("natural", "pgd20", "mma", "aa")
 
 
@@ -65,7 +69,7 @@ def eval_attack(name: str) -> EvalAttack:
     if m:
         return EvalAttack(f"PGD-{m.group(1)}", _pgd_steps(int(m.group(1))))
     raise ValueError(f"unknown evaluation attack {name!r}; choose from natural, pgdN (e.g. pgd20, pgd50), mma, cw, "
-                     f"part-pgd, aa")
+                     f"part-pgd, aa, aa-official")
 
 
 def check_eval_attack(name: str) -> str:
@@ -86,6 +90,7 @@ def library_versions(device: torch.device | None = None) -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     out["autoattack"] = autoattack_version()
+    out["torchattacks"] = torchattacks_version()
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -123,34 +128,40 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
              step_size: float = 2 / 255, n_eval: int = 0, n_eval_aa: int = 0, batch_size: int = 256, seed: int = 0,
              cfg: dict | None = None, aa_log: str | None = None, log=None, progress: bool = False) -> dict:
     """Accuracy in percent on the first `n_eval` test images (all when 0) under each of `attacks` (names as in
-    the module docstring), AutoAttack on the first `n_eval_aa` (0: the same n_eval images). `cfg` is the run's
-    config (needed by part-pgd: low_epsilon, cam, mask_rule). Each attack is seeded with `seed` afresh, so its
-    figure does not depend on which other attacks ran. `log` (a logger) gets a line as each attack starts and
-    ends; `aa_log` receives AutoAttack's own log.
-    Returns {name: accuracy, ..., 'n_eval', 'n_eval_aa' (None without aa), 'n_test', 'time_s': {name: s},
-    'aa_breakdown': {...} (with aa), 'per_image': {name: bool array (size,), one per test image, in test-set
-    order from index 0}}; the default attacks that did not run are None. The model is left as `attacks.frozen` guarantees."""
+    the module docstring), AutoAttack (aa, aa-official) on the first `n_eval_aa` (0: the same n_eval images).
+    `cfg` is the run's config (needed by part-pgd: low_epsilon, cam, mask_rule). Each attack is seeded with `seed`
+    afresh, so its figure does not depend on which other attacks ran. `log` (a logger) gets a line as each attack
+    starts and ends; `aa_log` receives AutoAttack's own log.
+    Returns {name: accuracy, ..., 'n_eval', 'n_eval_aa' (None without aa and aa-official), 'n_test',
+    'time_s': {name: s}, 'aa_breakdown': {...} (with aa), 'aa_official_seed' (with aa-official: the seed
+    torchattacks got), 'per_image': {name: bool array (size,), one per test image, in test-set order from
+    index 0}}; the default attacks that did not run are None. The model is left as `attacks.frozen` guarantees."""
     from tqdm import tqdm
     device = next(model.parameters()).device
     n_test = data.x_test.shape[0]
     n = n_test if not n_eval else min(n_eval, n_test)
     n_aa = n if not n_eval_aa else min(n_eval_aa, n_test)
     ctx = {"eps": eps, "step_size": step_size, "cfg": cfg or {}}
-    result = {**{a: None for a in DEFAULT_EVAL_ATTACKS}, "n_eval": n, "n_eval_aa": n_aa if "aa" in attacks else None,
+    result = {**{a: None for a in DEFAULT_EVAL_ATTACKS}, "n_eval": n,
+              "n_eval_aa": n_aa if any(a in attacks for a in AA_NAMES) else None,
               "n_test": n_test, "time_s": {}, "per_image": {}}
     say = log.info if log else (lambda *a: None)
     with frozen(model):
         for name in attacks:
-            size = n_aa if name == "aa" else n
+            size = n_aa if name in AA_NAMES else n
             say("eval %s: started on %d test images", name, size)
             torch.manual_seed(seed)
             t = time.time()
-            if name == "aa":
+            if name in AA_NAMES:
                 x, y = to_float(data.x_test[:n_aa]).to(device), data.y_test[:n_aa].to(device)
-                xa, breakdown = autoattack(model, x, y, eps, num_classes=data.num_classes, batch_size=batch_size,
-                                           seed=seed, log_path=aa_log, progress=(lambda m: say("eval aa: %s", m)))
+                if name == "aa":
+                    xa, result["aa_breakdown"] = autoattack(model, x, y, eps, num_classes=data.num_classes,
+                                                            batch_size=batch_size, seed=seed, log_path=aa_log,
+                                                            progress=(lambda m: say("eval aa: %s", m)))
+                else:
+                    xa = autoattack_official(model, x, y, eps, seed=seed, batch_size=batch_size)
+                    result["aa_official_seed"] = seed
                 hits = _correct(model, xa, y, batch_size)
-                result["aa_breakdown"] = breakdown
             else:
                 run = eval_attack(name).run
                 parts = []

@@ -23,9 +23,11 @@ def at_loss(model, x, x_adv, y, cfg):
     return F.cross_entropy(model(x_adv), y)
 
 
-def trades_loss(logits_nat, logits_adv, y, beta=6.0):
-    """TRADES: CE(f(x), y) + beta * (1/B) * sum_i KL(p(x_i) || p(x_adv_i))."""
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="sum")
+def trades_loss(logits_nat, logits_adv, y, beta=6.0, target_logits=None):
+    """TRADES: CE(f(x), y) + beta * (1/B) * sum_i KL(p(x_i) || p(x_adv_i)); p(x) from `target_logits` when
+    given (a second forward of x), else from logits_nat."""
+    target = logits_nat if target_logits is None else target_logits
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(target, dim=1), reduction="sum")
     return F.cross_entropy(logits_nat, y) + beta * kl / logits_nat.shape[0]
 
 
@@ -45,10 +47,25 @@ def mart_loss(logits_nat, logits_adv, y, beta=6.0):
 # ----------------------------------------------------------------------------------------------------
 # the inner maximisations
 # ----------------------------------------------------------------------------------------------------
+def official_start(cfg):
+    """The scalar budget of the official PGD / MMA start (cfg's epsilon) with --official-starts, else None."""
+    return cfg["epsilon"] if cfg["official_starts"] else None
+
+
 def at_attack(model, x, y, eps, cfg):
     if cfg["attack"] == "mma":
-        return mma(model, x, y, eps, cfg["step_size"], cfg["num_steps"], k=3)
-    return pgd(model, x, y, eps, cfg["step_size"], cfg["num_steps"])
+        return mma(model, x, y, eps, cfg["step_size"], cfg["num_steps"], k=3, official_start=official_start(cfg))
+    return pgd(model, x, y, eps, cfg["step_size"], cfg["num_steps"], official_start=official_start(cfg))
+
+
+def trades_outer_loss(model, x, x_adv, y, cfg):
+    """PART-T / TRADES: `trades_loss` with one natural forward; with --official-trades-forward the model runs on
+    x, x_adv and x again (train mode, the official order), and the KL target comes from the second natural
+    forward: the same loss and gradient, but BatchNorm's running statistics see the natural batch twice."""
+    if not cfg["official_trades_forward"]:
+        return trades_loss(model(x), model(x_adv), y, cfg["beta"])
+    logits_nat, logits_adv = model(x), model(x_adv)
+    return trades_loss(logits_nat, logits_adv, y, cfg["beta"], target_logits=model(x))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -61,6 +78,7 @@ class Method:
     attack: Callable
     loss: Callable
     uses_beta: bool = False
+    trades_forward: bool = False  # whether --official-trades-forward applies
 
     @property
     def attacks(self) -> tuple:
@@ -75,11 +93,12 @@ class Method:
 METHODS = {
     "part": Method("train_eval_part.py", {"pgd": ("PART", "AT"), "mma": ("PART-MMA", "MMA")}, at_attack, at_loss),
     "part_t": Method("train_eval_part_t.py", {"trades": ("PART-T", "TRADES")},
-                     lambda model, x, y, eps, cfg: trades_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"]),
-                     lambda model, x, x_adv, y, cfg: trades_loss(model(x), model(x_adv), y, cfg["beta"]),
-                     uses_beta=True),
+                     lambda model, x, y, eps, cfg: trades_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"],
+                                                                 official_start=cfg["official_starts"]),
+                     trades_outer_loss, uses_beta=True, trades_forward=True),
     "part_m": Method("train_eval_part_m.py", {"mart": ("PART-M", "MART")},
-                     lambda model, x, y, eps, cfg: mart_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"]),
+                     lambda model, x, y, eps, cfg: mart_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"],
+                                                               official_start=cfg["official_starts"]),
                      lambda model, x, x_adv, y, cfg: mart_loss(model(x), model(x_adv), y, cfg["beta"]),
                      uses_beta=True),
 }
