@@ -61,6 +61,14 @@ def bad_file(tmp, kind):
     raise ValueError(kind)
 
 
+def cifar10c_folder(path, labels=None, size=32, n=5):
+    """A CIFAR-10-C-style folder of one corruption: (5 * n, size, size, 3) uint8 images and their labels."""
+    path.mkdir()
+    np.save(path / "noise.npy", np.zeros((5 * n, size, size, 3), np.uint8))
+    np.save(path / "labels.npy", np.arange(5 * n) % 10 if labels is None else np.asarray(labels))
+    return str(path)
+
+
 # case: (variant, extra argv (TMP stands for the test's folder), exit code, a word the message must contain)
 BAD_INPUT = [
     ("part", ["--n-eval", "-5"], 2, "--n-eval"),
@@ -94,12 +102,29 @@ BAD_INPUT = [
     ("part", ["--eval-attacks", "part-pgd", "--no-mask", "--cam-layer", "nope"], 2, "nope"),
     ("part", ["--out", "TMP/afile/run"], 2, "is a file"),
     ("part", ["--out", "TMP/afile"], 2, "is a file"),
-    ("part", ["--out", "/proc/part_run_test"], 2, "cannot create or write the run folder"),  # unwritable
+    ("part", ["--out", "/proc/part_run_test"], 2, "cannot create or write"),  # unwritable
     ("part", ["--eval-corruptions", "TMP/nothing"], 2, "not a folder"),
     ("part", ["--resume", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/nothing.pt"], 2, "no checkpoint"),
     ("part", ["--resume", "TMP/weights_only.pt"], 2, "--eval-only"),
+    # one line each for the classes of issue 22: a seed past 64 bits, a model too large for memory, a CAM layer that
+    # is no feature map, the permuted control without a second image, an empty path, flags that would be ignored,
+    # a folder holding --eval-only records, CIFAR-10-C labels outside the classes or images of another size, and an
+    # --eval-only output folder that cannot be written (found before loading the model)
+    ("part", ["--seed", str(2**64)], 2, "--seed"),
+    ("part", ["--width", "100000"], 2, "out of memory"),
+    ("part", ["--cam-layer", "linear"], 2, "not a feature map"),
+    ("part", ["--mask-source", "permuted", "--batch-size", "1"], 2, "at least 2 images per batch"),
+    ("part", ["--mask-source", "permuted", "--n-train", "1"], 2, "at least 2 training images"),
+    ("part", ["--out", ""], 2, "must not be empty"),
+    ("part", ["--eval-only", "TMP/garbage.pt", "--resume"], 2, "--resume would be ignored"),
+    ("part", ["--resume", "--overwrite"], 2, "give one of them"),
+    ("part", ["--out", "TMP/evals"], 2, "eval_last.json"),
+    ("part", ["--eval-corruptions", "TMP/c10c-999"], 2, "[0, 10)"),
+    ("part", ["--eval-corruptions", "TMP/c10c-neg"], 2, "[0, 10)"),
+    ("part", ["--eval-corruptions", "TMP/c10c-64px"], 2, "64x64"),
+    ("part", ["--eval-only", "TMP/weights_only.pt", "--out", "/proc/part_eval_test"], 2, "cannot create or write"),
 ] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
     ("empty", "N > 0"), ("float-labels", "integer"), ("random-bytes", "not a readable"),
@@ -114,6 +139,11 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     for kind in ("float", "int16", "label999", "long-labels", "empty", "float-labels", "random-bytes", "truncated",
                  "pickled"):
         bad_file(tmp_path, kind)
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "eval_last.json").write_text("{}")
+    cifar10c_folder(tmp_path / "c10c-999", labels=np.r_[np.zeros(24, int), 999])
+    cifar10c_folder(tmp_path / "c10c-neg", labels=np.r_[np.zeros(24, int), -1])
+    cifar10c_folder(tmp_path / "c10c-64px", size=64)
     argv = [a.replace("TMP", str(tmp_path)) for a in argv]
     out = tmp_path / "run"
     got, err = call(variant, [*TINY, "--out", str(out), *argv], capsys)
@@ -121,7 +151,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     assert word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert "Traceback" not in err
     assert not out.exists()  # found before the first epoch, and a failed start leaves no folder behind
-    assert (tmp_path / "afile").is_file()
+    assert (tmp_path / "afile").is_file() and (tmp_path / "evals" / "eval_last.json").read_text() == "{}"
 
 
 @pytest.mark.slow
