@@ -266,8 +266,18 @@ def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finishe
     assert rec["data"] == "cifar10-npz" and rec["config"]["data_dir"] == path
     assert rec["config"]["trained_on"]["data"] == "synthetic" and rec["n_test"] == 20
     assert rec["config"]["trained_on"]["data_fingerprint"] != rec["config"]["data_fingerprint"]
+    # both records say which epoch they evaluated, and the image size is the data's
+    assert rec["epoch"] == 2 == json.loads((finished / "results.json").read_text())["epoch"]
+    assert rec["config"]["image_size"] == 32
     code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "tinyimagenet"], capsys)
     assert code == 2 and "does not fit" in err and "200 classes" in err
+    rng = np.random.default_rng(0)
+    big = npz(tmp_path / "64.npz", x_train=rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8),
+              x_test=rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8))
+    code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "cifar10-npz", "--data-dir", big,
+                              "--out", str(tmp_path / "e64")], capsys)
+    assert code == 2 and "does not fit" in err and "64x64 px" in err and "32x32 px" in err, err
+    assert not (tmp_path / "e64").exists()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,6 +315,78 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert code == 2 and "No space left on device" in err and "last.pt (epoch 1)" in err, err
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
     assert not [f for f in os.listdir(tmp_path / "r") if ".tmp." in f]
+
+
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import utils.engine
+    real, calls = utils.engine.quick_eval, []
+
+    def quick_eval(*a, **k):  # the per-epoch check of epoch 2 runs out of GPU memory
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                         "of 80 GiB of which 1.2 GiB is free.")
+        return real(*a, **k)
+
+    monkeypatch.setattr(utils.engine, "quick_eval", quick_eval)
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "r"), "--eval-attacks", "natural"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "out of memory on the GPU (tried to allocate 2.00 GiB)" in err and "last.pt (epoch 1)" in err, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_out_of_memory_is_recognised_on_cpu_and_gpu():
+    from utils.errors import out_of_memory
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 360000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert out_of_memory(cpu) == "out of memory on the CPU (tried to allocate 335.28 GiB)"
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")) == \
+        "out of memory on the GPU (tried to allocate 20.00 MiB)"
+    assert out_of_memory(MemoryError()) == "out of memory on the CPU"
+    assert out_of_memory(RuntimeError("shape mismatch")) is None
+
+
+@pytest.mark.parametrize("signum,code,word", [(None, 130, "interrupted (Ctrl-C)"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_entry_point_turns_an_interrupt_into_one_line(signum, code, word, capsys):
+    from utils.errors import entry_point
+
+    def body():
+        if signum is None:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)  # the handler raises in this thread
+        time.sleep(5)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    assert entry_point(body) == code
+    err = capsys.readouterr().err
+    assert err.strip() == word and signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.slow
+def test_a_full_file_system_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """A real failed write: the resumed epoch's checkpoint (larger: it stores the official masks) exceeds a file-size
+    limit (RLIMIT_FSIZE, in a child process). torch.save raises RuntimeError there; the run exits 2 with one line
+    and last.pt of epoch 1 stays intact, with no temporary file left."""
+    import resource
+    out = tmp_path / "r"
+    args = ["--mask-source", "official", "--mask-refresh", "2", "--lr-milestones", "9", "--eval-attacks", "natural"]
+    code, err = call("part", [*TINY, "--out", str(out), "--epochs", "1", *args], capsys)
+    assert code == 0, err
+    before = (out / "last.pt").read_bytes()
+    limit = len(before) + 4096
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--out", str(out),
+                           "--epochs", "2", "--resume", *args], capture_output=True, text=True, preexec_fn=small_disk,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "writing failed" in proc.stderr and "last.pt (epoch 1)" in proc.stderr, proc.stderr
+    assert (out / "last.pt").read_bytes() == before
+    assert not [f for f in os.listdir(out) if ".tmp." in f]
 
 
 def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
@@ -351,6 +433,29 @@ def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 # signals
 # ----------------------------------------------------------------------------------------------------
+def test_permuted_control_never_gives_an_image_its_own_mask():
+    """An epoch of 5 images in batches of 2: the batches of two swap their masks, and the last batch (one image)
+    takes the mask of an image of the previous batch. Masks are stood in for by the images themselves."""
+    from utils.data import epoch_generator, synthetic, train_batches
+    from utils.mask_sources import PermutedSource
+    data = synthetic(n_train=5, n_test=2)
+    cfg = {"epsilon": 8 / 255, "low_epsilon": 7 / 255, "mask": True, "epochs": 2, "warm_up": 1, "batch_size": 2,
+           "n_train": 0, "seed": 1}
+    src = PermutedSource(cfg, data)
+    src.own_masks = lambda model, x: x.clone()
+    for epoch in (2, 3):
+        src.start_epoch(None, epoch)
+        seen = []
+        for i, (x, _) in enumerate(train_batches(data, 2, epoch_generator(1, epoch))):
+            got = src.budget(None, x, i)
+            assert got.shape == x.shape
+            pool = seen if x.shape[0] == 1 else [*x]  # a batch of one draws from the previous batch
+            for k in range(x.shape[0]):
+                assert not torch.equal(got[k], x[k]) and any(torch.equal(got[k], other) for other in pool)
+            seen = [*x]
+        assert x.shape[0] == 1
+
+
 @pytest.mark.slow
 def test_sigterm_behaves_like_ctrl_c_and_is_logged(tmp_path):
     out = tmp_path / "r"

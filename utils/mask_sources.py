@@ -142,7 +142,7 @@ class PermutedSource(MaskSource):
 
     def __init__(self, cfg, data=None, rank=0, world=1):
         super().__init__(cfg, data, rank, world)
-        if cfg["mask"] and cfg["epochs"] > cfg["warm_up"]:
+        if cfg.get("mask") and cfg.get("epochs", 0) > cfg.get("warm_up", 0):  # a run that trains with masks
             where = f" per process ({world} processes)" if world > 1 else ""
             why = "with one, an image could only get its own mask, and the control would not be one"
             if cfg["batch_size"] // world < 2:
