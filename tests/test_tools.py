@@ -288,3 +288,32 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
     assert "good/metrics.csv: 1 malformed row(s)" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
+
+
+def test_make_cifar10c_writes_whole_folders_only(tmp_path, capsys, monkeypatch):
+    """With a stand-in for imagecorruptions: the folder appears complete or not at all, so after Ctrl-C the same
+    command runs again."""
+    import types
+
+    import numpy as np
+    calls = []
+
+    def corrupt(x, corruption_name, severity):
+        calls.append(1)
+        if interrupt and len(calls) > 3:
+            raise KeyboardInterrupt
+        return 255 - x
+
+    fake = types.SimpleNamespace(corrupt=corrupt, corruption_dict={"invert": None, "other": None})
+    monkeypatch.setitem(sys.modules, "imagecorruptions", fake)
+    argv = ["--data", "synthetic", "--n", "2", "--out", str(tmp_path / "c"), "--corruptions", "invert"]
+    interrupt = True
+    assert make_cifar10c.main(argv) == 130
+    assert os.listdir(tmp_path) == [] and "interrupted" in capsys.readouterr().err
+    interrupt = False
+    assert make_cifar10c.main(argv) == 0
+    assert sorted(os.listdir(tmp_path / "c")) == ["invert.npy", "labels.npy"] and os.listdir(tmp_path) == ["c"]
+    assert np.load(tmp_path / "c" / "invert.npy").shape == (10, 32, 32, 3)
+    assert make_cifar10c.main(argv[:-1] + ["nope"]) == 2  # an --out that holds files, and an unknown corruption
+    assert make_cifar10c.main([*argv[:5], str(tmp_path / "d"), "--corruptions", "nope"]) == 2
+    assert "has no nope" in capsys.readouterr().err
