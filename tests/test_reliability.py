@@ -61,6 +61,14 @@ def bad_file(tmp, kind):
     raise ValueError(kind)
 
 
+def cifar10c_folder(path, labels=None, size=32, n=5):
+    """A CIFAR-10-C-style folder of one corruption: (5 * n, size, size, 3) uint8 images and their labels."""
+    path.mkdir()
+    np.save(path / "noise.npy", np.zeros((5 * n, size, size, 3), np.uint8))
+    np.save(path / "labels.npy", np.arange(5 * n) % 10 if labels is None else np.asarray(labels))
+    return str(path)
+
+
 # case: (variant, extra argv (TMP stands for the test's folder), exit code, a word the message must contain)
 BAD_INPUT = [
     ("part", ["--n-eval", "-5"], 2, "--n-eval"),
@@ -94,12 +102,29 @@ BAD_INPUT = [
     ("part", ["--eval-attacks", "part-pgd", "--no-mask", "--cam-layer", "nope"], 2, "nope"),
     ("part", ["--out", "TMP/afile/run"], 2, "is a file"),
     ("part", ["--out", "TMP/afile"], 2, "is a file"),
-    ("part", ["--out", "/proc/part_run_test"], 2, "cannot create or write the run folder"),  # unwritable
+    ("part", ["--out", "/proc/part_run_test"], 2, "cannot create or write"),  # unwritable
     ("part", ["--eval-corruptions", "TMP/nothing"], 2, "not a folder"),
     ("part", ["--resume", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/nothing.pt"], 2, "no checkpoint"),
     ("part", ["--resume", "TMP/weights_only.pt"], 2, "--eval-only"),
+    # one line each for the classes of issue 22: a seed past 64 bits, a model too large for memory, a CAM layer that
+    # is no feature map, the permuted control without a second image, an empty path, flags that would be ignored,
+    # a folder holding --eval-only records, CIFAR-10-C labels outside the classes or images of another size, and an
+    # --eval-only output folder that cannot be written (found before loading the model)
+    ("part", ["--seed", str(2**64)], 2, "--seed"),
+    ("part", ["--width", "100000"], 2, "out of memory"),
+    ("part", ["--cam-layer", "linear"], 2, "not a feature map"),
+    ("part", ["--mask-source", "permuted", "--batch-size", "1"], 2, "at least 2 images per batch"),
+    ("part", ["--mask-source", "permuted", "--n-train", "1"], 2, "at least 2 training images"),
+    ("part", ["--out", ""], 2, "must not be empty"),
+    ("part", ["--eval-only", "TMP/garbage.pt", "--resume"], 2, "--resume would be ignored"),
+    ("part", ["--resume", "--overwrite"], 2, "give one of them"),
+    ("part", ["--out", "TMP/evals"], 2, "eval_last.json"),
+    ("part", ["--eval-corruptions", "TMP/c10c-999"], 2, "[0, 10)"),
+    ("part", ["--eval-corruptions", "TMP/c10c-neg"], 2, "[0, 10)"),
+    ("part", ["--eval-corruptions", "TMP/c10c-64px"], 2, "64x64"),
+    ("part", ["--eval-only", "TMP/weights_only.pt", "--out", "/proc/part_eval_test"], 2, "cannot create or write"),
 ] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
     ("empty", "N > 0"), ("float-labels", "integer"), ("random-bytes", "not a readable"),
@@ -114,6 +139,11 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     for kind in ("float", "int16", "label999", "long-labels", "empty", "float-labels", "random-bytes", "truncated",
                  "pickled"):
         bad_file(tmp_path, kind)
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "eval_last.json").write_text("{}")
+    cifar10c_folder(tmp_path / "c10c-999", labels=np.r_[np.zeros(24, int), 999])
+    cifar10c_folder(tmp_path / "c10c-neg", labels=np.r_[np.zeros(24, int), -1])
+    cifar10c_folder(tmp_path / "c10c-64px", size=64)
     argv = [a.replace("TMP", str(tmp_path)) for a in argv]
     out = tmp_path / "run"
     got, err = call(variant, [*TINY, "--out", str(out), *argv], capsys)
@@ -121,7 +151,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     assert word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert "Traceback" not in err
     assert not out.exists()  # found before the first epoch, and a failed start leaves no folder behind
-    assert (tmp_path / "afile").is_file()
+    assert (tmp_path / "afile").is_file() and (tmp_path / "evals" / "eval_last.json").read_text() == "{}"
 
 
 @pytest.mark.slow
@@ -236,8 +266,18 @@ def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finishe
     assert rec["data"] == "cifar10-npz" and rec["config"]["data_dir"] == path
     assert rec["config"]["trained_on"]["data"] == "synthetic" and rec["n_test"] == 20
     assert rec["config"]["trained_on"]["data_fingerprint"] != rec["config"]["data_fingerprint"]
+    # both records say which epoch they evaluated, and the image size is the data's
+    assert rec["epoch"] == 2 == json.loads((finished / "results.json").read_text())["epoch"]
+    assert rec["config"]["image_size"] == 32
     code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "tinyimagenet"], capsys)
     assert code == 2 and "does not fit" in err and "200 classes" in err
+    rng = np.random.default_rng(0)
+    big = npz(tmp_path / "64.npz", x_train=rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8),
+              x_test=rng.integers(0, 256, (20, 64, 64, 3), dtype=np.uint8))
+    code, err = call("part", ["--eval-only", str(finished / "last.pt"), "--data", "cifar10-npz", "--data-dir", big,
+                              "--out", str(tmp_path / "e64")], capsys)
+    assert code == 2 and "does not fit" in err and "64x64 px" in err and "32x32 px" in err, err
+    assert not (tmp_path / "e64").exists()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,6 +315,78 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert code == 2 and "No space left on device" in err and "last.pt (epoch 1)" in err, err
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
     assert not [f for f in os.listdir(tmp_path / "r") if ".tmp." in f]
+
+
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import utils.engine
+    real, calls = utils.engine.quick_eval, []
+
+    def quick_eval(*a, **k):  # the per-epoch check of epoch 2 runs out of GPU memory
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                                         "of 80 GiB of which 1.2 GiB is free.")
+        return real(*a, **k)
+
+    monkeypatch.setattr(utils.engine, "quick_eval", quick_eval)
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "r"), "--eval-attacks", "natural"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "out of memory on the GPU (tried to allocate 2.00 GiB)" in err and "last.pt (epoch 1)" in err, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_out_of_memory_is_recognised_on_cpu_and_gpu():
+    from utils.errors import out_of_memory
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 360000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert out_of_memory(cpu) == "out of memory on the CPU (tried to allocate 335.28 GiB)"
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")) == \
+        "out of memory on the GPU (tried to allocate 20.00 MiB)"
+    assert out_of_memory(MemoryError()) == "out of memory on the CPU"
+    assert out_of_memory(RuntimeError("shape mismatch")) is None
+
+
+@pytest.mark.parametrize("signum,code,word", [(None, 130, "interrupted (Ctrl-C)"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_entry_point_turns_an_interrupt_into_one_line(signum, code, word, capsys):
+    from utils.errors import entry_point
+
+    def body():
+        if signum is None:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)  # the handler raises in this thread
+        time.sleep(5)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    assert entry_point(body) == code
+    err = capsys.readouterr().err
+    assert err.strip() == word and signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.slow
+def test_a_full_file_system_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    """A real failed write: the resumed epoch's checkpoint (larger: it stores the official masks) exceeds a file-size
+    limit (RLIMIT_FSIZE, in a child process). torch.save raises RuntimeError there; the run exits 2 with one line
+    and last.pt of epoch 1 stays intact, with no temporary file left."""
+    import resource
+    out = tmp_path / "r"
+    args = ["--mask-source", "official", "--mask-refresh", "2", "--lr-milestones", "9", "--eval-attacks", "natural"]
+    code, err = call("part", [*TINY, "--out", str(out), "--epochs", "1", *args], capsys)
+    assert code == 0, err
+    before = (out / "last.pt").read_bytes()
+    limit = len(before) + 4096
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train_eval_part.py"), *TINY, "--out", str(out),
+                           "--epochs", "2", "--resume", *args], capture_output=True, text=True, preexec_fn=small_disk,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "writing failed" in proc.stderr and "last.pt (epoch 1)" in proc.stderr, proc.stderr
+    assert (out / "last.pt").read_bytes() == before
+    assert not [f for f in os.listdir(out) if ".tmp." in f]
 
 
 def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
@@ -321,6 +433,29 @@ def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 # signals
 # ----------------------------------------------------------------------------------------------------
+def test_permuted_control_never_gives_an_image_its_own_mask():
+    """An epoch of 5 images in batches of 2: the batches of two swap their masks, and the last batch (one image)
+    takes the mask of an image of the previous batch. Masks are stood in for by the images themselves."""
+    from utils.data import epoch_generator, synthetic, train_batches
+    from utils.mask_sources import PermutedSource
+    data = synthetic(n_train=5, n_test=2)
+    cfg = {"epsilon": 8 / 255, "low_epsilon": 7 / 255, "mask": True, "epochs": 2, "warm_up": 1, "batch_size": 2,
+           "n_train": 0, "seed": 1}
+    src = PermutedSource(cfg, data)
+    src.own_masks = lambda model, x: x.clone()
+    for epoch in (2, 3):
+        src.start_epoch(None, epoch)
+        seen = []
+        for i, (x, _) in enumerate(train_batches(data, 2, epoch_generator(1, epoch))):
+            got = src.budget(None, x, i)
+            assert got.shape == x.shape
+            pool = seen if x.shape[0] == 1 else [*x]  # a batch of one draws from the previous batch
+            for k in range(x.shape[0]):
+                assert not torch.equal(got[k], x[k]) and any(torch.equal(got[k], other) for other in pool)
+            seen = [*x]
+        assert x.shape[0] == 1
+
+
 @pytest.mark.slow
 def test_sigterm_behaves_like_ctrl_c_and_is_logged(tmp_path):
     out = tmp_path / "r"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tools import benchmark, grid, report
+from tools import benchmark, grid, make_cifar10c, report
 
 
 def fake_run(root, name, method, seed, natural, pgd20, mma=None, aa=None, data="cifar10", model="resnet18",
@@ -211,21 +211,21 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
     assert "PART-official" in " ".join(calls[1])
 
 
-def test_benchmark_runs_and_writes_its_record(tmp_path):
-    out = tmp_path / "b.json"
-    rec = benchmark.main(["--models", "resnet18", "--width", "4", "--batch-size", "8", "--iters", "1",
-                          "--warmup", "1", "--settings", "fp32", "--json", str(out)])
+def test_benchmark_runs_and_writes_its_record(tmp_path, capsys):
+    out = tmp_path / "new" / "b.json"  # its folder is created
+    rec = benchmark.benchmark(["--models", "resnet18", "--width", "4", "--batch-size", "8", "--iters", "1",
+                               "--warmup", "1", "--settings", "fp32", "--json", str(out)])
     saved = json.loads(out.read_text())
     r = saved["results"]["resnet18/fp32"]
     for step in ("at_step", "part_step", "mask", "official_mask", "pgd20_eval"):
         assert r[step]["ms_per_batch"] > 0 and r[step]["images_per_s"] > 0
-    assert r["part_over_at"] > 0 and saved["device"] and saved["versions"]["torch"]
+    assert r["part_over_at"] > 0 and saved["device"] and saved["versions"]["torch"] and saved["width"] == 4
     assert rec["results"].keys() == saved["results"].keys()
-    with pytest.raises(SystemExit):
-        benchmark.main(["--warmup", "0"])  # an unwarmed first call would be timed
-    rec = benchmark.main(["--eval", "--clock", "cpu", "--models", "resnet18", "--width", "4", "--eval-batch-size", "16", "--iters", "2",
-                          "--eval-attacks", "natural", "pgd20", "cw", "--json", str(out)])
-    r = rec["results"]["resnet18/eval"]
+    assert benchmark.main(["--warmup", "0"]) == 2  # an unwarmed first call would be timed
+    assert "--warmup" in capsys.readouterr().err
+    assert benchmark.main(["--eval", "--clock", "cpu", "--models", "resnet18", "--width", "4", "--eval-batch-size",
+                           "16", "--iters", "2", "--eval-attacks", "natural", "pgd20", "cw", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]["resnet18/eval"]
     assert r["pgd20"]["vs_pgd20"] == 1.0 and r["cw"]["s"] > 0 and r["natural"]["vs_pgd20"] < 1
 
 
@@ -240,3 +240,110 @@ def test_report_names_region_budgets_by_quadrant(tmp_path, capsys):
     assert row_cells(out, "AT (region_eps=ul6,ur12,br12,bl12)")[0] == "60.50 ± 0.71 [2]"
     assert diff_cells(out, "AT (region_eps=ul6,ur12,br12,bl12) − AT (region_eps=ul12,ur12,br6,bl12)",
                       "Natural")[0] == "+2.25"
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input to the tools: exit 2 and one line, nothing written
+# ----------------------------------------------------------------------------------------------------
+# (tool, argv (TMP: the test's folder), a word the line must contain)
+TOOL_BAD_INPUT = [
+    (benchmark, ["--width", "0"], "--width"),
+    (benchmark, ["--batch-size", "0"], "--batch-size"),
+    (benchmark, ["--device", "cuda:99"], "--device"),
+    (benchmark, ["--json", "TMP"], "is a folder"),
+    (benchmark, ["--json", "TMP/afile/b.json"], "which is a file"),
+    (benchmark, ["--data", "cifar10", "--data-dir", "TMP/nothing"], "not found"),
+    (benchmark, ["--eval-attacks", "pgd0"], "pgd0"),
+    (make_cifar10c, ["--out", "TMP/c", "--n", "-495"], "--n"),
+    (make_cifar10c, ["--out", "TMP/afile"], "is a file"),
+    (make_cifar10c, ["--out", "TMP/full"], "already holds files"),
+    (make_cifar10c, ["--out", "TMP/c", "--data", "cifar10", "--data-dir", "TMP/nothing"], "not found"),
+    (make_cifar10c, ["--out", "TMP/c", "--seed", "-1"], "--seed"),
+    (make_cifar10c, ["--out", ""], "must not be empty"),
+    (report, ["TMP/runs", "--csv", "TMP"], "is a folder"),
+    (report, ["TMP/runs", "--csv", "TMP/afile/t.csv"], "which is a file"),
+    (report, ["TMP/runs", "--plot", "TMP/curves.xyz"], ".xyz"),
+    (report, ["TMP/nothing"], "no such file"),
+    (report, ["TMP/runs", "--seeds", "x"], "--seeds"),
+    (report, ["TMP/runs", "--json", "TMP"], "is a folder"),
+    (report, ["TMP/runs", "--diff", "a", "b", "--plot-diff", "TMP/d.xyz"], ".xyz"),
+    (report, ["--mcnemar", "TMP/runs", "TMP/nothing"], "results.json"),
+    (report, [], "--mcnemar"),
+]
+
+
+@pytest.mark.parametrize("tool,argv,word", TOOL_BAD_INPUT,
+                         ids=[f"{t.__name__.split('.')[-1]} {' '.join(a)}"[:50] for t, a, _ in TOOL_BAD_INPUT])
+def test_tools_refuse_bad_input_with_one_line(tool, argv, word, tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    fake_run(tmp_path / "runs", "a1", "AT", 1, 80.0, 50.0)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert tool.main([a.replace("TMP", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and word in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written or deleted
+
+
+def test_report_finds_runs_below_a_folder_that_holds_a_config(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0)
+    assert report.main([str(tmp_path)]) == 0
+    assert row_cells(capsys.readouterr().out, "AT")[0] == "80.00 [1]"
+
+
+def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
+    good = fake_run(tmp_path, "good", "AT", 1, 80.0, 50.0)
+    (good / "metrics.csv").write_text("epoch,phase,natural,pgd20,budget_mean,eps_share\n1,plain,70,30,8,1\n"
+                                      "2,plain,abc,31,8,1\n")
+    broken = {"truncated": '{"method": "AT", "seed"', "list": "[]", "latin1": None,
+              "noseed": json.dumps({"method": "AT", "natural": 1.0}),
+              "variant": json.dumps({"method": "X", "seed": 2, "config": {"variant": "nope"}}),
+              "text": json.dumps({"method": "AT", "seed": 3, "natural": "high"})}
+    for name, text in broken.items():
+        folder = fake_run(tmp_path, name, "AT", 9, 0.0, 0.0)
+        if text is None:
+            (folder / "results.json").write_bytes('{"method": "\xe9"}'.encode("latin-1"))
+        else:
+            (folder / "results.json").write_text(text)
+    csv_path = tmp_path / "new" / "t.csv"
+    assert report.main([str(tmp_path), "--csv", str(csv_path), "--plot", str(tmp_path / "new" / "c.png")]) == 0
+    cap = capsys.readouterr()
+    assert row_cells(cap.out, "AT")[0] == "80.00 [1]" and "Traceback" not in cap.err  # the good run alone
+    left_out = cap.out.split("Files left out")[1]
+    for name, why in [("truncated", "not valid JSON"), ("list", "JSON list"), ("latin1", "not UTF-8"),
+                      ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("text", "natural is 'high'")]:
+        assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
+    assert "good/metrics.csv: 1 malformed row(s)" in left_out
+    assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
+
+
+def test_make_cifar10c_writes_whole_folders_only(tmp_path, capsys, monkeypatch):
+    """With a stand-in for imagecorruptions: the folder appears complete or not at all, so after Ctrl-C the same
+    command runs again."""
+    import types
+
+    import numpy as np
+    calls = []
+
+    def corrupt(x, corruption_name, severity):
+        calls.append(1)
+        if interrupt and len(calls) > 3:
+            raise KeyboardInterrupt
+        return 255 - x
+
+    fake = types.SimpleNamespace(corrupt=corrupt, corruption_dict={"invert": None, "other": None})
+    monkeypatch.setitem(sys.modules, "imagecorruptions", fake)
+    argv = ["--data", "synthetic", "--n", "2", "--out", str(tmp_path / "c"), "--corruptions", "invert"]
+    interrupt = True
+    assert make_cifar10c.main(argv) == 130
+    assert os.listdir(tmp_path) == [] and "interrupted" in capsys.readouterr().err
+    interrupt = False
+    assert make_cifar10c.main(argv) == 0
+    assert sorted(os.listdir(tmp_path / "c")) == ["invert.npy", "labels.npy"] and os.listdir(tmp_path) == ["c"]
+    assert np.load(tmp_path / "c" / "invert.npy").shape == (10, 32, 32, 3)
+    assert make_cifar10c.main(argv[:-1] + ["nope"]) == 2  # an --out that holds files, and an unknown corruption
+    assert make_cifar10c.main([*argv[:5], str(tmp_path / "d"), "--corruptions", "nope"]) == 2
+    assert "has no nope" in capsys.readouterr().err

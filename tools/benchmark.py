@@ -16,11 +16,12 @@ and the PART / AT ratio and the implied time of a 50,000-image CIFAR-10 epoch.
 and aa when asked for), the median of --iters rounds, with its cost relative to PGD-20.
 --clock cpu times with the process's CPU time instead of wall time: on a CPU shared with other runs (and with
 OMP_NUM_THREADS=1) it measures the work done, which the other processes do not stretch.
-Every timing follows at least one warm-up call. A JSON record (device, versions, settings, figures) goes to --json.
+Every timing follows at least one warm-up call. A JSON record (device, versions, settings, figures) goes to --json,
+whose path is checked before any timing. Bad input exits 2 with one line.
 """
 import argparse
-import json
 import os
+import sys
 import time
 
 import torch
@@ -28,9 +29,12 @@ import torch.nn.functional as F
 
 from attacks import pgd
 from models import MODELS
+from utils.config import POSITIVE, Parser, device_name, eval_attack, nonempty, number
 from utils.data import DATASETS, load_dataset, to_float
 from utils.engine import autocast, configure_backends, pick_device, prepare_model
-from utils.evaluate import eval_attack, evaluate, library_versions
+from utils.errors import entry_point
+from utils.evaluate import evaluate, library_versions
+from utils.runs import check_writable, save_json
 from utils.mask_rules import mask_from_cam
 from utils.mask_sources import epsilon_mask, official_cam
 
@@ -140,33 +144,32 @@ def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters, c
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def benchmark(argv=None) -> dict:
+    """The tool: parse and check the flags and --json, time, print, write the record; returns the record."""
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic", choices=list(DATASETS), help="data set (default: synthetic)")
-    p.add_argument("--data-dir", default="data", help="data-set root, or the .npz file for cifar10-npz")
+    p.add_argument("--data-dir", default="data", type=nonempty, help="data-set root, or the .npz file for cifar10-npz")
     p.add_argument("--models", nargs="+", default=["resnet18"], choices=list(MODELS), help="models (default: resnet18)")
-    p.add_argument("--width", type=int, default=None, help="shrink the models (CPU runs); default: standard width")
+    p.add_argument("--width", type=number(int, 1, optional=True), default=None,
+                   help="shrink the models (CPU runs); default: standard width")
     p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS),
                    help="speed settings (default: fp32 and fast on CPU; all three on CUDA)")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch (default: 128)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing, at least 1 (default: 2)")
-    p.add_argument("--iters", type=int, default=5, help="timed calls (default: 5)")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, help="training batch (default: 128)")
+    p.add_argument("--warmup", type=POSITIVE, default=2, help="untimed calls before timing, at least 1 (default: 2)")
+    p.add_argument("--iters", type=POSITIVE, default=5, help="timed calls (default: 5)")
     p.add_argument("--eval", action="store_true", help="time the evaluation attacks instead of training steps")
-    p.add_argument("--eval-batch-size", type=int, default=256, help="test images per evaluation attack (default: 256)")
-    p.add_argument("--eval-attacks", nargs="+", default=list(EVAL_ATTACKS), help="attacks to time with --eval "
-                   "(default: natural pgd20 pgd50 pgd100 mma cw part-pgd; add aa if you can wait)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--eval-batch-size", type=POSITIVE, default=256,
+                   help="test images per evaluation attack (default: 256)")
+    p.add_argument("--eval-attacks", nargs="+", type=eval_attack, default=list(EVAL_ATTACKS),
+                   help="attacks to time with --eval (default: natural pgd20 pgd50 pgd100 mma cw part-pgd; add aa if "
+                        "you can wait)")
+    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="wall time, or this process's CPU time (for a shared CPU; default: wall)")
-    p.add_argument("--json", default="runs/benchmark.json", help="where to write the record (default: runs/benchmark.json)")
+    p.add_argument("--json", default="runs/benchmark.json", type=nonempty,
+                   help="where to write the record (default: runs/benchmark.json)")
     args = p.parse_args(argv)
-    if args.warmup < 1 or args.iters < 1:
-        p.error("--warmup and --iters must be at least 1")
-    for name in args.eval_attacks:
-        try:
-            eval_attack(name)
-        except ValueError as e:
-            p.error(str(e))
+    check_writable(args.json, "--json", folder=False)
     device = pick_device(args.device, 0)
     data = load_dataset(args.data, args.data_dir)
     record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,
@@ -202,11 +205,18 @@ def main(argv=None):
                 print(f"{model_name:<10} {setting:<10} PART/AT step ratio {r['part_over_at']:.3f}; "
                       f"a 50k-image PART epoch ~ {r['cifar10_epoch_s']:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(record, f, indent=2)
+    save_json(args.json, record)
     print(f"wrote {args.json}")
     return record
 
 
+def main(argv=None) -> int:
+    """The entry point: the exit code of `benchmark` (0; 2 with one line for bad input, missing data or out of
+    memory; 130 / 143 when interrupted)."""
+    def body():
+        benchmark(argv)
+    return entry_point(body)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

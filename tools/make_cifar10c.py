@@ -8,18 +8,26 @@ Writes <out>/<corruption>.npy, uint8 (5 * N, H, W, 3) with severities 1..5 stack
 <out>/labels.npy (5 * N,): the published CIFAR-10-C layout that --eval-corruptions reads. imagecorruptions
 implements Hendrycks' corruptions with their ImageNet parameters, so the figures are not comparable to those
 of the published CIFAR-10-C files; use those where you can get them. A corruption the installed
-imagecorruptions cannot run (some need older numpy or scikit-image) is skipped with its reason.
+imagecorruptions cannot run (some need older numpy or scikit-image) is skipped with its reason. --out must be a
+new or empty folder; the files appear there only when all are written, so an interrupted run leaves nothing and
+the same command can simply be run again.
 """
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 
+from utils.config import COUNT, Parser, nonempty, number
 from utils.data import DATASETS, load_dataset
+from utils.errors import UsageError, entry_point
+from utils.runs import check_writable
 
 CIFAR10C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
             "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
+SEED_MAX = (2**32 - 1 - 5) // 100  # numpy's global seed, seed * 100 + severity, must stay below 2**32
 
 
 def corrupt_all(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
@@ -33,35 +41,64 @@ def corrupt_all(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make(argv=None) -> int:
+    """The tool: check the flags, --out (a new or empty folder), the data and the package, then write every
+    corruption into a temporary folder beside --out that becomes --out only when complete (an interrupted or
+    failed run leaves nothing). Returns 0, or 1 when no corruption could be made."""
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="cifar10", choices=list(DATASETS), help="test set to corrupt (default: cifar10)")
-    p.add_argument("--data-dir", default="data", help="data-set root, or the .npz file for cifar10-npz")
-    p.add_argument("--out", required=True, help="folder to write (created)")
-    p.add_argument("--n", type=int, default=0, help="first N test images (default 0: all)")
+    p.add_argument("--data-dir", default="data", type=nonempty, help="data-set root, or the .npz file for cifar10-npz")
+    p.add_argument("--out", required=True, type=nonempty, help="folder to write (new, or empty)")
+    p.add_argument("--n", type=COUNT, default=0, help="first N test images (default 0: all)")
     p.add_argument("--corruptions", nargs="+", default=list(CIFAR10C), help="default: the 15 of CIFAR-10-C")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (default: 0)")
+    p.add_argument("--seed", type=number(int, 0, SEED_MAX), default=0,
+                   help="seed of the random corruptions (default: 0)")
     args = p.parse_args(argv)
-    try:
-        import imagecorruptions  # noqa: F401  (fail early, with a message)
-    except ImportError as e:
-        print(f"error: this tool needs imagecorruptions ({e}); pip install imagecorruptions", file=sys.stderr)
-        return 2
+    check_writable(args.out, "--out")
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        raise UsageError(f"--out {args.out} already holds files; give a new or empty folder (nothing is overwritten)")
     data = load_dataset(args.data, args.data_dir)
+    try:
+        import imagecorruptions
+    except ImportError as e:
+        raise UsageError(f"this tool needs imagecorruptions ({e}); pip install imagecorruptions") from None
+    known = sorted(getattr(imagecorruptions, "corruption_dict", {}))
+    unknown = [c for c in args.corruptions if known and c not in known]
+    if unknown:
+        raise UsageError(f"--corruptions: imagecorruptions has no {', '.join(unknown)}; choose from {', '.join(known)}")
     n = data.x_test.shape[0] if not args.n else min(args.n, data.x_test.shape[0])
     images = data.x_test[:n].permute(0, 2, 3, 1).numpy()
-    os.makedirs(args.out, exist_ok=True)
-    np.save(os.path.join(args.out, "labels.npy"), np.tile(data.y_test[:n].numpy(), 5))
-    written = 0
-    for name in args.corruptions:
-        try:
-            np.save(os.path.join(args.out, f"{name}.npy"), corrupt_all(images, name, args.seed))
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
+    try:
+        np.save(os.path.join(tmp, "labels.npy"), np.tile(data.y_test[:n].numpy(), 5))
+        written = 0
+        for name in args.corruptions:
+            try:
+                a = corrupt_all(images, name, args.seed)
+            except Exception as e:  # the package's own incompatibilities with current numpy / scikit-image
+                print(f"{name}: skipped ({type(e).__name__}: {str(e)[:100]})", file=sys.stderr)
+                continue
+            np.save(os.path.join(tmp, f"{name}.npy"), a)
             written += 1
             print(f"{name}: {5 * n} images")
-        except Exception as e:  # the package's own incompatibilities with current numpy / scikit-image
-            print(f"{name}: skipped ({type(e).__name__}: {str(e)[:100]})", file=sys.stderr)
+        if not written:
+            print(f"error: none of the corruptions could be made; nothing written to {args.out}", file=sys.stderr)
+            return 1
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty, as checked above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {written} corruptions of {n} images to {args.out}")
-    return 0 if written else 1
+    return 0
+
+
+def main(argv=None) -> int:
+    """The entry point: the exit code of `make` (2 with one line for bad input or missing data; 130 / 143 when
+    interrupted, leaving no folder)."""
+    return entry_point(lambda: make(argv))
 
 
 if __name__ == "__main__":

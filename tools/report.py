@@ -14,7 +14,10 @@ averaged: the newer is kept and a warning names both. Budget columns come from m
 (in 1/255) and the share of elements at eps over the epochs after warm-up. After the table, each masked row
 minus its unmasked baseline (same settings otherwise), and any --diff A B, each with its 95% confidence interval:
 the paired t-interval over the seeds both rows have, or Welch's interval over the runs when they share none
-(utils/stats.py holds the statistics). Unfinished runs are listed as missing, never counted as zero.
+(utils/stats.py holds the statistics). Unfinished runs are listed as missing, never counted as zero. A
+results.json or metrics.csv that cannot be used (truncated, not a record, not UTF-8, without a seed, of an unknown
+method, malformed rows) is left out, and the report names the file and why at its end; a per_image.npz that
+does not match its run stops the report (exit 2).
 
     python -m tools.report docs/studies/figure1 --diff ul6, br6, --plan 0.5 1.0 --bootstrap 10000 --json r.json
     python -m tools.report --mcnemar RUN_A RUN_B     # exact McNemar test of two runs on the same test images
@@ -34,11 +37,11 @@ import zipfile
 import numpy as np
 
 from utils import stats
-from utils.config import MASK_KEYS, effective, number, upgrade
-from utils.errors import UsageError
+from utils.config import MASK_KEYS, SEED, Parser, effective, nonempty, number, upgrade
+from utils.errors import UsageError, entry_point
 from utils.evaluate import AA_NAMES, column_title, per_image_name, record_columns
-from utils.methods import labels
-from utils.runs import read_metrics
+from utils.methods import METHODS, labels
+from utils.runs import check_writable, read_metrics
 from utils.units import fraction_text
 
 ORDER = list(labels())  # AT, PART, MMA, PART-MMA, TRADES, ...
@@ -49,31 +52,98 @@ FIXED = ("variant", "mask", "attack", "data", "model")  # said by the table's ti
 # reading
 # ----------------------------------------------------------------------------------------------------
 def find_runs(paths):
-    """Run folders among `paths` and below them: any folder holding config.json or results.json."""
+    """Run folders among `paths` and below them: any folder holding config.json or results.json (a run folder's
+    subfolders are searched too, so a stray config.json in a root hides nothing)."""
     found = []
     for p in paths:
         for root, dirs, files in os.walk(p):
             if "config.json" in files or "results.json" in files:
                 found.append(root)
-                dirs[:] = []
     return sorted(set(found))
 
 
-def load_runs(folders):
+def read_record(folder) -> dict:
+    """The results.json of a run folder, checked: UTF-8 JSON holding an object with a method name and an integer
+    seed (or one in its config), accuracies that are numbers or null, and a config (if any) that the report can
+    read. Adds 'settings'. Raises ValueError saying what is wrong."""
+    try:
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as fh:
+            rec = json.load(fh)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg}, line {e.lineno}): truncated or damaged") from None
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"holds a JSON {type(rec).__name__}, not a run's record")
+    cfg = rec.get("config")
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ValueError("its 'config' is not a JSON object")
+    if not isinstance(rec.get("method"), str):
+        raise ValueError("names no method")
+    seed = rec.get("seed", (cfg or {}).get("seed"))
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"has no whole-number seed (found {seed!r})")
+    rec["seed"] = seed
+    if cfg and "variant" in cfg and cfg["variant"] not in METHODS:
+        raise ValueError(f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
+    try:
+        rec["settings"] = settings(rec)
+        cols = record_columns(rec)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"its config cannot be read ({type(e).__name__}: {e})") from None
+    for c in cols:
+        v = value(rec, c)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"its {c} is {v!r}, not a number")
+    return rec
+
+
+METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share")
+
+
+def _number_or_blank(v) -> bool:
+    if v in (None, ""):
+        return True
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def read_run_metrics(folder):
+    """(rows of metrics.csv whose numbers are numbers, a note on what was left out or None)."""
+    try:
+        rows = read_metrics(os.path.join(folder, "metrics.csv"))
+    except (csv.Error, OSError, UnicodeError) as e:
+        return [], f"cannot be read ({type(e).__name__}: {e}); left out of the budget columns and curves"
+    good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
+    bad = len(rows) - len(good)
+    return good, f"{bad} malformed row(s) left out of the budget columns and curves" if bad else None
+
+
+def load_runs(folders, skipped=None):
     """(runs, unfinished folders). A run is its results.json content plus 'folder', 'metrics' (the rows of
-    metrics.csv) and 'key' (its configuration, as `group_key` gives it)."""
+    metrics.csv) and 'settings' (its configuration). A results.json that cannot be used leaves its run out, and
+    malformed rows of a metrics.csv are left out; each such file is appended to `skipped` as (path, why)."""
     runs, unfinished = [], []
+    skipped = [] if skipped is None else skipped
     for f in folders:
         path = os.path.join(f, "results.json")
         if not os.path.isfile(path):
             unfinished.append(f)
             continue
-        with open(path) as fh:
-            rec = json.load(fh)
+        try:
+            rec = read_record(f)
+        except ValueError as e:
+            skipped.append((path, str(e)))
+            continue
         rec["folder"], rec["mtime"] = f, os.path.getmtime(path)
-        rec["metrics"] = read_metrics(os.path.join(f, "metrics.csv"))
+        rec["metrics"], note = read_run_metrics(f)
+        if note:
+            skipped.append((os.path.join(f, "metrics.csv"), note))
         rec["per_image"] = load_per_image(f, rec)
-        rec["settings"] = settings(rec)
         runs.append(rec)
     return runs, unfinished
 
@@ -541,12 +611,10 @@ def mcnemar_table(folder_a: str, folder_b: str) -> tuple[str, list[dict]]:
     """The exact McNemar test per attack between two finished runs evaluated on the same test images."""
     recs = []
     for f in (folder_a, folder_b):
-        path = os.path.join(f, "results.json")
         try:
-            with open(path) as fh:
-                rec = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--mcnemar: cannot read {path} ({type(e).__name__})") from None
+            rec = read_record(f)
+        except ValueError as e:
+            raise UsageError(f"--mcnemar: {os.path.join(f, 'results.json')} {e}") from None
         rec["folder"] = f
         rec["per_image"] = load_per_image(f, rec)
         if rec["per_image"] is None:
@@ -601,33 +669,38 @@ def diff_panels(tables, diffs, analysis, marks=()) -> list[dict]:
     return panels
 
 
-def _write(path, write) -> None:
-    try:
-        write(path)
-    except OSError as e:
-        raise UsageError(f"cannot write {path} ({e.strerror or type(e).__name__})") from None
+def write_json(path, doc) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.write("\n")
 
 
-def main(argv=None):
-    try:
-        return _main(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def check_plot_path(path: str, flag: str = "--plot") -> None:
+    """A figure's path must be writable and name an image format matplotlib writes (no extension: PNG)."""
+    check_writable(path, flag, folder=False)
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext:
+        from matplotlib.figure import Figure
+        formats = Figure().canvas.get_supported_filetypes()
+        if ext not in formats:
+            raise UsageError(f"{flag} {path}: matplotlib cannot write .{ext} files (use one of {', '.join(sorted(formats))})")
 
 
-def _main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="*", help="run folders, or folders holding them")
-    p.add_argument("--csv", metavar="PATH", help="also write the table as CSV here")
-    p.add_argument("--seeds", type=int, nargs="*", help="seeds every row should have (flags the missing ones)")
+def report(argv=None) -> None:
+    """The tool: parse, check the output paths, read the runs, print the tables, write --csv and --plot."""
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", type=nonempty, help="run folders, or folders holding them")
+    p.add_argument("--csv", metavar="PATH", type=nonempty, help="also write the table as CSV here")
+    p.add_argument("--seeds", type=SEED, nargs="*", help="seeds every row should have (flags the missing ones)")
     p.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="also show row A minus row B (labels, or a part of one that names a single row)")
     p.add_argument("--per-seed", action="store_true",
                    help="also list every run's values, and each difference as the mean ± std of its per-seed "
                         "differences over the seeds both rows have")
-    p.add_argument("--plot", metavar="PNG", help="write training curves (natural, PGD-20, budget per epoch; mean over "
-                                                  "seeds with a +-1 std band) here")
+    p.add_argument("--plot", metavar="PNG", type=nonempty,
+                   help="write training curves (natural, PGD-20, budget per epoch; mean over seeds with a +-1 std "
+                        "band) here")
     p.add_argument("--plan", nargs="+", type=number(float, lo=0, lo_open=True), metavar="DELTA",
                    help="seed plan: seeds the paired t-test needs to detect each DELTA (accuracy points), and the "
                         "smallest difference the current seeds resolve")
@@ -640,48 +713,74 @@ def _main(argv=None):
                         "(needs the runs' per_image.npz)")
     p.add_argument("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
                    help="seed of the bootstrap (default: 0)")
-    p.add_argument("--json", metavar="PATH", help="also write the whole report as JSON here")
-    p.add_argument("--plot-diff", metavar="PNG", help="plot each --diff A B: the per-seed differences of every "
-                                                      "column with their mean and 95%% interval")
+    p.add_argument("--json", metavar="PATH", type=nonempty, help="also write the whole report as JSON here")
+    p.add_argument("--plot-diff", metavar="PNG", type=nonempty,
+                   help="plot each --diff A B: the per-seed differences of every column with their mean and 95%% "
+                        "interval")
     p.add_argument("--mark", nargs="+", default=[], metavar="COLUMN=VALUE", type=_mark,
                    help="with --plot-diff: a reference line per column, e.g. natural=1.23 pgd20=0.94 (a published "
                         "effect)")
-    p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"),
+    p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"), type=nonempty,
                    help="instead of the tables: the exact McNemar test per attack between two run folders")
     args = p.parse_args(argv)
+    if args.csv:
+        check_writable(args.csv, "--csv", folder=False)
+    if args.json:
+        check_writable(args.json, "--json", folder=False)
+    for flag, path in (("--plot", args.plot), ("--plot-diff", args.plot_diff)):
+        if path:
+            check_plot_path(path, flag)
     if args.mcnemar:
         text, rows = mcnemar_table(*args.mcnemar)
         print(text, end="")
         if args.json:
-            _write(args.json, lambda path: open(path, "w").write(json.dumps({"mcnemar": rows}, indent=2) + "\n"))
-        return 0
+            write_json(args.json, {"mcnemar": rows})
+        return
     if not args.paths:
-        p.error("give run folders (or folders holding them), or --mcnemar RUN_A RUN_B")
+        raise UsageError("give run folders (or folders holding them), or --mcnemar RUN_A RUN_B")
+    missing = [path for path in args.paths if not os.path.exists(path)]
+    if missing:
+        raise UsageError(f"{', '.join(missing)}: no such file or folder")
     folders = find_runs(args.paths)
     if not folders:
-        print(f"error: no run folders (with config.json or results.json) under {' '.join(args.paths)}", file=sys.stderr)
-        return 2
-    runs, unfinished = load_runs(folders)
+        raise UsageError(f"no run folders (with config.json or results.json) under {' '.join(args.paths)}")
+    skipped = []
+    runs, unfinished = load_runs(folders, skipped)
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
     print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff), end="")
+    if skipped:
+        print("\nFiles left out (unreadable or malformed):")
+        print("\n".join(f"- {path}: {why}" for path, why in skipped))
+        print(f"warning: {len(skipped)} file(s) left out, listed at the end of the report", file=sys.stderr)
     if args.csv:
-        _write(args.csv, lambda path: write_csv(path, tables))
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        write_csv(args.csv, tables)
     if args.json:
-        doc = report_json(tables, analysis, unfinished, args.bootstrap)
-        _write(args.json, lambda path: open(path, "w").write(json.dumps(doc, indent=2, default=str) + "\n"))
+        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap))
     if args.plot_diff:
         panels = diff_panels(tables, args.diff, analysis, args.mark)
         if not panels:
             raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
         from utils.figures import save_paired_differences
-        _write(args.plot_diff, lambda path: save_paired_differences(path, panels))
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot_diff)), exist_ok=True)
+        save_paired_differences(args.plot_diff, panels)
         print(f"wrote {args.plot_diff}")
     if args.plot:
-        from utils.figures import save_curves
-        save_curves(args.plot, curves(tables))
-        print(f"wrote {args.plot}")
-    return 0
+        drawn = curves(tables)
+        if any(k != "epoch" for g in drawn.values() for k in g):
+            from utils.figures import save_curves
+            os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+            save_curves(args.plot, drawn)
+            print(f"wrote {args.plot}")
+        else:
+            print(f"warning: no run has readable training curves (metrics.csv); {args.plot} not written",
+                  file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """The entry point: the exit code of `report` (0; 2 with one line for bad input; 130 / 143 when interrupted)."""
+    return entry_point(lambda: report(argv))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,34 @@ def find_target_layer(model: torch.nn.Module, layer: str | None = None) -> torch
                      f"the last convolutional stage")
 
 
+def check_target_layer(model: torch.nn.Module, layer: str | None, image_size) -> None:
+    """Raise ValueError unless the CAM target layer (`find_target_layer`) gives a feature map (B, C, h, w) for
+    an input of `image_size` (an int, or (H, W)): one forward pass of one zero image in eval mode without
+    gradients. The model's weights, BatchNorm statistics and train/eval mode are left as they were."""
+    net = unwrap(model)
+    target = find_target_layer(net, layer)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    p = next(net.parameters())
+    store = {}
+    handle = target.register_forward_hook(lambda m, i, o: store.__setitem__("out", o))
+    modes = {m: m.training for m in net.modules()}
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype))
+    finally:
+        handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    out = store.get("out")
+    if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+        what = f"gives {tuple(out.shape)}" if isinstance(out, torch.Tensor) else \
+            ("is not run by the model's forward pass" if out is None else f"gives a {type(out).__name__}")
+        raise ValueError(f"the CAM layer {layer or type(target).__name__!r} {what}, not a feature map (B, C, h, w); "
+                         f"--cam-layer must name a convolutional stage, e.g. "
+                         f"{'layer4' if hasattr(net, 'layer4') else 'block3'}")
+
+
 def _check(cam: str, backend: str = "torch") -> None:
     if cam not in CAMS:
         raise ValueError(f"unknown CAM method {cam!r}; choose from {', '.join(CAMS)}")

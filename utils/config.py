@@ -42,7 +42,7 @@ def lr_at(cfg: dict, epoch: int) -> float:
 
 def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
     """An argparse type: a finite number of `kind` (fractions accepted for floats) within [lo, hi] (open ends
-    where asked); 'none' gives None when `optional`."""
+    where asked); 'none' gives None when `optional`. Every numeric flag of the scripts and tools is one of these."""
     def parse(text):
         if optional and text.lower() in ("none", "default"):
             return None
@@ -59,7 +59,8 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=
             hi_s = "" if hi is None else fraction_text(hi) + (")" if hi_open else "]")
             where = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else \
                 (f"{'>' if lo_open else '>='} {lo}" if lo is not None else f"<= {hi}")
-            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text}")
+            what = "a whole number" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} {where}, got {text}")
         return v
     parse.__name__ = kind.__name__
     return parse
@@ -68,6 +69,14 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=
 BUDGET = number(float, 0, 1)
 COUNT = number(int, 0)
 POSITIVE = number(int, 1)
+SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.data.seed64)
+
+
+def nonempty(text: str) -> str:
+    """An argparse type for paths and names: any text but the empty string (which would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def device_name(text: str) -> str:
@@ -102,7 +111,7 @@ class Flag:
 # constant name -> its flag
 SPEC = {
     "DATA": Flag(dict(choices=list(DATASETS)), "data set"),
-    "DATA_DIR": Flag(dict(type=str), "data-set root folder (for cifar10-npz: the .npz file)"),
+    "DATA_DIR": Flag(dict(type=nonempty), "data-set root folder (for cifar10-npz: the .npz file)"),
     "MODEL": Flag(dict(choices=list(MODELS)), "architecture"),
     "WIDTH": Flag(dict(type=number(int, 1, optional=True)),
                   "none: the standard model; else ResNet-18's first-stage channels (64) or the WRN's widen factor (10)"),
@@ -129,7 +138,7 @@ SPEC = {
     "REGION_EPS": Flag(dict(type=BUDGET, nargs=4, metavar=("UL", "UR", "BR", "BL")),
                        "regions source: the budget of each quadrant (may exceed --epsilon)"),
     "MASK": Flag(dict(action=argparse.BooleanOptionalAction), "--no-mask trains the plain baseline with the same code"),
-    "SEED": Flag(dict(type=COUNT), "seeds the model, the data order, augmentation and attacks"),
+    "SEED": Flag(dict(type=SEED), "seeds the model, the data order, augmentation and attacks"),
 }
 
 
@@ -169,20 +178,20 @@ def build_parser(variant: str, constants: dict) -> Parser:
         add(g, "--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
                        help=f"{SPEC[const].help} (default: {_shown(default)})", **kwargs)
     r = p.add_argument_group("run")
-    add(r, "--out", help="run folder (default: runs/<method>-<data>-<model>-seed<N>, e.g. runs/at-cifar10-resnet18-seed1)")
-    add(r, "--resume", nargs="?", const="last", metavar="CKPT",
+    add(r, "--out", type=nonempty, help="run folder (default: runs/<method>-<data>-<model>-seed<N>, e.g. runs/at-cifar10-resnet18-seed1)")
+    add(r, "--resume", nargs="?", const="last", metavar="CKPT", type=nonempty,
                    help="continue the run in --out from CKPT, or from <out>/last.pt when no path is given; the "
                         "training settings must equal the checkpoint's (--epochs may grow)")
     add(r, "--overwrite", action="store_true",
                    help="start a fresh run in an --out that holds another run, deleting that run's files")
-    add(r, "--eval-only", metavar="CKPT", help="evaluate a saved checkpoint (its config is read back)")
+    add(r, "--eval-only", metavar="CKPT", type=nonempty, help="evaluate a saved checkpoint (its config is read back)")
     add(r, "--download", action="store_true", help="let torchvision download CIFAR-10 / SVHN")
     add(r, "--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     add(r, "--n-train", type=COUNT, default=0, help="train on the first N training images (0: all)")
     add(r, "--save-freq", type=COUNT, default=10, help="keep epoch_N.pt every N epochs (0: never)")
     add(r, "--log-interval", type=POSITIVE, default=50,
                    help="batches between updates of the progress bar's loss")
-    add(r, "--cam-layer", default=None,
+    add(r, "--cam-layer", default=None, type=nonempty,
                    help="dotted name of the CAM target layer (default: layer4 for ResNet-18, block3 for the WRN)")
     add(r, "--mask-figure", action=argparse.BooleanOptionalAction, default=True,
                    help="save mask.png (images, CAMs, budgets) at the end")
@@ -199,7 +208,7 @@ def build_parser(variant: str, constants: dict) -> Parser:
                    "(default: natural pgd20 mma aa)")
     add(e, "--eval-epsilon", type=BUDGET, default=8 / 255, help="evaluation L-inf budget (default: 8/255)")
     add(e, "--eval-batch-size", type=POSITIVE, default=256, help="evaluation batch size (default: 256)")
-    add(e, "--eval-corruptions", metavar="DIR",
+    add(e, "--eval-corruptions", metavar="DIR", type=nonempty,
                    help="also evaluate CIFAR-10-C from DIR (<name>.npy per corruption, labels.npy)")
     s = p.add_argument_group("speed (defaults are faithful fp32)")
     add(s, "--amp", choices=("none", "bf16"), default="none",
@@ -313,6 +322,12 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     Raises UsageError for any bad value."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = vars(build_parser(variant, constants).parse_args(argv))
+    for flag in ("resume", "overwrite"):
+        if args.get("eval_only") and args.get(flag):
+            raise UsageError(f"--eval-only evaluates a checkpoint and trains nothing, so --{flag} would be ignored; "
+                             f"drop it")
+    if args.get("resume") and args.get("overwrite"):
+        raise UsageError("--resume continues the run in --out and --overwrite deletes it; give one of them")
     explicit = explicit_flags(build_parser(variant, constants), argv)
     apply_as_published(variant, args, explicit)
     return resolve(variant, args), explicit

@@ -35,6 +35,12 @@ class Dataset:
             h.update(t.cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    @property
+    def image_size(self):
+        """The images' side in pixels (an int), or [H, W] when they are not square."""
+        h, w = (int(v) for v in self.x_train.shape[-2:])
+        return h if h == w else [h, w]
+
     def to(self, device) -> "Dataset":
         for k in ("x_train", "y_train", "x_test", "y_test"):
             setattr(self, k, getattr(self, k).to(device))
@@ -314,9 +320,15 @@ def to_float(x_u8: torch.Tensor) -> torch.Tensor:
     return x_u8.float().div_(255)
 
 
+def seed64(n: int) -> int:
+    """A seed derived from the run's seed, folded into torch's seed range [0, 2**64) (the identity there, so
+    every seed a run could use before keeps its derived seeds)."""
+    return int(n) % 2**64
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator that fixes one epoch's order and augmentation."""
-    return torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
+    return torch.Generator().manual_seed(seed64(int(seed) * 100003 + int(epoch)))
 
 
 def num_batches(n: int, batch_size: int, world: int = 1) -> int:

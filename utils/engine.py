@@ -9,7 +9,6 @@ import importlib.util
 import math
 import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ import torch
 from models import CheckpointMismatch, build_model, load_checkpoint
 
 from . import config as config_mod
-from .cams import find_target_layer
+from .cams import check_target_layer
 from .config import lr_at
-from .data import Dataset, epoch_generator, load_dataset, num_batches, to_float, train_batches, train_size
-from .errors import UsageError
+from .data import Dataset, epoch_generator, load_dataset, num_batches, seed64, to_float, train_batches, train_size
+from .errors import Stop, Terminated, UsageError, entry_point
 from .evaluate import (corruption_files, evaluate, evaluate_corruptions, make_record, markdown_table, per_image_arrays,
                        per_image_name)
 from .figures import save_mask_figure
@@ -37,16 +36,8 @@ class NonFinite(RuntimeError):
     """The loss or the weights stopped being finite; the message says which checkpoint is the last good one."""
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C."""
-
-
-class Interrupted(Exception):
+class Interrupted(Stop):
     """A run stopped by Ctrl-C or SIGTERM after it started: the exit code and what to do next."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,12 +164,11 @@ def check_inputs(cfg: dict, world: int) -> None:
     check_out_path(out)
     existing = holds_run(out)
     if existing and not (cfg.get("resume") or cfg.get("overwrite")):
-        raise UsageError(f"{out} holds another run ({', '.join(existing)}); add --resume to continue it, --overwrite "
-                         f"to delete it and start over, or choose another --out")
+        resume = "add --resume to continue it, " if any(f.endswith(".pt") for f in existing) else ""
+        raise UsageError(f"{out} holds another run ({', '.join(existing)}); {resume}add --overwrite to delete its "
+                         f"files and start over, or choose another --out")
     if cfg["batch_size"] % world:
         raise UsageError(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes")
-    if cfg.get("eval_corruptions"):
-        corruption_files(cfg["eval_corruptions"])
     needs = {"tensorboard": "--tensorboard"} if cfg.get("tensorboard") else {}
     if _uses_cam(cfg) and cfg["cam_backend"] == "grad-cam":
         needs["pytorch_grad_cam"] = "the grad-cam CAM backend"
@@ -200,18 +190,27 @@ def check_packages(cfg: dict, needs: dict | None = None) -> None:
             raise UsageError(f"{what} needs the {package} package, which is not installed: pip install {package}")
 
 
+def check_cam_layer(model: torch.nn.Module, cfg: dict, image_size) -> None:
+    """The CAM layer exists and gives a feature map (`check_target_layer`); else UsageError."""
+    try:
+        check_target_layer(model, cfg["cam_layer"], image_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_run(cfg: dict, rank: int, world: int, device: torch.device) -> Run:
-    """Data (fingerprinted into the config), model, optimiser and mask source; the CAM layer is checked."""
+    """Data (its fingerprint, classes and image size into the config), the CIFAR-10-C folder, model, optimiser
+    and mask source; the CAM layer is checked."""
     data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
     cfg["data_fingerprint"] = data.fingerprint()
+    cfg["num_classes"], cfg["image_size"] = data.num_classes, data.image_size
+    if cfg.get("eval_corruptions"):
+        corruption_files(cfg["eval_corruptions"], data.num_classes, data.image_size)
     data = data.to(device)
     seed_everything(cfg["seed"])
     model = prepare_model(cfg, data.num_classes, device)
     if _uses_cam(cfg):
-        try:
-            find_target_layer(model, cfg["cam_layer"])
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        check_cam_layer(model, cfg, data.image_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"])
     return Run(cfg, data, model, optimizer, make_source(cfg, data, rank, world), device, rank, world,
@@ -265,8 +264,8 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
 
 def setup(cfg: dict) -> Run:
     """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
-    CIFAR-10-C folder, the checkpoint to resume) is found here, before a folder is created or a batch trained;
-    a failed start leaves no new folder behind."""
+    CIFAR-10-C folder, the checkpoint to resume, a model too large for memory) is found here, before a folder
+    is created or a batch trained; a failed start leaves no new folder behind."""
     rank, world, local = setup_distributed(cfg["device"])
     device = pick_device(cfg["device"], local)
     configure_backends(cfg, device)
@@ -308,7 +307,7 @@ def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
     from tqdm import tqdm
     cfg, model, device = run.cfg, run.model, run.device
     method = METHODS[cfg["variant"]]
-    torch.manual_seed((cfg["seed"] * 100003 + epoch) * 64 + run.rank)
+    torch.manual_seed(seed64((cfg["seed"] * 100003 + epoch) * 64 + run.rank))
     gen = epoch_generator(cfg["seed"], epoch)
     if masked:
         run.source.start_epoch(model, epoch, run.log)
@@ -409,9 +408,9 @@ def run_epochs(run: Run) -> None:
 
 
 def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
-                     checkpoint: str | None) -> dict:
+                     checkpoint: str | None, epoch: int | None) -> dict:
     """Run the evaluation suite as configured and write <folder>/<name>.json and .md, the per-image record
-    (`per_image_name(name)`) and, with AutoAttack, aa_log.txt."""
+    (`per_image_name(name)`) and, with AutoAttack, aa_log.txt. `epoch`: the epoch the checkpoint holds."""
     t = time.time()
     res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
                    step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
@@ -420,7 +419,7 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
     if cfg.get("eval_corruptions"):
         res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
                                                   cfg["eval_batch_size"], log)
-    record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device)
+    record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device, epoch)
     aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
     log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
              markdown_table(record, record["method"]))
@@ -451,7 +450,8 @@ def train(cfg: dict) -> dict:
             dist.destroy_process_group()
         if run.rank != 0:
             return {}
-        record = write_evaluation(cfg, run.model, run.data, run.log, run.out, "results", os.path.join(run.out, "last.pt"))
+        record = write_evaluation(cfg, run.model, run.data, run.log, run.out, "results", os.path.join(run.out, "last.pt"),
+                                  cfg["epochs"])
         if cfg["mask_figure"]:
             write_mask_figure(run)
         return record
@@ -466,7 +466,7 @@ def train(cfg: dict) -> dict:
             hint = "no epoch was finished, so there is nothing to resume: start again with the same command"
         if run.rank == 0:
             run.log.warning("%s; %s", what, hint)
-        raise Interrupted(code, f"{what}; {hint}") from None
+        raise Interrupted(code, f"\n{what}; {hint}") from None
     finally:
         if run.tb is not None:
             run.tb.close()
@@ -481,13 +481,30 @@ EVAL_OVERRIDES = ("data", "data_dir", "download", "n_eval", "n_eval_aa", "eval_a
                   "eval_epsilon", "eval_corruptions", "cam_backend")
 
 
+def _pixels(size) -> str:
+    return "? px" if size is None else f"{size}x{size} px" if isinstance(size, int) else f"{size[0]}x{size[1]} px"
+
+
+def check_fits(saved: dict, data: str, num_classes: int, image_size=None) -> None:
+    """Refuse data whose class count or image size (when given) differs from those the checkpoint's model was
+    trained on (`saved`: its config; a key it lacks is not checked)."""
+    classes, size = saved.get("num_classes"), saved.get("image_size")
+    if (classes is not None and num_classes != classes) or \
+            (image_size is not None and size is not None and _pixels(image_size) != _pixels(size)):
+        raise UsageError(f"--data {data} ({num_classes} classes, {_pixels(image_size)}) does not fit the checkpoint's "
+                         f"model, trained on {saved.get('data')} ({classes} classes, {_pixels(size)}); evaluate on "
+                         f"data of the model's classes and image size")
+
+
 def eval_only(cfg: dict, explicit: set) -> dict:
     """Evaluate a checkpoint with the config stored in it; the flags given on the command line for the data,
-    device and evaluation take precedence (another data set must have the model's classes and image size).
-    A checkpoint of other code (TRADES, MART, official PART) takes everything from the flags. Writes
-    eval_<checkpoint>.json/.md beside the checkpoint (or in --out)."""
+    device and evaluation take precedence (other data must have the classes and image size the model was trained
+    on). A checkpoint of other code (TRADES, MART, official PART) takes everything from the flags. Writes
+    eval_<checkpoint>.json/.md beside the checkpoint (or in --out), whose writability is checked first."""
     path = cfg["eval_only"]
     obj = read_checkpoint(path)
+    out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
+    check_out_path(out)
     saved = obj.get("config")
     run_cfg = dict(cfg)
     if saved:
@@ -497,24 +514,21 @@ def eval_only(cfg: dict, explicit: set) -> dict:
                 run_cfg[key] = cfg[key]
         run_cfg["device"] = cfg["device"]  # where this evaluation runs, not where training ran
         run_cfg = config_mod.resolve(run_cfg["variant"], run_cfg)
-        if run_cfg["data"] != saved["data"]:
-            if run_cfg["num_classes"] != saved.get("num_classes", run_cfg["num_classes"]) or \
-                    run_cfg["image_size"] != saved.get("image_size", run_cfg["image_size"]):
-                raise UsageError(f"--data {run_cfg['data']} ({run_cfg['num_classes']} classes, {run_cfg['image_size']} px) "
-                                 f"does not fit the checkpoint's model, trained on {saved['data']} "
-                                 f"({saved.get('num_classes')} classes, {saved.get('image_size')} px)")
+        check_fits(saved, run_cfg["data"], run_cfg["num_classes"])
     check_packages(run_cfg)
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
     data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))
     run_cfg["data_fingerprint"] = data.fingerprint()
+    run_cfg["num_classes"], run_cfg["image_size"] = data.num_classes, data.image_size
     if saved and (run_cfg["data"], run_cfg["data_fingerprint"]) != (saved["data"], saved.get("data_fingerprint")):
-        # evaluated on other data than it was trained on: the record names both
+        # evaluated on other data than it was trained on: it must fit the model, and the record names both
+        check_fits(saved, run_cfg["data"], data.num_classes, data.image_size)
         run_cfg["trained_on"] = {"data": saved["data"], "data_dir": saved.get("data_dir"),
                                  "data_fingerprint": saved.get("data_fingerprint")}
-    data = data.to(device)
     if run_cfg.get("eval_corruptions"):
-        corruption_files(run_cfg["eval_corruptions"])
+        corruption_files(run_cfg["eval_corruptions"], data.num_classes, data.image_size)
+    data = data.to(device)
     model = prepare_model(run_cfg, data.num_classes, device)
     try:
         load_checkpoint(model, path, obj=obj)
@@ -522,18 +536,11 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         raise UsageError(f"{e} (model {run_cfg['model']}, width {run_cfg.get('width')}, "
                          f"{data.num_classes} classes)") from None
     if "part-pgd" in run_cfg["eval_attacks"]:
-        try:
-            find_target_layer(model, run_cfg["cam_layer"])
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
-    check_out_path(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {out} ({e.strerror})") from None
+        check_cam_layer(model, run_cfg, data.image_size)
+    os.makedirs(out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path)
+    epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+    return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path, epoch)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -552,37 +559,24 @@ def _what_exists(out: str) -> str:
 
 def main(variant: str, constants: dict, argv=None) -> int:
     """Entry point of the three scripts. Returns the process exit code: 0 done, 2 bad input (or a failed
-    write), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM."""
-    def on_term(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    write, or out of memory), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM (`utils.errors.entry_point`)."""
     make_logger(None)
-    cfg = None
-    try:
+    state = {}
+
+    def body():
         cfg, explicit = config_mod.parse(variant, constants, argv)
-        if cfg.get("eval_only"):
-            eval_only(cfg, explicit)
-        else:
-            train(cfg)
-        return 0
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFinite as e:
-        print(f"error: training stopped: {e}; {_what_exists(cfg['out'])}. Try a lower --lr or check the data.",
-              file=sys.stderr)
-        return 3
-    except OSError as e:
-        where = f" ({_what_exists(cfg['out'])})" if cfg and not cfg.get("eval_only") else ""
-        print(f"error: {e.strerror or e}{': ' + str(e.filename) if getattr(e, 'filename', None) else ''}{where}",
-              file=sys.stderr)
-        return 2
-    except Interrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return e.code
-    except (KeyboardInterrupt, Terminated) as e:  # before the run started
-        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"), file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        state["cfg"] = cfg
+        try:
+            if cfg.get("eval_only"):
+                eval_only(cfg, explicit)
+            else:
+                train(cfg)
+        except NonFinite as e:
+            raise Stop(3, f"error: training stopped: {e}; {_what_exists(cfg['out'])}. Try a lower --lr or check "
+                          f"the data.") from None
+
+    def where():
+        cfg = state.get("cfg")
+        return f" ({_what_exists(cfg['out'])})" if cfg and not cfg.get("eval_only") and os.path.isdir(cfg["out"]) else ""
+
+    return entry_point(body, where)

@@ -183,9 +183,10 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
 # ----------------------------------------------------------------------------------------------------
 # CIFAR-10-C
 # ----------------------------------------------------------------------------------------------------
-def corruption_files(folder: str) -> list[str]:
+def corruption_files(folder: str, num_classes: int | None = None, image_size=None) -> list[str]:
     """The corruption names in a CIFAR-10-C folder (<name>.npy beside labels.npy), checked: each file uint8
-    (5 * N, H, W, 3) and labels.npy of the same length. Raises UsageError naming the path and the problem."""
+    (5 * N, H, W, 3) and labels.npy of the same length; when given, labels in [0, num_classes) and images of
+    `image_size` (an int, or [H, W]: the model's). Raises UsageError naming the path and the problem."""
     if not os.path.isdir(folder):
         raise UsageError(f"--eval-corruptions: {folder} is not a folder (expects <corruption>.npy files and "
                          f"labels.npy, as CIFAR-10-C is published)")
@@ -196,6 +197,11 @@ def corruption_files(folder: str) -> list[str]:
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) == 0 or len(labels) % 5:
         raise UsageError(f"--eval-corruptions: {labels_path} must hold 5 * N integer labels, got {labels.dtype} "
                          f"{labels.shape}")
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UsageError(f"--eval-corruptions: {labels_path} must hold labels in [0, {num_classes}) (the model's "
+                         f"classes), found {labels.min()}..{labels.max()}")
+    size = None if image_size is None else \
+        tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
     names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".npy") and f != "labels.npy")
     if not names:
         raise UsageError(f"--eval-corruptions: no <corruption>.npy file in {folder}")
@@ -208,6 +214,9 @@ def corruption_files(folder: str) -> list[str]:
             raise UsageError(f"--eval-corruptions: {path} has {len(a)} images, not a multiple of 5 severities")
         if len(a) != len(labels):
             raise UsageError(f"--eval-corruptions: {path} has {len(a)} images but labels.npy {len(labels)} labels")
+        if size is not None and tuple(a.shape[1:3]) != size:
+            raise UsageError(f"--eval-corruptions: {path} holds {a.shape[1]}x{a.shape[2]} images, but the model "
+                             f"takes {size[0]}x{size[1]}")
     return names
 
 
@@ -284,14 +293,16 @@ def robustbench_fields(cfg: dict, res: dict) -> dict:
             "threat_model": "Linf", "number_forward_passes": 1}
 
 
-def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float, device=None) -> dict:
-    """The JSON record of an evaluated model: accuracies, sizes, config, provenance, RobustBench fields."""
+def make_record(cfg: dict, res: dict, checkpoint: str | None, eval_time_s: float, device=None,
+                epoch: int | None = None) -> dict:
+    """The JSON record of an evaluated model: accuracies, sizes, the checkpoint and the epoch it holds (None
+    when unknown, e.g. another code's checkpoint), config, provenance, RobustBench fields."""
     accs = {k: v for k, v in res.items() if k not in ("n_eval", "n_eval_aa", "n_test", "time_s", "per_image")}
     return {"method": cfg["method"], "variant": cfg["variant"], "data": cfg["data"], "model": cfg["model"],
             "seed": cfg["seed"], **accs, "n_eval": res["n_eval"], "n_eval_aa": res["n_eval_aa"], "n_test": res["n_test"],
             "eval_epsilon": cfg["eval_epsilon"], "eval_time_s": round(eval_time_s, 1), "attack_time_s": res["time_s"],
-            "checkpoint": checkpoint, **robustbench_fields(cfg, res), **provenance(), "versions": library_versions(device),
-            "config": cfg}
+            "checkpoint": checkpoint, "epoch": epoch, **robustbench_fields(cfg, res), **provenance(),
+            "versions": library_versions(device), "config": cfg}
 
 
 def record_columns(record: dict) -> list[str]:

@@ -7,7 +7,8 @@ x's device. The training loop does not know which source it called. The sources 
   shuffled and augmented epoch computes the masks (torchcam-style CAM, bicubic resize, `official` rule), and
   training batch i takes the masks of pass-batch i, so a mask lands on another image.
 - `permuted`: the control. The batch's own `cam` masks, handed to the batch's images in a seeded derangement:
-  the same budgets on the wrong pixels.
+  the same budgets on the wrong pixels. A batch of one image (the last of an epoch) takes the mask of a
+  seeded pick among the previous batch's images; a batch size of one is refused.
 - `regions`: the paper's Figure 1. Four fixed budgets, one per image quadrant; no CAM.
 None of them draws from the global RNG or the data order's generator, and the CAM passes run the model
 frozen, so with eps_low == eps every CAM source trains exactly like the plain method.
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from .cams import compute_cam, layer_cams
-from .data import epoch_generator, epoch_permutation, train_batches, train_size
+from .errors import UsageError
+from .data import epoch_generator, epoch_permutation, seed64, train_batches, train_size
 from .mask_rules import mask_from_cam
 
 
@@ -32,7 +34,7 @@ def epsilon_mask(model: torch.nn.Module, x: torch.Tensor, eps: float, eps_low: f
 def source_generator(seed: int, epoch: int, rank: int, stream: int) -> torch.Generator:
     """A CPU generator of its own for a mask source (stream 1: the official pass's order and augmentation;
     stream 2: the permuted control's derangements), disjoint from the data order's `epoch_generator`."""
-    return torch.Generator().manual_seed((int(seed) * 100003 + int(epoch)) * 1009 + 97 * int(stream) + int(rank) + 1)
+    return torch.Generator().manual_seed(seed64((int(seed) * 100003 + int(epoch)) * 1009 + 97 * int(stream) + int(rank) + 1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,13 +135,35 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 class PermutedSource(MaskSource):
+    """Every image gets the mask of another image: within its batch (a derangement), or, in a batch of one
+    image, from the previous batch of the epoch (a seeded pick). Refuses (UsageError) a run that trains with
+    masks and has fewer than two images per batch or per epoch on a process, where no other image exists."""
     keys = CamSource.keys
+
+    def __init__(self, cfg, data=None, rank=0, world=1):
+        super().__init__(cfg, data, rank, world)
+        if cfg.get("mask") and cfg.get("epochs", 0) > cfg.get("warm_up", 0):  # a run that trains with masks
+            where = f" per process ({world} processes)" if world > 1 else ""
+            why = "with one, an image could only get its own mask, and the control would not be one"
+            if cfg["batch_size"] // world < 2:
+                raise UsageError(f"--mask-source permuted needs at least 2 images per batch{where} (--batch-size "
+                                 f"{cfg['batch_size']}): {why}")
+            if data is not None and train_size(data, cfg["n_train"]) // world < 2:
+                raise UsageError(f"--mask-source permuted needs at least 2 training images{where} (--n-train "
+                                 f"{cfg['n_train']}): {why}")
+        self.previous = None
 
     def start_epoch(self, model, epoch, log=None):
         self.generator = source_generator(self.cfg["seed"], epoch, self.rank, stream=2)
+        self.previous = None
 
     def budget(self, model, x, i):
-        return self.own_masks(model, x)[derangement(x.shape[0], self.generator).to(x.device)]
+        if x.shape[0] == 1:  # the last batch of an epoch; the first one holds at least two images
+            pick = torch.randint(self.previous.shape[0], (1,), generator=self.generator)
+            return self.previous[pick.to(x.device)]
+        own = self.own_masks(model, x)
+        self.previous = own
+        return own[derangement(x.shape[0], self.generator).to(x.device)]
 
     def preview(self, model, x):
         cam, masks = super().preview(model, x)

@@ -1,5 +1,6 @@
 """A run folder: its guard and lock, logger, config, per-epoch metrics CSV, atomic checkpoints, JSON records."""
 import csv
+import errno
 import fcntl
 import json
 import logging
@@ -9,17 +10,20 @@ import re
 import random
 import shutil
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, out_of_memory
 
 # what a run writes into its folder (--overwrite deletes exactly these)
 RUN_FILES = ("config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md", "mask.png",
              "aa_log.txt", "per_image.npz")
 RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)|eval_.+_per_image\.npz")
+START_FILES = ("config.json", "log.txt", "metrics.csv")  # what a start that never finished an epoch leaves
+TMP_SUFFIX = re.compile(r"\.tmp\.\d+$")  # a temporary file left by a killed write
 LOCK = ".lock"
 
 
@@ -28,18 +32,22 @@ LOCK = ".lock"
 # ----------------------------------------------------------------------------------------------------
 def atomic_write(path: str, write) -> None:
     """Call write(tmp_path), fsync it, then rename it over `path`: a crash never leaves a half-written file,
-    and a failed write (a full disk) removes its temporary file and leaves `path` as it was."""
+    and a failed write (a full disk) removes its temporary file and leaves `path` as it was. A failed write
+    raises OSError naming `path`, also where the writer reports it otherwise (torch.save raises RuntimeError)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
+        if isinstance(e, RuntimeError) and out_of_memory(e) is None:
+            reason = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+            raise OSError(errno.EIO, f"writing failed, is the disk full? ({reason})", path) from None
         raise
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -135,32 +143,54 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 # the folder
 # ----------------------------------------------------------------------------------------------------
+def _run_file(name: str) -> bool:
+    return name in RUN_FILES or RUN_PATTERN.fullmatch(name) is not None
+
+
 def holds_run(out: str) -> list[str]:
-    """The files of a run in `out` that a fresh run would overwrite or mix with (empty: none)."""
+    """The files in `out` that a fresh run would delete (`clear_run`) and that are worth keeping: everything of
+    a run or an --eval-only record but the start-up files and temporary files (empty: none)."""
     if not os.path.isdir(out):
         return []
-    return sorted(f for f in os.listdir(out) if f in ("last.pt", "best.pt", "results.json")
-                  or (f.startswith("epoch_") and f.endswith(".pt")))
+    return sorted(f for f in os.listdir(out) if _run_file(f) and f not in START_FILES)
+
+
+def check_writable(path: str, flag: str, folder: bool = True) -> None:
+    """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
+    an empty path, a file where a folder is wanted or the reverse, a path under a file, or one whose nearest
+    existing folder takes no new file (tried with an unnamed temporary file, which leaves nothing behind).
+    Missing folders on the way are allowed: the writer creates them. Raises UsageError naming `flag`."""
+    if not path:
+        raise UsageError(f"{flag} is empty; give a {'folder' if folder else 'file name'}")
+    full = os.path.abspath(path)
+    if os.path.isdir(full) and not folder:
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if os.path.exists(full) and not os.path.isdir(full) and folder:
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    parent = full if folder else os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path} lies under {parent}, which is a file")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot create or write files in {parent} ({e.strerror}); choose another "
+                         f"{flag}") from None
 
 
 def check_out_path(out: str) -> None:
-    """Refuse an --out that cannot be a folder: an existing file, or a path under one."""
-    path = os.path.abspath(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--out {out} is a file, not a folder")
-    parent = path
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise UsageError(f"--out {out} lies under {parent}, which is a file")
+    """Refuse an --out that cannot be a writable folder (see `check_writable`)."""
+    check_writable(out, "--out")
 
 
 def clear_run(out: str) -> None:
     """Delete what a run wrote into `out` (its known files and tb/), leaving anything else alone."""
     for f in os.listdir(out):
         p = os.path.join(out, f)
-        name = re.sub(r"\.tmp\.\d+$", "", f)  # a temporary file left by a killed write
-        if name in RUN_FILES or RUN_PATTERN.fullmatch(name):
+        name = TMP_SUFFIX.sub("", f)
+        if _run_file(name):
             os.remove(p)
         elif f == "tb" and os.path.isdir(p):
             shutil.rmtree(p)
@@ -168,7 +198,8 @@ def clear_run(out: str) -> None:
 
 def drop_later_files(out: str, epoch: int) -> list[str]:
     """When a run resumes from epoch `epoch`, remove what a later point of the trajectory it replaces wrote:
-    epoch_M.pt for M > epoch, best.pt of a later epoch, and the final record. Returns the names removed."""
+    epoch_M.pt for M > epoch, best.pt of a later epoch, and the final record (with its per-image file and mask
+    figure). Returns the names removed."""
     gone = []
     for f in sorted(os.listdir(out)):
         m = re.fullmatch(r"epoch_(\d+)\.pt", f)
@@ -178,7 +209,7 @@ def drop_later_files(out: str, epoch: int) -> list[str]:
                 later = read_checkpoint(os.path.join(out, f)).get("epoch", epoch + 1) > epoch
             except UsageError:
                 later = True
-        if later or f in ("results.json", "results.md", "mask.png"):
+        if later or f in ("results.json", "results.md", "per_image.npz", "mask.png"):
             os.remove(os.path.join(out, f))
             gone.append(f)
     return gone
