@@ -22,7 +22,7 @@ import math
 import os
 import sys
 
-from utils.config import MASK_KEYS, effective, upgrade
+from utils.config import MASK_KEYS, RECORDED_KEYS, effective, upgrade
 from utils.evaluate import column_title
 from utils.methods import labels
 from utils.runs import read_metrics
@@ -242,6 +242,20 @@ def find_group(groups, name):
     return part[0] if len(part) == 1 else None
 
 
+def recorded(runs) -> str:
+    """One line naming the values of the recorded settings (utils.config.RECORDED_KEYS: they do not split rows)
+    over `runs`, each with its number of runs; the device is the one the record names."""
+    parts = []
+    for key in RECORDED_KEYS:
+        seen = {}
+        for r in runs:
+            cfg = r.get("config") or {}
+            v = (r.get("versions") or {}).get("device") or cfg.get(key) if key == "device" else cfg.get(key)
+            seen[_text(v)] = seen.get(_text(v), 0) + 1
+        parts.append(f"{key} " + ", ".join(f"{v} [{n}]" for v, n in sorted(seen.items())))
+    return "Recorded, not grouped by: " + "; ".join(parts) + "."
+
+
 def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=False):
     out = []
     for (data, model), groups in sorted(tables.items(), key=lambda t: str(t[0])):
@@ -263,6 +277,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, diffs=(), per_seed=Fals
             budget = [fmt(g.budget("budget_mean")), fmt(g.budget("eps_share"), 3)] if has_budget else []
             out.append(f"| {g.label} | " + " | ".join(fmt(g.stat(c)) for c in cols) + " | " +
                        " | ".join(budget + [note, images]) + " |")
+        out += ["", recorded(runs)]
         pairs = [(g, baseline_of(g, groups)) for g in groups if g.masked]
         paired = {id(b) for _, b in pairs if b is not None}
         pairs += [(None, g) for g in groups if not g.masked and id(g) not in paired]
