@@ -201,3 +201,44 @@ def test_compile_wraps_the_attack_model_and_times_compilation_apart(tmp_path, mo
     assert rec["compile_time_s"] >= 0 and "torch.compile:" in (tmp_path / "c" / "log.txt").read_text()
     assert same_weights(weights(tmp_path / "c" / "last.pt"), weights(tmp_path / "p" / "last.pt"))
     assert "compile_time_s" not in json.loads((tmp_path / "p" / "results.json").read_text())
+
+
+def test_benchmark_epoch_mode_times_real_epochs_under_a_combined_setting(tmp_path):
+    from tools import benchmark
+    # width 8: torch 2.14's oneDNN crashes in the CPU backward of width 4's 4-to-8-channel strided 1x1 convolution
+    # in channels_last (README, Performance)
+    rec = benchmark.main(["--epoch", "--models", "resnet18", "--width", "8", "--batch-size", "8", "--n-train", "16",
+                          "--settings", "tf32+channels_last", "--json", str(tmp_path / "b.json")])
+    assert [(r["method"], r["setting"], r["images"]) for r in rec["speed"]] == \
+        [("AT", "tf32+channels_last", 16), ("PART", "tf32+channels_last", 16)]
+    assert all(r["epoch_s"] > 0 and r["images_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in rec["speed"])
+    assert benchmark.speed_setting("fast+bf16") == benchmark.speed_setting("fast-bf16")
+    with pytest.raises(SystemExit):
+        benchmark.main(["--settings", "fp32+turbo"])
+
+
+def test_device_check_bad_input_exits_2_and_a_failing_check_exits_1(tmp_path, monkeypatch, capsys):
+    from tools import device_check
+    assert device_check.main(["--data-dir", str(tmp_path / "none.npz"), "--json", str(tmp_path / "d.json")]) == 2
+    assert device_check.main(["--sections", "9"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    monkeypatch.setattr(device_check, "_train", lambda argv: 1 / 0)
+    assert device_check.main(["--quick", "--sections", "2", "--json", str(tmp_path / "d.json")]) == 1
+    checks = json.loads((tmp_path / "d.json").read_text())["checks"]
+    assert [c["status"] for c in checks] == ["fail", "skipped"] and "ZeroDivisionError" in checks[0]["reason"]
+
+
+@pytest.mark.slow
+def test_device_check_quick_reports_every_section(tmp_path):
+    from tools import device_check
+    path = tmp_path / "device_check.json"
+    assert device_check.main(["--quick", "--json", str(path)]) == 0
+    rec = json.loads(path.read_text())
+    assert rec["device"] and rec["versions"]["torch"] and "commit" in rec
+    assert {c["section"] for c in rec["checks"]} == {1, 2, 3, 4, 5}
+    assert all(c.keys() == {"name", "section", "status", "figure", "reason"} for c in rec["checks"])
+    assert all(c["status"] == "skipped" and "no accelerator" in c["reason"] for c in rec["checks"] if c["section"] == 1)
+    assert all(c["status"] == "pass" for c in rec["checks"] if c["section"] in (2, 4))
+    assert {(r["model"], r["method"]) for r in rec["speed"]} >= {("resnet18", "AT"), ("resnet18", "PART"),
+                                                                 ("wrn34-10", "PART")}
+    assert all({"model", "method", "setting", "epoch_s", "images_per_s", "peak_mem_mb"} <= r.keys() for r in rec["speed"])

@@ -510,18 +510,35 @@ def write_mask_figure(run: Run, n: int = 8) -> None:
                      f"{cfg['method']}, mask source '{cfg['mask_source']}'{note}: budgets of the first {n} test images")
 
 
+def ranks_identical(model: torch.nn.Module) -> bool:
+    """Whether every process holds bit-identical parameters (a hash of their bytes, gathered from all ranks)."""
+    import hashlib
+
+    import torch.distributed as dist
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    hashes = [None] * dist.get_world_size()
+    dist.all_gather_object(hashes, h.hexdigest())
+    return len(set(hashes)) == 1
+
+
 def train(cfg: dict) -> dict:
     """Train and evaluate as configured; returns the results record (rank 0) or {}."""
     run = setup(cfg)
     try:
         run_epochs(run)
+        extra = {"compile_time_s": run.compile_time_s} if run.compile_time_s is not None else {}
         if run.world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
             import torch.distributed as dist
+            extra["ranks_identical"] = ranks_identical(run.model)
+            if not extra["ranks_identical"]:
+                run.log.warning("the processes ended with different weights; rank 0's are saved and evaluated")
             dist.destroy_process_group()
         if run.rank != 0:
             return {}
         record = write_evaluation(cfg, run.model, run.data, run.log, run.out, "results", os.path.join(run.out, "last.pt"),
-                                  {"compile_time_s": run.compile_time_s} if run.compile_time_s is not None else None)
+                                  extra)
         if cfg["mask_figure"]:
             write_mask_figure(run)
         return record
