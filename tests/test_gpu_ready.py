@@ -242,3 +242,25 @@ def test_device_check_quick_reports_every_section(tmp_path):
     assert {(r["model"], r["method"]) for r in rec["speed"]} >= {("resnet18", "AT"), ("resnet18", "PART"),
                                                                  ("wrn34-10", "PART")}
     assert all({"model", "method", "setting", "epoch_s", "images_per_s", "peak_mem_mb"} <= r.keys() for r in rec["speed"])
+
+
+@pytest.mark.slow
+def test_wheelhouse_downloads_the_requirements_and_extras(tmp_path):
+    """tools/wheelhouse.sh with a stand-in for `python -m pip download` (no network in the tests): the folder gets
+    requirements.txt plus the extras, the pip call its options, and SHA256SUMS lists the downloaded files."""
+    import os
+    import subprocess
+    from tests.conftest import ROOT
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\necho "$@" > "$LOG"\nwhile [ "$1" != "--dest" ]; do shift; done\n'
+                    'echo wheel > "$2/torch-9.9-py3-none-any.whl"\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), LOG=str(tmp_path / "log"), EXTRAS="torchcam", PYTHON_VERSION="3.11")
+    proc = subprocess.run([os.path.join(ROOT, "tools", "wheelhouse.sh"), str(tmp_path / "wh")], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    req = (tmp_path / "wh" / "requirements.txt").read_text().split()
+    assert req[-1] == "torchcam" and any(r.startswith("grad-cam") for r in req)
+    call = (tmp_path / "log").read_text()
+    assert call.startswith("-m pip download --dest") and "--python-version 3.11 --only-binary=:all:" in call
+    assert "torch-9.9-py3-none-any.whl" in (tmp_path / "wh" / "SHA256SUMS").read_text()
