@@ -3,6 +3,7 @@
     python -m tools.benchmark --models resnet18 --width 16 --batch-size 32       # a quick look on a CPU
     python -m tools.benchmark --data cifar10-npz --data-dir ../shared/data/cifar10_subset.npz   # on a GPU box
     python -m tools.benchmark --eval --models resnet18 --width 16                 # evaluation attacks
+    python -m tools.benchmark --epoch --settings tf32 fast bf16 fast+compile      # real epochs, on a GPU box
 
 Training (default), on the current device, for each model and each speed setting:
   at_step        PGD-10 AT step (attack + update)
