@@ -132,7 +132,7 @@ def test_ascend_hands_the_loss_float32_logits_under_bf16():
 
 @pytest.fixture(scope="module")
 def small():
-    data = synthetic(n_train=8, n_test=16)
+    data = synthetic(n_train=8, n_test=8)
     torch.manual_seed(0)
     return build_model("resnet18", 10, width=8), to_float(data.x_test), data.y_test
 
@@ -142,10 +142,10 @@ def test_attacks_stay_in_their_budgets_under_bf16_and_channels_last(small):
     model = model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     budget = torch.where(torch.rand_like(x) > 0.5, 8 / 255, 4 / 255)
-    attacks = {"pgd": lambda: pgd(model, x, y, budget, 2 / 255, 5), "mma": lambda: mma(model, x, y, budget, 2 / 255, 5),
-               "cw": lambda: cw(model, x, y, budget, 2 / 255, 5),
-               "trades": lambda: trades_attack(model, x, y, budget, 2 / 255, 5),
-               "mart": lambda: mart_attack(model, x, y, budget, 2 / 255, 5)}
+    attacks = {"pgd": lambda: pgd(model, x, y, budget, 2 / 255, 3), "mma": lambda: mma(model, x, y, budget, 2 / 255, 3),
+               "cw": lambda: cw(model, x, y, budget, 2 / 255, 3),
+               "trades": lambda: trades_attack(model, x, y, budget, 2 / 255, 3),
+               "mart": lambda: mart_attack(model, x, y, budget, 2 / 255, 3)}
     for name, attack in attacks.items():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             x_adv = attack()
