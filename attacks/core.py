@@ -76,12 +76,13 @@ def gaussian_start(x: torch.Tensor, eps: torch.Tensor, scale: float = 0.001, pro
 
 def ascend(model, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, step_size: float, steps: int,
            loss_fn) -> torch.Tensor:
-    """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)), each followed by `project`.
-    The model must already be frozen. Returns a detached tensor shaped like x."""
+    """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)), each followed by `project`; loss_fn sees the
+    logits in float32 (also under bf16 autocast). The model must already be frozen. Returns a detached tensor
+    shaped like x."""
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = loss_fn(model(x_adv))
+            loss = loss_fn(model(x_adv).float())
             grad, = torch.autograd.grad(loss, x_adv)
         x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()

@@ -23,10 +23,11 @@ def mma(model, x, y, eps, step_size, steps, k=3, random_start=True, confidence=5
     classes t on the clean input, a targeted PGD from one shared uniform start on the margin loss
     -sum(max(z_y - z_t + confidence, 0)); per sample the candidate with the largest z_t - z_y is kept.
     `official_start` (a float s): the shared start is x + U(-s, s) clipped to [0, 1], as in the official code's
-    mma and part_mma. Same budget semantics and guarantees as `pgd`."""
+    mma and part_mma. Same budget semantics and guarantees as `pgd`; margins and scores are computed in float32
+    (also under bf16 autocast)."""
     with frozen(model):
         e = as_budget(eps, x)
-        logits = model(x)
+        logits = model(x).float()
         k = min(k, logits.shape[1] - 1)
         wrong = logits.detach().scatter(1, y[:, None], float("-inf"))
         targets = wrong.topk(k, dim=1).indices  # (B, k), most likely wrong class first
@@ -41,7 +42,7 @@ def mma(model, x, y, eps, step_size, steps, k=3, random_start=True, confidence=5
 
             xa = ascend(model, x, x0, e, step_size, steps, margin)
             with torch.no_grad():
-                z = model(xa)
+                z = model(xa).float()
             candidates.append(xa)
             scores.append(z[rows, t] - z[rows, y])
         best = torch.stack(scores, 1).argmax(1)

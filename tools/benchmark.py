@@ -3,15 +3,20 @@
     python -m tools.benchmark --models resnet18 --width 16 --batch-size 32       # a quick look on a CPU
     python -m tools.benchmark --data cifar10-npz --data-dir ../shared/data/cifar10_subset.npz   # on a GPU box
     python -m tools.benchmark --eval --models resnet18 --width 16                 # evaluation attacks
+    python -m tools.benchmark --epoch --settings tf32 fast bf16 fast+compile      # real epochs, on a GPU box
 
 Training (default), on the current device, for each model and each speed setting:
   at_step        PGD-10 AT step (attack + update)
   part_step      PART step (CAM mask + PGD-10 + update)
   mask           the per-batch CAM mask alone (grad-cam in fp32, the torch backend in the fast settings)
-  official_mask  one batch of the official source's mask pass (torchcam-style CAM, bicubic resize, rule); the
-                 pass costs this once per batch per epoch, beside the per-batch mask of the cam source
-  pgd20_eval     PGD-20 evaluation of a batch
+  official_mask  the official pipeline's mask pass over a batch as the official code runs it: one image at a time
+                 (torchcam when installed, else our transcription: the same CAM, bicubic resize and rule)
+  pgd20_eval     PGD-20 evaluation of a batch, as the evaluation runs it (fp32, whatever the setting)
 and the PART / AT ratio and the implied time of a 50,000-image CIFAR-10 epoch.
+--epoch: real epochs through the training loop (utils.engine.train_epoch) instead of one repeated batch: an AT
+epoch and a PART epoch over --n-train images for each model and setting, with seconds, images/s and peak memory.
+A setting is a preset (fp32, tf32, bf16, fast = channels_last+tf32+torch-cam, fast-bf16) or any '+'-joined
+combination of the speed flags channels_last, tf32, bf16, torch-cam and compile (e.g. tf32+compile, fast+bf16).
 --eval: each evaluation attack on --eval-batch-size test images (natural, pgd20, pgd50, pgd100, mma, cw, part-pgd,
 and aa when asked for), the median of --iters rounds, with its cost relative to PGD-20.
 --clock cpu times with the process's CPU time instead of wall time: on a CPU shared with other runs (and with
@@ -29,20 +34,99 @@ import torch.nn.functional as F
 
 from attacks import pgd
 from models import MODELS
-from utils.config import POSITIVE, Parser, device_name, eval_attack, nonempty, number
+from utils.cams import find_target_layer, unwrap
+from utils.config import POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
 from utils.data import DATASETS, load_dataset, to_float
-from utils.engine import autocast, configure_backends, pick_device, prepare_model
+from utils.engine import (autocast, build_run, configure_backends, peak_memory_mb, pick_device, prepare_model,
+                          prepare_training, reset_peak_memory, train_epoch)
 from utils.errors import entry_point
 from utils.evaluate import evaluate, library_versions
 from utils.runs import check_writable, save_json
 from utils.mask_rules import mask_from_cam
-from utils.mask_sources import epsilon_mask, official_cam
+from utils.mask_sources import epsilon_mask, official_cam, official_postprocess
 
-SETTINGS = {
-    "fp32": dict(channels_last=False, tf32=False, amp="none", cam_backend="grad-cam"),
-    "fast": dict(channels_last=True, tf32=True, amp="none", cam_backend="torch"),
-    "fast-bf16": dict(channels_last=True, tf32=True, amp="bf16", cam_backend="torch"),
-}
+# the speed flags a setting combines, as config values, and the named presets
+SPEED_FLAGS = {"channels_last": dict(channels_last=True), "tf32": dict(tf32=True), "bf16": dict(amp="bf16"),
+               "torch-cam": dict(cam_backend="torch"), "compile": dict(compile=True)}
+PRESETS = {"fp32": (), "tf32": ("tf32",), "bf16": ("bf16",), "fast": ("channels_last", "tf32", "torch-cam"),
+           "fast-bf16": ("channels_last", "tf32", "torch-cam", "bf16")}
+FP32 = dict(channels_last=False, tf32=False, amp="none", cam_backend="grad-cam", compile=False)
+
+
+def speed_setting(text: str) -> dict:
+    """A setting's config values: a preset name or a '+'-joined combination of presets and SPEED_FLAGS."""
+    cfg = dict(FP32)
+    for part in text.split("+"):
+        if part not in PRESETS and part not in SPEED_FLAGS:
+            raise argparse.ArgumentTypeError(f"unknown speed setting {part!r}; use a preset ({', '.join(PRESETS)}) or "
+                                             f"'+'-joined flags ({', '.join(SPEED_FLAGS)})")
+        for flag in PRESETS.get(part, (part,)):
+            cfg.update(SPEED_FLAGS[flag])
+    return cfg
+
+
+def setting_flags(cfg: dict) -> list:
+    """The training scripts' flags that give a setting's config values."""
+    return (["--channels-last"] if cfg["channels_last"] else []) + (["--tf32"] if cfg["tf32"] else []) + \
+        ["--amp", cfg["amp"], "--cam-backend", cfg["cam_backend"]] + (["--compile"] if cfg["compile"] else [])
+
+
+def official_image_pass(model, x, eps, low, cam="gradcam", layer=None) -> tuple[torch.Tensor, str]:
+    """The official pipeline's masks for x (B, 3, H, W) computed as the official code does, one image at a time:
+    with torchcam's GradCAM when it is installed (cam 'gradcam'), else with our transcription (`official_cam` on
+    one image). Returns (budgets shaped like x, 'torchcam' or 'transcription')."""
+    size = tuple(x.shape[-2:])
+    try:
+        from torchcam.methods import GradCAM  # optional; imported only here
+    except ImportError:
+        GradCAM = None
+    if GradCAM is not None and cam == "gradcam":
+        net = unwrap(model).eval()
+        masks = []
+        with GradCAM(net, target_layer=find_target_layer(net, layer)) as extractor:
+            for i in range(x.shape[0]):
+                out = net(x[i:i + 1])
+                raw = extractor(out.argmax(1).item(), out)[0].detach().float()  # (1, h, w), relu'd
+                masks.append(mask_from_cam(official_postprocess(raw.reshape(1, *raw.shape[-2:]), size), eps, low))
+        return torch.cat(masks), "torchcam"
+    return torch.cat([mask_from_cam(official_cam(model, x[i:i + 1], cam, layer), eps, low)
+                      for i in range(x.shape[0])]), "transcription"
+
+
+def bench_epochs(model_name, width, setting, data, device, batch, n_train, log_every=None,
+                 data_name="synthetic") -> list[dict]:
+    """Time one AT epoch and one PART epoch (warm-up 0, PGD-10, the default `cam` source) of `model_name` on the
+    first `n_train` training images of `data` (a Dataset) through the real training loop, under `setting` (a
+    name `speed_setting` reads). Rows {model, method, setting, images, measured_s, epoch_s (scaled to 50,000
+    images), images_per_s, peak_mem_mb, compile_s}."""
+    cfg_speed = speed_setting(setting)
+    argv = ["--data", data_name, "--model", model_name, "--batch-size", str(batch), "--n-train", str(n_train),
+            "--epochs", "1", "--warm-up", "0", "--device", str(device), *setting_flags(cfg_speed)]
+    if width:
+        argv += ["--width", str(width)]
+    cfg, _ = parse("part", script_constants(os.path.join(ROOT, "train_eval_part.py")), argv)
+    configure_backends(cfg, device)
+    run = build_run(cfg, 0, 1, device, data=data)
+    prepare_training(run)
+    n = min(n_train, data.x_train.shape[0]) if n_train else data.x_train.shape[0]
+    cfg["n_train"] = min(n, 2 * batch)  # untimed: two batches of each kind pay for autotuning and lazy imports
+    for masked in (False, True):
+        train_epoch(run, 1, masked)
+    cfg["n_train"] = n
+    rows = []
+    for method, masked in (("AT", False), ("PART", True)):
+        _sync(device)
+        reset_peak_memory(device)
+        t = time.perf_counter()
+        train_epoch(run, 1, masked)
+        _sync(device)
+        sec = time.perf_counter() - t
+        rows.append({"model": model_name, "method": method, "setting": setting, "images": n,
+                     "measured_s": round(sec, 2), "epoch_s": round(sec * 50000 / n, 1),
+                     "images_per_s": round(n / sec, 1), "peak_mem_mb": peak_memory_mb(device),
+                     "compile_s": run.compile_time_s})
+    return rows
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_ATTACKS = ("natural", "pgd20", "pgd50", "pgd100", "mma", "cw", "part-pgd")
 
 
@@ -65,14 +149,16 @@ def time_it(fn, device, warmup, iters, clock=time.perf_counter):
     return (clock() - t) / iters
 
 
-def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup, iters, num_classes,
-                clock=time.perf_counter):
-    cfg = dict(model=model_name, width=width, **SETTINGS[setting])
+def bench_model(model_name, width, setting, data, device, batch, warmup, iters, clock=time.perf_counter):
+    """Per-batch timings of the training steps on the first `batch` training images of `data` (on `device`)."""
+    cfg = dict(model=model_name, width=width, **speed_setting(setting))
     configure_backends(cfg, device)
     torch.manual_seed(0)
-    model = prepare_model(cfg, num_classes, device)
+    model = prepare_model(cfg, data.num_classes, device)
+    if cfg["compile"]:
+        model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    x, y = x_all[:batch], y_all[:batch]
+    x, y = to_float(data.x_train[:batch]), data.y_train[:batch]
     if cfg["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     eps, low, step = 8 / 255, 7 / 255, 2 / 255
@@ -94,7 +180,7 @@ def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup,
         return epsilon_mask(model, x, eps, low, backend=cfg["cam_backend"])
 
     def official_mask():
-        return mask_from_cam(official_cam(model, x), eps, low, "official")
+        return official_image_pass(model, x, eps, low)
 
     def part_step():
         budget = mask()
@@ -102,21 +188,24 @@ def bench_model(model_name, width, setting, x_all, y_all, device, batch, warmup,
             x_adv = pgd(model, x, y, budget, step, 10)
         update(x_adv)
 
-    def pgd20():
-        model.eval()
-        with autocast(cfg, device):
-            x_adv = pgd(model, x, y, eps, step, 20)
-            with torch.no_grad():
-                model(x_adv).argmax(1)
+    def pgd20():  # as the evaluation runs it: fp32 whatever the setting, the test images as it cuts them
+        evaluate(model, data, attacks=("pgd20",), eps=eps, step_size=step, n_eval=batch, batch_size=batch)
 
-    out = {}
+    out = {"official_mask_by": official_image_pass(model, x[:1], eps, low)[1]}
+    reset_peak_memory(device)
     for name, fn in (("at_step", at_step), ("part_step", part_step), ("mask", mask), ("official_mask", official_mask),
                      ("pgd20_eval", pgd20)):
         sec = time_it(fn, device, warmup, iters, clock)
         out[name] = {"ms_per_batch": round(1000 * sec, 2), "images_per_s": round(batch / sec, 1)}
+    out["peak_mem_mb"] = peak_memory_mb(device)
     out["part_over_at"] = round(out["part_step"]["ms_per_batch"] / out["at_step"]["ms_per_batch"], 3)
     out["cifar10_epoch_s"] = round(50000 / out["part_step"]["images_per_s"], 1)
     return out
+
+
+def _setting_name(text: str) -> str:
+    speed_setting(text)  # raises argparse.ArgumentTypeError for an unknown part
+    return text
 
 
 def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters, clock=time.perf_counter):
@@ -152,8 +241,13 @@ def benchmark(argv=None) -> dict:
     p.add_argument("--models", nargs="+", default=["resnet18"], choices=list(MODELS), help="models (default: resnet18)")
     p.add_argument("--width", type=number(int, 1, optional=True), default=None,
                    help="shrink the models (CPU runs); default: standard width")
-    p.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS),
-                   help="speed settings (default: fp32 and fast on CPU; all three on CUDA)")
+    p.add_argument("--settings", nargs="+", default=None, type=_setting_name,
+                   help="speed settings: presets fp32, tf32, bf16, fast, fast-bf16 or '+'-joined flags channels_last, "
+                        "tf32, bf16, torch-cam, compile (default: fp32 and fast on CPU; fp32, fast, fast-bf16 on CUDA)")
+    p.add_argument("--epoch", action="store_true",
+                   help="time real epochs (AT and PART) through the training loop instead of repeated batches")
+    p.add_argument("--n-train", type=number(int, 0), default=0,
+                   help="--epoch: training images per epoch (0: all of --data); epoch_s is scaled to 50,000")
     p.add_argument("--batch-size", type=POSITIVE, default=128, help="training batch (default: 128)")
     p.add_argument("--warmup", type=POSITIVE, default=2, help="untimed calls before timing, at least 1 (default: 2)")
     p.add_argument("--iters", type=POSITIVE, default=5, help="timed calls (default: 5)")
@@ -176,7 +270,21 @@ def benchmark(argv=None) -> dict:
               "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {}}
     print(f"device: {record['device']} ({device}), data {args.data}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock")
-    if args.eval:
+    if args.epoch:
+        data = data.to(device)
+        settings = args.settings or (["fp32", "fast", "fast-bf16"] if device.type == "cuda" else ["fp32", "fast"])
+        record.update(batch_size=args.batch_size, mode="epoch", speed=[])
+        header = (f"{'model':<10} {'method':<6} {'setting':<24} {'images':>7} {'s':>8} {'50k-epoch s':>12} "
+                  f"{'images/s':>9} {'peak MiB':>9}")
+        print(header + "\n" + "-" * len(header))
+        for model_name in args.models:
+            for setting in settings:
+                for r in bench_epochs(model_name, args.width, setting, data, device, args.batch_size, args.n_train,
+                                      data_name=args.data):
+                    record["speed"].append(r)
+                    print(f"{model_name:<10} {r['method']:<6} {setting:<24} {r['images']:>7} {r['measured_s']:>8.1f} "
+                          f"{r['epoch_s']:>12.1f} {r['images_per_s']:>9.1f} {r['peak_mem_mb']:>9.1f}")
+    elif args.eval:
         record["eval_batch_size"] = args.eval_batch_size
         header = f"{'model':<10} {'attack':<10} {'s per ' + str(args.eval_batch_size) + ' images':>18} {'x PGD-20':>9}"
         print(header + "\n" + "-" * len(header))
@@ -188,16 +296,15 @@ def benchmark(argv=None) -> dict:
                 ratio = "" if v["vs_pgd20"] is None else f"{v['vs_pgd20']:.2f}"
                 print(f"{model_name:<10} {name:<10} {v['s']:>18.2f} {ratio:>9}")
     else:
-        settings = args.settings or (list(SETTINGS) if device.type == "cuda" else ["fp32", "fast"])
-        x_all = to_float(data.x_train[:args.batch_size]).to(device)
-        y_all = data.y_train[:args.batch_size].to(device)
+        settings = args.settings or (["fp32", "fast", "fast-bf16"] if device.type == "cuda" else ["fp32", "fast"])
+        data = data.to(device)
         record.update(batch_size=args.batch_size, iters=args.iters, warmup=args.warmup)
         header = f"{'model':<10} {'setting':<10} {'step':<14} {'ms/batch':>10} {'images/s':>10}"
         print(header + "\n" + "-" * len(header))
         for model_name in args.models:
             for setting in settings:
-                r = bench_model(model_name, args.width, setting, x_all, y_all, device, args.batch_size, args.warmup,
-                                args.iters, data.num_classes, CLOCKS[args.clock])
+                r = bench_model(model_name, args.width, setting, data, device, args.batch_size, args.warmup,
+                                args.iters, CLOCKS[args.clock])
                 record["results"][f"{model_name}/{setting}"] = r
                 for step in ("at_step", "part_step", "mask", "official_mask", "pgd20_eval"):
                     print(f"{model_name:<10} {setting:<10} {step:<14} {r[step]['ms_per_batch']:>10.1f} "

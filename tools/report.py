@@ -37,7 +37,7 @@ import zipfile
 import numpy as np
 
 from utils import stats
-from utils.config import MASK_KEYS, SEED, Parser, effective, nonempty, number, upgrade
+from utils.config import MASK_KEYS, RECORDED_KEYS, SEED, Parser, effective, nonempty, number, upgrade
 from utils.errors import UsageError, entry_point
 from utils.evaluate import AA_NAMES, column_title, per_image_name, record_columns
 from utils.methods import METHODS, labels
@@ -439,6 +439,20 @@ def find_group(groups, name):
     return part[0] if len(part) == 1 else None
 
 
+def recorded(runs) -> str:
+    """One line naming the values of the recorded settings (utils.config.RECORDED_KEYS: they do not split rows)
+    over `runs`, each with its number of runs; the device is the one the record names."""
+    parts = []
+    for key in RECORDED_KEYS:
+        seen = {}
+        for r in runs:
+            cfg = r.get("config") or {}
+            v = (r.get("versions") or {}).get("device") or cfg.get(key) if key == "device" else cfg.get(key)
+            seen[_text(v)] = seen.get(_text(v), 0) + 1
+        parts.append(f"{key} " + ", ".join(f"{v} [{n}]" for v, n in sorted(seen.items())))
+    return "Recorded, not grouped by: " + "; ".join(parts) + "."
+
+
 def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boot_seed=0) -> dict:
     """{(data, model): {'columns', 'pairs': [(A, B, [difference or None per column])], 'plan': [...]}} for the
     comparisons of each table (see `comparisons`); a difference is None where a row or a value is missing."""
@@ -481,6 +495,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
             budget = [fmt(g.budget("budget_mean")), fmt(g.budget("eps_share"), 3)] if has_budget else []
             out.append(f"| {g.label} | " + " | ".join(fmt(g.stat(c)) for c in cols) + " | " +
                        " | ".join(budget + [note, images]) + " |")
+        out += ["", recorded(runs)]
         result = analysis[(data, model)]
         if result["pairs"]:
             head = ["Difference", "Column", "Mean", "95% CI", "Interval"] + (["Bootstrap 95% CI"] if bootstrap else [])

@@ -23,12 +23,17 @@ from .mask_sources import MASK_SOURCES
 from .methods import METHODS
 from .units import fraction_text, parse_fraction
 
-# Keys that do not change how the weights are trained: they may differ when a run is resumed, and runs that
-# differ only in them are the same training configuration. EVAL_KEYS among them change the reported numbers.
+# Run identity, the one rule (README, "Run identity"): every key of a run's config is part of the configuration
+# that resume checks and the report groups by, except RUN_CONTROL_KEYS, which do not change how the weights are
+# trained: they may differ when a run is resumed, and runs that differ only in them are the same training
+# configuration. EVAL_KEYS among them change the reported numbers. Speed settings that change the arithmetic
+# (amp, tf32, cam_backend) are therefore part of the identity; RECORDED_KEYS, which change only how the same
+# arithmetic is scheduled (and the device and process count it ran on), are recorded and shown, never split a table.
 EVAL_KEYS = ("n_eval", "n_eval_aa", "eval_epsilon", "eval_corruptions")
-RUN_CONTROL_KEYS = ("out", "resume", "overwrite", "eval_only", "download", "device", "data_dir", "save_freq",
+RECORDED_KEYS = ("channels_last", "compile", "deterministic", "device", "world_size")
+RUN_CONTROL_KEYS = ("out", "resume", "overwrite", "eval_only", "download", "data_dir", "save_freq",
                     "log_interval", "mask_figure", "tensorboard", "n_eval_epoch", "eval_attacks", "eval_batch_size",
-                    "channels_last", "compile", "as_published") + EVAL_KEYS
+                    "as_published") + RECORDED_KEYS + EVAL_KEYS
 # Keys that matter only once masks are used (after warm-up, without --no-mask); which of them a run reads
 # depends on its mask source.
 MASK_KEYS = ("mask_source", "low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend", "mask_refresh",
@@ -218,7 +223,10 @@ def build_parser(variant: str, constants: dict) -> Parser:
     add(s, "--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
                    help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4; "
                         "default: grad-cam)")
-    add(s, "--compile", action="store_true", help="torch.compile the training forward (experimental)")
+    add(s, "--compile", action="store_true",
+        help="torch.compile the model the training attacks and the loss run (experimental; compile time logged apart)")
+    add(s, "--deterministic", action="store_true",
+        help="deterministic cuDNN / cuBLAS algorithms, no autotuning: bit-identical reruns on a GPU (slower)")
     o = p.add_argument_group("as published (the official code's behaviour; README: Deviations from the official code)")
     add(o, "--official-starts", action="store_true",
         help="attack starts as the official code draws them: PGD / MMA uniform at the scalar --epsilon, clipped to "
@@ -244,7 +252,7 @@ def explicit_flags(parser: Parser, argv) -> set:
 LATER_DEFAULTS = {"mask_source": "cam", "mask_refresh": 1, "cam_backend": "grad-cam", "data_fingerprint": None,
                   "region_eps": [6 / 255, 12 / 255, 12 / 255, 12 / 255], "tensorboard": False, "eval_corruptions": None,
                   "overwrite": False, "official_starts": False, "official_trades_forward": False,
-                  "as_published": False}
+                  "as_published": False, "deterministic": False}
 
 
 def upgrade(saved: dict) -> dict:

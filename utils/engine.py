@@ -9,7 +9,9 @@ import importlib.util
 import math
 import os
 import signal
+import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -55,7 +57,11 @@ def setup_distributed(device_name: str):
     import torch.distributed as dist
     local = int(os.environ.get("LOCAL_RANK", "0"))
     gpus = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if gpus:
+    if gpus:  # before any CUDA call: every rank stops with one line instead of rank N failing inside CUDA
+        per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", world)), torch.cuda.device_count()
+        if max(per_node, local + 1) > visible:
+            raise UsageError(f"torchrun started {per_node} processes on this node but only {visible} GPU(s) are "
+                             f"visible; use --nproc-per-node {visible} (or fewer), or --device cpu")
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if gpus else "gloo")
     return dist.get_rank(), world, local
@@ -76,8 +82,20 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 
 def configure_backends(cfg: dict, device: torch.device) -> None:
+    """The backend switches of a run: TF32 on CUDA as --tf32 says; with --deterministic, deterministic cuDNN and
+    cuBLAS algorithms (the workspace variable set before the first cuBLAS call) and no autotuning, otherwise
+    cuDNN autotuning on CUDA. Sets the process-wide switches every time, so a later run is not left with them."""
+    deterministic = bool(cfg.get("deterministic"))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # torch flags the backward of adaptive_avg_pool2d on CUDA, whose 1x1 output (the models' global pooling)
+        # takes the kernel without atomics: warn rather than stop, hide that one warning; the device check
+        # (tools.device_check, section 2) is what shows the reruns are bit-identical
+        warnings.filterwarnings("ignore", message=".*adaptive_avg_pool2d_backward_cuda.*")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = cfg["tf32"]
         torch.backends.cudnn.allow_tf32 = cfg["tf32"]
 
@@ -93,6 +111,22 @@ def prepare_model(cfg: dict, num_classes: int, device: torch.device) -> torch.nn
     if cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mb` (on CUDA; a process's maximum RSS cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """MiB: on CUDA the peak of torch.cuda.max_memory_allocated on `device` since `reset_peak_memory`; elsewhere
+    the process's maximum resident set size so far."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)
 
 
 def finite_weights(model: torch.nn.Module) -> bool:
@@ -119,6 +153,9 @@ class Run:
     train_module: torch.nn.Module | None = None
     tb: object = None
     last_saved: int | None = None  # epoch of the newest last.pt this process wrote or resumed from
+    attack_model: torch.nn.Module | None = None  # what the training attacks run: the model, compiled with --compile
+    compile_time_s: float | None = None
+    notes: tuple = ()  # lines for log.txt found before it was opened
 
     @property
     def out(self) -> str:
@@ -198,10 +235,12 @@ def check_cam_layer(model: torch.nn.Module, cfg: dict, image_size) -> None:
         raise UsageError(str(e)) from None
 
 
-def build_run(cfg: dict, rank: int, world: int, device: torch.device) -> Run:
-    """Data (its fingerprint, classes and image size into the config), the CIFAR-10-C folder, model, optimiser
-    and mask source; the CAM layer is checked."""
-    data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
+def build_run(cfg: dict, rank: int, world: int, device: torch.device, data: Dataset | None = None) -> Run:
+    """Data (fingerprinted into the config, with its classes and image size; `data` instead of cfg's data set
+    when given, as the benchmark does), the CIFAR-10-C folder, model, optimiser and mask source; the CAM layer is
+    checked."""
+    if data is None:
+        data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
     cfg["data_fingerprint"] = data.fingerprint()
     cfg["num_classes"], cfg["image_size"] = data.num_classes, data.image_size
     if cfg.get("eval_corruptions"):
@@ -225,7 +264,9 @@ def resume_run(run: Run, path: str) -> None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
     except (CheckpointMismatch, ValueError) as e:
         raise UsageError(f"--resume: {e}") from None
-    set_rng_state(ckpt["rng"])
+    note = set_rng_state(ckpt["rng"])
+    if note:
+        run.notes += (note,)
     run.source.load_state_dict(ckpt.get("mask_source", {}))
     run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
 
@@ -254,6 +295,8 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
         log.info("resumed from %s (epoch %d done)%s%s", resumed_from, run.start_epoch - 1,
                  f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "",
                  f"; removed files of the later epochs it replaces: {', '.join(stale)}" if stale else "")
+    for note in run.notes:
+        log.warning("%s", note)
     log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",
              cfg["data"], run.data.x_train.shape[0], run.data.x_test.shape[0], run.data.num_classes, cfg["model"],
              sum(p.numel() for p in run.model.parameters()), run.device, run.world)
@@ -267,6 +310,7 @@ def setup(cfg: dict) -> Run:
     CIFAR-10-C folder, the checkpoint to resume, a model too large for memory) is found here, before a folder
     is created or a batch trained; a failed start leaves no new folder behind."""
     rank, world, local = setup_distributed(cfg["device"])
+    cfg["world_size"] = world
     device = pick_device(cfg["device"], local)
     configure_backends(cfg, device)
     check_inputs(cfg, world)
@@ -280,13 +324,46 @@ def setup(cfg: dict) -> Run:
     else:
         run.log.setLevel("WARNING")
     barrier(world)
+    prepare_training(run)
+    if run.compile_time_s is not None:
+        run.log.info("torch.compile: %.1f s before epoch %d (not counted in its time)", run.compile_time_s,
+                     run.start_epoch)
+    return run
+
+
+def prepare_training(run: Run) -> None:
+    """The modules the epochs run: `train_module` (model + loss, in DDP across processes) and `attack_model`.
+    With --compile both are compiled, and one untimed step on the first batch compiles them now, its time kept
+    in `compile_time_s`; it leaves the weights, BatchNorm buffers, gradients and RNG as it found them."""
+    cfg, device = run.cfg, run.device
     run.train_module = TrainLoss(run.model, METHODS[cfg["variant"]], cfg)
-    if world > 1:
+    run.attack_model = run.model
+    if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         run.train_module = DDP(run.train_module, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.get("compile"):
-        run.train_module = torch.compile(run.train_module)
-    return run
+    if not cfg.get("compile"):
+        return
+    run.train_module, run.attack_model = torch.compile(run.train_module), torch.compile(run.model)
+    t = time.time()
+    buffers = {k: v.clone() for k, v in run.model.named_buffers()}
+    rng = rng_state()
+    x, y = next(iter(train_batches(run.data, cfg["batch_size"], epoch_generator(cfg["seed"], 0), run.rank, run.world,
+                                   cfg["n_train"])))
+    if cfg.get("channels_last"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(cfg, device):
+        x_adv = METHODS[cfg["variant"]].attack(run.attack_model, x, y, cfg["epsilon"], cfg)
+        run.model.train()
+        loss = run.train_module(x, x_adv, y)
+    loss.backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for k, v in run.model.named_buffers():
+            v.copy_(buffers[k])
+    set_rng_state(rng)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    run.compile_time_s = round(time.time() - t, 2)
 
 
 def _fault_point(epoch: int, batch: int) -> bool:
@@ -325,7 +402,7 @@ def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
         eps = run.source.budget(model, x, i) if masked else cfg["epsilon"]
         stats.add(eps, x)
         with autocast(cfg, device):
-            x_adv = method.attack(model, x, y, eps, cfg)
+            x_adv = method.attack(run.attack_model, x, y, eps, cfg)
             model.train()
             loss = run.train_module(x, x_adv, y)
             if poison:
@@ -367,6 +444,7 @@ def run_epochs(run: Run) -> None:
         for epoch in tqdm(range(run.start_epoch, cfg["epochs"] + 1), desc="epochs", initial=run.start_epoch - 1,
                           total=cfg["epochs"], disable=None if run.rank == 0 else True):
             t0 = time.time()
+            reset_peak_memory(run.device)
             lr = lr_at(cfg, epoch)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
@@ -377,6 +455,7 @@ def run_epochs(run: Run) -> None:
                          cfg["mask_source"])
             stats = train_epoch(run, epoch, masked)
             train_time = time.time() - t0
+            peak = peak_memory_mb(run.device)
             if not finite_weights(run.model):
                 raise NonFinite(f"the weights are not finite after epoch {epoch} (the loss was {stats['loss']:.4g})")
             if run.rank == 0:
@@ -388,7 +467,7 @@ def run_epochs(run: Run) -> None:
                        "natural": round(q["natural"], 2), "pgd20": round(q["pgd20"], 2),
                        "budget_mean": stats["budget_mean"], "eps_share": stats["eps_share"],
                        "own_mask_share": None if own is None else round(own, 6),
-                       "epoch_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2)}
+                       "epoch_time_s": round(train_time, 2), "eval_time_s": round(eval_time, 2), "peak_mem_mb": peak}
                 append_metrics(os.path.join(run.out, "metrics.csv"), row)
                 log.info("epoch %3d  %-7s  lr %.5f  loss %.4f  budget %.3f/255 (%.3f at eps)  natural %6.2f  "
                          "pgd20 %6.2f (%d test)  train %.1fs  check %.1fs", epoch, phase, lr, stats["loss"],
@@ -408,9 +487,10 @@ def run_epochs(run: Run) -> None:
 
 
 def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
-                     checkpoint: str | None, epoch: int | None) -> dict:
-    """Run the evaluation suite as configured and write <folder>/<name>.json and .md, the per-image record
-    (`per_image_name(name)`) and, with AutoAttack, aa_log.txt. `epoch`: the epoch the checkpoint holds."""
+                     checkpoint: str | None, epoch: int | None, extra: dict | None = None) -> dict:
+    """Run the evaluation suite as configured and write <folder>/<name>.json (with `extra`'s fields) and .md, the
+    per-image record (`per_image_name(name)`) and, with AutoAttack, aa_log.txt. `epoch`: the epoch the checkpoint
+    holds."""
     t = time.time()
     res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
                    step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
@@ -420,6 +500,7 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
         res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
                                                   cfg["eval_batch_size"], log)
     record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device, epoch)
+    record.update(extra or {})
     aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
     log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
              markdown_table(record, record["method"]))
@@ -440,18 +521,35 @@ def write_mask_figure(run: Run, n: int = 8) -> None:
                      f"{cfg['method']}, mask source '{cfg['mask_source']}'{note}: budgets of the first {n} test images")
 
 
+def ranks_identical(model: torch.nn.Module) -> bool:
+    """Whether every process holds bit-identical parameters (a hash of their bytes, gathered from all ranks)."""
+    import hashlib
+
+    import torch.distributed as dist
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    hashes = [None] * dist.get_world_size()
+    dist.all_gather_object(hashes, h.hexdigest())
+    return len(set(hashes)) == 1
+
+
 def train(cfg: dict) -> dict:
     """Train and evaluate as configured; returns the results record (rank 0) or {}."""
     run = setup(cfg)
     try:
         run_epochs(run)
+        extra = {"compile_time_s": run.compile_time_s} if run.compile_time_s is not None else {}
         if run.world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
             import torch.distributed as dist
+            extra["ranks_identical"] = ranks_identical(run.model)
+            if not extra["ranks_identical"]:
+                run.log.warning("the processes ended with different weights; rank 0's are saved and evaluated")
             dist.destroy_process_group()
         if run.rank != 0:
             return {}
         record = write_evaluation(cfg, run.model, run.data, run.log, run.out, "results", os.path.join(run.out, "last.pt"),
-                                  cfg["epochs"])
+                                  cfg["epochs"], extra)
         if cfg["mask_figure"]:
             write_mask_figure(run)
         return record

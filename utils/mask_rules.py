@@ -30,7 +30,16 @@ def jet_table(n: int = 256) -> np.ndarray:
 
 
 _JET = torch.from_numpy(jet_table())
-_JET_ON = {}
+_DEVICE_COPIES = {}
+
+
+def device_copy(t: torch.Tensor, device) -> torch.Tensor:
+    """A module's constant table `t` on `device`, copied there on the first call only (a copy per batch would
+    synchronise the GPU); later calls return that same tensor."""
+    key = (id(t), str(device))
+    if key not in _DEVICE_COPIES:
+        _DEVICE_COPIES[key] = t.to(device)
+    return _DEVICE_COPIES[key]
 
 
 def jet(v: torch.Tensor) -> torch.Tensor:
@@ -39,7 +48,7 @@ def jet(v: torch.Tensor) -> torch.Tensor:
     Returns v.shape + (3,), float64, on v's device."""
     v = v.double()
     idx = (v.nan_to_num(0.0) * 256).floor().clamp_(0, 255).long()
-    table = _JET_ON.setdefault(str(v.device), _JET.to(v.device))  # one copy per device, not per call
+    table = device_copy(_JET, v.device)
     return table[idx].masked_fill_(v.isnan()[..., None], 0.0)
 
 

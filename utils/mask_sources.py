@@ -21,7 +21,7 @@ import torch
 from .cams import compute_cam, layer_cams
 from .errors import UsageError
 from .data import epoch_generator, epoch_permutation, seed64, train_batches, train_size
-from .mask_rules import mask_from_cam
+from .mask_rules import device_copy, mask_from_cam
 
 
 def epsilon_mask(model: torch.nn.Module, x: torch.Tensor, eps: float, eps_low: float, cam: str = "gradcam",
@@ -54,17 +54,6 @@ def pil_bicubic_operator(h: int, w: int, out_h: int, out_w: int) -> torch.Tensor
     return torch.from_numpy(np.stack(cols, axis=1))
 
 
-_DEVICE_COPIES = {}
-
-
-def _on_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A constant table on `device`, copied there once (a copy per batch would synchronise the GPU)."""
-    key = (id(t), str(device))
-    if key not in _DEVICE_COPIES:
-        _DEVICE_COPIES[key] = t.to(device)
-    return _DEVICE_COPIES[key]
-
-
 def official_postprocess(raw: torch.Tensor, size: tuple) -> torch.Tensor:
     """The official code's CAM post-processing (torchcam 0.3.2, torchvision 0.14): per map, (m - min) / max(m - min)
     with no guard (a constant map becomes NaN, as torchcam's division by zero does), then PIL's bicubic resize in
@@ -74,7 +63,7 @@ def official_postprocess(raw: torch.Tensor, size: tuple) -> torch.Tensor:
     m = m - m.amin(dim=(1, 2), keepdim=True)
     m = m / m.amax(dim=(1, 2), keepdim=True)
     b, h, w = m.shape
-    op = _on_device(pil_bicubic_operator(h, w, *size), raw.device)
+    op = device_copy(pil_bicubic_operator(h, w, *size), raw.device)
     return (m.reshape(b, h * w) @ op.T).reshape(b, *size).float()
 
 

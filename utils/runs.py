@@ -120,7 +120,9 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> str | None:
+    """Restore what `rng_state` saved. The CUDA generators are restored for the GPUs both this machine and the
+    saved state have; when their counts differ, returns a one-line note that exactness is not promised."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     if isinstance(n, dict):
@@ -130,8 +132,14 @@ def set_rng_state(state: dict) -> None:
     else:  # checkpoints written before the RNG state was stored as tensors
         np.random.set_state(n)
         random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i in range(min(len(saved), here)):
+        torch.cuda.set_rng_state(saved[i], i)
+    if saved and len(saved) != here:
+        return (f"the checkpoint holds the RNG state of {len(saved)} GPU(s), this machine has {here}: "
+                f"{min(len(saved), here)} restored; a resume on another number of GPUs is not promised to be exact")
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -271,7 +279,7 @@ def make_logger(out_dir: str | None, name: str = "part") -> logging.Logger:
 # metrics.csv
 # ----------------------------------------------------------------------------------------------------
 METRIC_FIELDS = ["epoch", "phase", "lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "own_mask_share",
-                 "epoch_time_s", "eval_time_s"]
+                 "epoch_time_s", "eval_time_s", "peak_mem_mb"]  # later columns are blank in older files
 
 
 def append_metrics(path: str, row: dict) -> None:

@@ -1,0 +1,448 @@
+"""One command that checks a machine end to end: agreement with the CPU, determinism and resume, speed at paper
+scale, bf16 against fp32, several processes. Made for a short slot on a new GPU box.
+
+    python -m tools.device_check                       # on whatever device is here (at most ~8 minutes on one H100)
+    python -m tools.device_check --quick               # reduced sizes (~2 minutes on 2 CPU cores)
+    python -m tools.device_check --data-dir ../shared/data/cifar10_subset.npz --json docs/device/h200.json
+
+Sections (each check is {"name", "section", "status": pass | fail | skipped, "figure", "reason"}):
+  1 cpu-vs-device   the same input on the CPU and on the device: logits of a seeded ResNet-18 (fp32, TF32 off),
+                    GradCAM from both CAM backends, the masks of the cam and official sources, PGD-20 without a
+                    random start; each against the tolerance in TOLERANCES. Skipped without an accelerator.
+  2 determinism     a tiny run done twice with --deterministic gives bit-identical weights; stopped after its first
+                    epoch and resumed, it gives the weights of the uninterrupted run.
+  3 speed           AT and PART epochs through the real training loop on a synthetic CIFAR-shaped set of 50,000
+                    images (full-width ResNet-18, batch 128) under fp32, tf32, fast and bf16, with peak memory; the
+                    official pipeline's per-image mask pass on OFFICIAL_IMAGES images, scaled to 50,000; WRN-34-10 on
+                    WRN_FRACTION of an epoch. The goals (GOALS) are reported, never failed.
+  4 bf16-vs-fp32    the same short training in fp32 and in bf16 (the real subset when --data-dir names a .npz,
+                    synthetic otherwise): natural and PGD-20 accuracy of both, no threshold.
+  5 processes       a 2-process torchrun run (NCCL with two or more GPUs, else gloo on the CPU) whose ranks must end
+                    with identical weights; on a GPU box, more processes than GPUs must stop with exit code 2.
+A section whose requirements are absent is `skipped` with its reason. Exit code 0 when no check fails, 1 when
+one does, 2 on bad input. The JSON record (--json) holds the device, library versions, commit, checks, speed rows
+{model, method, setting, images, measured_s, epoch_s, images_per_s, peak_mem_mb} and goals.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from tools.benchmark import ROOT, bench_epochs, official_image_pass, speed_setting
+from utils.config import Parser, device_name, script_constants
+from utils.data import Dataset, load_dataset, synthetic, to_float
+from utils.engine import configure_backends, main as engine_main, pick_device
+from utils.errors import UsageError
+from utils.evaluate import library_versions, provenance
+
+# section 1: what "agrees" means between the CPU and the device (fp32, TF32 off)
+TOLERANCES = {
+    "logits": 1e-3,          # max |logit difference| / max(1, max |logit|)
+    "cam": 1e-2,             # max |CAM difference| (maps in [0, 1])
+    "mask": 0.99,            # least share of equal budget elements (elements at the threshold may flip)
+    "pgd20": 3.0,            # most percentage points between the two robust accuracies
+}
+# section 3's goals on one H100/H200 (reported with their figures, never failed)
+GOALS = {"part_epoch_tf32_s": 10.0, "part_epoch_bf16_s": 5.0, "part_over_at": 1.15, "peak_part_over_at": 1.2,
+         "over_official": 10.0}
+OFFICIAL_IMAGES = 512
+WRN_FRACTION = 0.05
+
+FULL = dict(width=None, n=64, run_width="16", run_train="512", run_batch="128", steps="3", epochs_bf16="5",
+            speed_images=50000, speed_batch=128, settings=("fp32", "tf32", "fast", "bf16"), official=OFFICIAL_IMAGES,
+            wrn_images=int(50000 * WRN_FRACTION), wrn_width=None, wrn_settings=("tf32",), timeout=600)
+QUICK = dict(width=8, n=16, run_width="4", run_train="64", run_batch="32", steps="2", epochs_bf16="2",
+             speed_images=64, speed_batch=32, settings=("fp32",), official=4, wrn_images=16, wrn_width=1,
+             wrn_settings=("fp32",), timeout=300)
+
+
+class Report:
+    """The checks and speed rows found so far; each check is printed as it is added."""
+
+    def __init__(self):
+        self.checks, self.speed, self.goals = [], [], []
+
+    def add(self, section, name, status, figure="", reason=""):
+        self.checks.append({"name": name, "section": section, "status": status, "figure": figure, "reason": reason})
+        print(f"[{section}] {name:<34} {status:<8} {figure}{'  (' + reason + ')' if reason else ''}", flush=True)
+
+    def guard(self, section, name, fn):
+        """Run fn() -> (status, figure, reason); an exception is a failed check, told in one line."""
+        try:
+            self.add(section, name, *fn())
+        except Exception as e:  # noqa: BLE001 - a check that crashes is a failed check, not a crashed command
+            self.add(section, name, "fail", "", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+
+def _quiet(fn, *args):
+    """fn(*args) with its stdout and stderr kept: (result, captured text)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        out = fn(*args)
+    return out, buf.getvalue()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. the same input on the CPU and on the device
+# ----------------------------------------------------------------------------------------------------
+def section_agreement(rep: Report, device: torch.device, size: dict) -> None:
+    names = ["logits", "gradcam grad-cam backend", "gradcam torch backend", "mask cam source", "mask official source",
+             "pgd20 no random start"]
+    if device.type == "cpu":
+        for name in names:
+            rep.add(1, name, "skipped", reason="no accelerator: the device is the CPU")
+        return
+    from attacks import pgd
+    from models import build_model
+    from utils.cams import compute_cam
+    from utils.mask_rules import mask_from_cam
+    from utils.mask_sources import official_cam
+    configure_backends({"tf32": False}, device)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, size["width"]).eval()
+    twin = build_model("resnet18", 10, size["width"]).to(device).eval()
+    twin.load_state_dict(model.state_dict())
+    data = synthetic(n_train=8, n_test=size["n"])
+    x, y = to_float(data.x_test), data.y_test
+    xd, yd = x.to(device), y.to(device)
+
+    def logits():
+        with torch.no_grad():
+            a, b = model(x), twin(xd).cpu()
+        d = float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
+        return ("pass" if d <= TOLERANCES["logits"] else "fail"), f"max rel diff {d:.2e} (tol {TOLERANCES['logits']})", ""
+    rep.guard(1, names[0], logits)
+
+    def cam(backend):
+        def check():
+            if backend == "grad-cam" and not _has("pytorch_grad_cam"):
+                return "skipped", "", "grad-cam is not installed"
+            d = float((compute_cam(model, x, backend=backend) - compute_cam(twin, xd, backend=backend).cpu()).abs().max())
+            return ("pass" if d <= TOLERANCES["cam"] else "fail"), f"max abs diff {d:.2e} (tol {TOLERANCES['cam']})", ""
+        return check
+    rep.guard(1, names[1], cam("grad-cam"))
+    rep.guard(1, names[2], cam("torch"))
+
+    def masks(fn):
+        def check():
+            a, b = fn(model, x), fn(twin, xd).cpu()
+            share = float((a == b).float().mean())
+            return ("pass" if share >= TOLERANCES["mask"] else "fail"), \
+                f"{100 * share:.2f}% equal elements (least {100 * TOLERANCES['mask']:.0f}%)", ""
+        return check
+    cam_backend = "grad-cam" if _has("pytorch_grad_cam") else "torch"
+    rep.guard(1, names[3], masks(lambda m, v: mask_from_cam(compute_cam(m, v, backend=cam_backend), 8 / 255, 7 / 255)))
+    rep.guard(1, names[4], masks(lambda m, v: mask_from_cam(official_cam(m, v), 8 / 255, 7 / 255)))
+
+    def attack():
+        accs = []
+        for m, v, t in ((model, x, y), (twin, xd, yd)):
+            xa = pgd(m, v, t, 8 / 255, 2 / 255, 20, random_start=False)
+            with torch.no_grad():
+                accs.append(100.0 * float((m(xa).argmax(1) == t).float().mean()))
+        d = abs(accs[0] - accs[1])
+        return ("pass" if d <= TOLERANCES["pgd20"] else "fail"), \
+            f"robust acc CPU {accs[0]:.2f}%, device {accs[1]:.2f}% on {len(y)} images (tol {TOLERANCES['pgd20']} pts)", ""
+    rep.guard(1, names[5], attack)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. determinism and resume; 4. bf16 against fp32 (tiny runs of the real scripts, in this process)
+# ----------------------------------------------------------------------------------------------------
+def _train(argv: list) -> None:
+    """Run train_eval_part.py's engine with argv, quietly; raises RuntimeError with its last line on failure."""
+    code, text = _quiet(engine_main, "part", script_constants(os.path.join(ROOT, "train_eval_part.py")), argv)
+    if code != 0:
+        lines = [line for line in text.splitlines() if line.strip()]
+        raise RuntimeError(f"exit code {code}: {lines[-1] if lines else ''}")
+
+
+def _weights(folder: str) -> dict:
+    return torch.load(os.path.join(folder, "last.pt"), map_location="cpu", weights_only=False)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def tiny_args(size: dict, device: torch.device) -> list:
+    return ["--data", "synthetic", "--width", size["run_width"], "--n-train", size["run_train"], "--batch-size",
+            size["run_batch"], "--num-steps", size["steps"], "--epochs", "2", "--warm-up", "1", "--lr-milestones", "2",
+            "--n-eval", "32", "--n-eval-epoch", "32", "--eval-attacks", "natural", "--eval-batch-size", "32",
+            "--no-mask-figure", "--device", str(device)]
+
+
+def section_determinism(rep: Report, device: torch.device, size: dict, work: str) -> None:
+    args = tiny_args(size, device) + ["--deterministic"]
+    out = {k: os.path.join(work, f"det-{k}") for k in ("a", "b", "cut")}
+    done = {}
+
+    def twice():
+        _train(args + ["--out", out["a"]])
+        _train(args + ["--out", out["b"]])
+        done["a"] = True
+        same = _same(_weights(out["a"]), _weights(out["b"]))
+        return ("pass" if same else "fail"), "bit-identical weights" if same else "the weights differ", ""
+    rep.guard(2, "two --deterministic runs", twice)
+
+    def resumed():
+        if not done:
+            return "skipped", "", "the uninterrupted run failed"
+        short = list(args)
+        short[short.index("--epochs") + 1] = "1"
+        _train(short + ["--out", out["cut"]])
+        _train(args + ["--out", out["cut"], "--resume"])
+        same = _same(_weights(out["a"]), _weights(out["cut"]))
+        return ("pass" if same else "fail"), "bit-identical to the uninterrupted run" if same else "the weights differ", ""
+    rep.guard(2, "stopped after epoch 1, resumed", resumed)
+    configure_backends({"tf32": False}, device)
+
+
+def section_bf16(rep: Report, device: torch.device, size: dict, work: str, data_dir: str | None) -> None:
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        rep.add(4, "bf16 against fp32", "skipped", reason="this GPU does not support bf16")
+        return
+    args = tiny_args(size, device)
+    args[args.index("--epochs") + 1], args[args.index("--lr-milestones") + 1] = size["epochs_bf16"], size["epochs_bf16"]
+    args[args.index("--eval-attacks") + 1:args.index("--eval-attacks") + 2] = ["natural", "pgd20"]
+    on = "synthetic"
+    if data_dir:
+        args[1:2], on = ["cifar10-npz", "--data-dir", data_dir], "the subset"
+    if not size["width"]:  # the full check: full-width model, all training images, 1000 test images
+        args[args.index("--width"):args.index("--width") + 2] = []
+        args[args.index("--n-train") + 1], args[args.index("--n-eval") + 1] = "0", "1000"
+        args[args.index("--eval-batch-size") + 1] = "500"
+        args[args.index("--num-steps") + 1] = "10"
+
+    def check():
+        res = {}
+        for amp in ("none", "bf16"):
+            folder = os.path.join(work, f"amp-{amp}")
+            _train(args + ["--amp", amp, "--out", folder])
+            with open(os.path.join(folder, "results.json")) as f:
+                res[amp] = json.load(f)
+        a, b = res["none"], res["bf16"]
+        return "pass", (f"fp32 natural {a['natural']:.2f} PGD-20 {a['pgd20']:.2f}; bf16 natural {b['natural']:.2f} "
+                        f"PGD-20 {b['pgd20']:.2f} ({a['n_eval']} test images of {on}; no threshold)"), ""
+    rep.guard(4, "bf16 against fp32", check)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. speed
+# ----------------------------------------------------------------------------------------------------
+def cifar_shaped(n: int, n_test: int = 256, seed: int = 0) -> Dataset:
+    """n random CIFAR-shaped uint8 images (crop and flip on, as CIFAR-10), 10 classes: for timing only."""
+    g = torch.Generator().manual_seed(seed)
+    return Dataset("synthetic", torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                   torch.randint(0, 10, (n,), generator=g), torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8,
+                                                                          generator=g),
+                   torch.randint(0, 10, (n_test,), generator=g), 10, crop_padding=4, flip=True)
+
+
+def section_speed(rep: Report, device: torch.device, size: dict) -> None:
+    data = cifar_shaped(size["speed_images"]).to(device)
+    width = size["width"]
+    for setting in size["settings"]:
+        name = f"resnet18 {setting} epochs"
+        if speed_setting(setting)["amp"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            rep.add(3, name, "skipped", reason="this GPU does not support bf16")
+            continue
+
+        def check(setting=setting):
+            rows, _ = _quiet(bench_epochs, "resnet18", width, setting, data, device, size["speed_batch"],
+                             size["speed_images"])
+            rep.speed.extend(rows)
+            at, part = rows
+            return "pass", (f"AT {at['epoch_s']:.1f} s, PART {part['epoch_s']:.1f} s per 50k-image epoch "
+                            f"(x{part['epoch_s'] / at['epoch_s']:.2f}); peak {at['peak_mem_mb']:.0f} / "
+                            f"{part['peak_mem_mb']:.0f} MiB"), f"{at['images']} images timed"
+        rep.guard(3, name, check)
+
+    def official():
+        from models import build_model
+        torch.manual_seed(0)
+        model = build_model("resnet18", 10, width).to(device)
+        x = to_float(data.x_train[:size["official"]])
+        official_image_pass(model, x[:2], 8 / 255, 7 / 255)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        _, by = official_image_pass(model, x, 8 / 255, 7 / 255)
+        _sync(device)
+        sec = time.perf_counter() - t
+        n = x.shape[0]
+        rep.speed.append({"model": "resnet18", "method": "official mask pass", "setting": f"fp32 ({by})",
+                          "images": n, "measured_s": round(sec, 2), "epoch_s": round(sec * 50000 / n, 1),
+                          "images_per_s": round(n / sec, 1), "peak_mem_mb": None})
+        return "pass", f"{sec * 50000 / n:.1f} s per 50k images, one image at a time ({by})", f"{n} images timed"
+    rep.guard(3, "official per-image mask pass", official)
+
+    for setting in size["wrn_settings"]:
+        def wrn(setting=setting):
+            rows, _ = _quiet(bench_epochs, "wrn34-10", size["wrn_width"], setting, data, device, size["speed_batch"],
+                             size["wrn_images"])
+            rep.speed.extend(rows)
+            at, part = rows
+            return "pass", (f"AT {at['epoch_s']:.1f} s, PART {part['epoch_s']:.1f} s per 50k-image epoch, scaled "
+                            f"from {at['images']} images"), f"{at['images'] / 50000:.1%} of an epoch timed"
+        rep.guard(3, f"wrn34-10 {setting} epochs", wrn)
+    rep.goals = goals(rep.speed)
+
+
+def goals(rows: list) -> list:
+    """The goals of GOALS that the speed rows can answer: {name, goal, figure, met}."""
+    def row(method, setting, model="resnet18"):
+        return next((r for r in rows if (r["model"], r["method"], r["setting"]) == (model, method, setting)), None)
+    out = []
+
+    def add(name, goal, figure, met):
+        out.append({"name": name, "goal": goal, "figure": None if figure is None else round(figure, 3), "met": met})
+    for setting, key in (("tf32", "part_epoch_tf32_s"), ("bf16", "part_epoch_bf16_s")):
+        r = row("PART", setting)
+        if r:
+            add(f"PART epoch, {setting} (s)", GOALS[key], r["epoch_s"], r["epoch_s"] <= GOALS[key])
+    for setting in ("fp32", "tf32", "fast", "bf16"):
+        at, part = row("AT", setting), row("PART", setting)
+        if at and part:
+            add(f"PART / AT epoch, {setting}", GOALS["part_over_at"], part["epoch_s"] / at["epoch_s"],
+                part["epoch_s"] / at["epoch_s"] <= GOALS["part_over_at"])
+            if at["peak_mem_mb"] and part["peak_mem_mb"]:
+                q = part["peak_mem_mb"] / at["peak_mem_mb"]
+                add(f"PART / AT peak memory, {setting}", GOALS["peak_part_over_at"], q, q <= GOALS["peak_part_over_at"])
+    official = next((r for r in rows if r["method"] == "official mask pass"), None)
+    fp32_at = row("AT", "fp32")
+    best = min((r["epoch_s"] for r in rows if r["model"] == "resnet18" and r["method"] == "PART"), default=None)
+    if official and fp32_at and best:
+        # the official pipeline's epoch: its per-image mask pass plus an fp32 training epoch (ours, as its stand-in)
+        q = (official["epoch_s"] + fp32_at["epoch_s"]) / best
+        add("official pipeline epoch / our fastest PART epoch", GOALS["over_official"], q, q >= GOALS["over_official"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. several processes
+# ----------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(n: int, device: str, out: str, size: dict) -> subprocess.CompletedProcess:
+    args = tiny_args(size, torch.device("cpu"))
+    args[args.index("--device") + 1] = device
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", f"--master-port={_free_port()}",
+           os.path.join(ROOT, "train_eval_part.py"), *args, "--out", out]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=size["timeout"], env=env, cwd=ROOT)
+
+
+def section_processes(rep: Report, device: torch.device, size: dict, work: str) -> None:
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    backend, where = ("nccl", "cuda") if gpus >= 2 else ("gloo", "cpu")
+
+    def ddp():
+        out = os.path.join(work, "ddp")
+        proc = _torchrun(2, where, out, size)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            return "fail", "", f"torchrun exit code {proc.returncode}: {lines[-1][:200] if lines else ''}"
+        with open(os.path.join(out, "results.json")) as f:
+            same = json.load(f).get("ranks_identical")
+        return ("pass" if same else "fail"), \
+            f"2 ranks ({backend} on {where}): {'identical' if same else 'different'} weights", \
+            "" if gpus >= 2 else "fewer than 2 GPUs: the CPU run"
+    rep.guard(5, "2-process torchrun", ddp)
+
+    def too_many():
+        if not gpus:
+            return "skipped", "", "no GPU"
+        proc = _torchrun(gpus + 1, "cuda", os.path.join(work, "too-many"), size)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        ok = proc.returncode != 0 and bool(lines) and all("GPU(s) are visible" in line for line in lines)
+        return ("pass" if ok else "fail"), f"{gpus + 1} processes on {gpus} GPU(s): " + \
+            (lines[0][:160] if lines else f"exit code {proc.returncode}"), ""
+    rep.guard(5, "more processes than GPUs", too_many)
+
+
+# ----------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--quick", action="store_true", help="reduced sizes (about 2 minutes on 2 CPU cores)")
+    p.add_argument("--data-dir", help="the real CIFAR-10 subset (.npz) for section 4 (default: synthetic)")
+    p.add_argument("--sections", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
+                   help="the sections to run (default: all)")
+    p.add_argument("--json", default="runs/device_check.json", help="the record (default: runs/device_check.json)")
+    try:
+        args = p.parse_args(argv)
+        if args.data_dir:
+            load_dataset("cifar10-npz", args.data_dir)  # bad input stops here, before any check
+        device = pick_device(args.device, 0)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = QUICK if args.quick else FULL
+    # section 2's --deterministic runs need cuBLAS's workspace setting before the first cuBLAS call of the process
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    versions = library_versions(device)
+    print(f"device check on {device} ({versions['device']}), torch {torch.__version__}, "
+          f"{'quick' if args.quick else 'full'} sizes", flush=True)
+    rep, t0 = Report(), time.time()
+    with tempfile.TemporaryDirectory(prefix="device_check_") as work:
+        for section in sorted(args.sections):
+            if section == 1:
+                section_agreement(rep, device, size)
+            elif section == 2:
+                section_determinism(rep, device, size, work)
+            elif section == 3:
+                section_speed(rep, device, size)
+            elif section == 4:
+                section_bf16(rep, device, size, work, args.data_dir)
+            else:
+                section_processes(rep, device, size, work)
+    if rep.speed:
+        print(f"\n{'model':<10} {'method':<20} {'setting':<22} {'images':>7} {'s':>8} {'50k-epoch s':>12} "
+              f"{'images/s':>9} {'peak MiB':>9}")
+        for r in rep.speed:
+            peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+            print(f"{r['model']:<10} {r['method']:<20} {r['setting']:<22} {r['images']:>7} {r['measured_s']:>8.1f} "
+                  f"{r['epoch_s']:>12.1f} {r['images_per_s']:>9.1f} {peak:>9}")
+    for g in rep.goals:
+        print(f"goal {g['name']}: {g['figure']} against {g['goal']} ({'met' if g['met'] else 'not met'})")
+    failed = [c for c in rep.checks if c["status"] == "fail"]
+    record = {"device": versions["device"], "torch_device": str(device), "quick": args.quick, "versions": versions,
+              **provenance(), "time_s": round(time.time() - t0, 1), "tolerances": TOLERANCES, "checks": rep.checks,
+              "speed": rep.speed, "goals": rep.goals}
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2, default=str)
+    except OSError as e:
+        print(f"error: cannot write {args.json} ({e.strerror})", file=sys.stderr)
+        return 2
+    counts = {s: sum(c["status"] == s for c in rep.checks) for s in ("pass", "fail", "skipped")}
+    print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped in {record['time_s']:.0f} s; "
+          f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
