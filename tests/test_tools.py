@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tools import benchmark, grid, report
+from tools import benchmark, executors, grid, report
 
 
 def fake_run(root, name, method, seed, natural, pgd20, mma=None, aa=None, data="cifar10", model="resnet18",
@@ -170,7 +170,7 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
     calls = []
 
     class Done:
-        returncode = 0
+        returncode, pid = 0, 0
 
         def __init__(self, argv, **kw):
             calls.append(argv)
@@ -178,7 +178,7 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
         def poll(self):
             return 0
 
-    monkeypatch.setattr(grid.subprocess, "Popen", Done)
+    monkeypatch.setattr(executors.subprocess, "Popen", Done)
     monkeypatch.chdir(ROOT)
     cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
                          str(tmp_path), ["--epochs", "2", "--warm-up", "1"])

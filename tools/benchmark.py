@@ -21,8 +21,11 @@ Every timing follows at least one warm-up call. A JSON record (device, versions,
 import argparse
 import json
 import os
+import sys
 import time
 
+if __name__ == "__main__":  # run as a file (python tools/benchmark.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 import torch.nn.functional as F
 

@@ -22,6 +22,8 @@ import math
 import os
 import sys
 
+if __name__ == "__main__":  # run as a file (python tools/report.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.config import MASK_KEYS, effective, upgrade
 from utils.evaluate import column_title
 from utils.methods import labels
