@@ -256,6 +256,7 @@ def _stop_children(running: list, signum: int) -> None:
     """Send `signum` to each running child, wait for them to stop (SIGKILL after STOP_WAIT_S), record them."""
     for _, proc, _, _, _ in running:
         proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)  # a stopped child would otherwise never act on it
     deadline = time.time() + STOP_WAIT_S
     for folder, proc, err, _, _ in running:
         try:
@@ -316,9 +317,8 @@ class GridTask(Checkpointable):
         rank0 = env.global_rank == 0
         argv = with_resume(self.folder, self.argv)
         if rank0:
-            update_job(self.folder, lambda r: r.setdefault("starts", []).append(now()), executor=self.executor,
-                       job_id=env.job_id, node=env.hostname, state="running", tasks=env.num_tasks,
-                       log=str(env.paths.stderr))
+            update_job(self.folder, self._started, executor=self.executor, job_id=env.job_id, node=env.hostname,
+                       tasks=env.num_tasks, log=str(env.paths.stderr))
         from utils.config import script_constants
         from utils.engine import main
         from utils.methods import METHODS
@@ -342,6 +342,13 @@ class GridTask(Checkpointable):
         if code:
             raise RunFailed(f"exit {code}: {error}")
         return code
+
+    @staticmethod
+    def _started(rec: dict) -> None:
+        if rec.get("starts") and rec.get("state") != "requeued":  # requeued without us (a preemption, a node failure)
+            rec["requeues"] = rec.get("requeues", 0) + 1
+        rec.setdefault("starts", []).append(now())
+        rec["state"] = "running"
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit (rank 0) on the preemption / time-limit signal, before it requeues the job."""
@@ -388,7 +395,8 @@ def _make_executor(name: str, opts: Options, n_runs: int):
 
 
 @contextmanager
-def _environment(**values):
+def _environment_defaults(**values):
+    """Set the environment variables not set yet (a local job inherits them), and restore them afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update({k: v for k, v in values.items() if k not in os.environ})
     try:
@@ -413,7 +421,7 @@ def run_submitit(name: str, runs: list, opts: Options) -> int:
     tasks = [GridTask(folder, argv, cwd, name) for folder, argv, _ in runs]
     threads = max(1, (os.cpu_count() or 1) // (len(runs) * (opts.tasks_per_node or 1)))
     try:  # submitit prints sbatch's error output itself; the one line below says it
-        with _environment(OMP_NUM_THREADS=str(threads)) if name == "local" else _environment(), \
+        with _environment_defaults(**({"OMP_NUM_THREADS": str(threads)} if name == "local" else {})), \
                 redirect_stderr(io.StringIO()):
             ex = _make_executor(name, opts, len(runs))
             with ex.batch():

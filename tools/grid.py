@@ -201,7 +201,7 @@ def _progress(folder: str) -> str:
         with open(os.path.join(folder, "config.json")) as f:
             epochs = json.load(f).get("epochs", "?")
     except (OSError, ValueError, AttributeError):
-        epochs = "?"
+        return "starting"
     return f"epoch {rows[-1]['epoch'] if rows else 0}/{epochs} done"
 
 
