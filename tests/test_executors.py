@@ -130,6 +130,42 @@ def test_without_run_slurm_prints_the_sbatch_script_submitit_writes(tmp_path, ca
     assert not root.exists()
 
 
+def test_slurm_submission_status_and_owner_with_stand_in_slurm_commands(tmp_path, monkeypatch, capsys):
+    """sbatch, srun and squeue as shell scripts: the grid submits one array through submitit, writes job.json,
+    --status asks squeue, and a second --run does not submit the runs the array owns."""
+    pytest.importorskip("submitit")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    queue = tmp_path / "queue"
+    queue.write_text("PENDING\n")
+    for name, body in {"sbatch": 'echo "Submitted batch job 4242"', "srun": "exit 0",
+                       "squeue": f'case "$3" in 4242_*) cat {queue};; esac'}.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    argv = [*GRID, "--methods", "AT", "PART-cam", "--root", str(tmp_path / "runs"), "--tag", "", "--executor",
+            "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-node", "2", "--run"]
+    assert grid.main(argv) == 0
+    assert "submitted 2 run(s) as slurm job(s) 4242" in capsys.readouterr().out
+    folders = [str(tmp_path / "runs" / "synthetic-resnet18" / f"{row}-seed1") for row in ("AT", "PART-cam")]
+    recs = [executors.read_job(f) for f in folders]
+    assert [(r["executor"], r["state"], r["job_id"]) for r in recs] == [("slurm", "queued", f"4242_{i}")
+                                                                         for i in range(2)]
+    script = "".join(p.read_text() for p in (tmp_path / "runs" / "submitit").rglob("*_submission.sh"))
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --ntasks-per-node=2"):
+        assert line in script, line
+    status = [a if a != "--run" else "--status" for a in argv]
+    assert grid.main(status) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("queued ") and "slurm job 4242_0" in out[0] and out[-1] == "2 runs: 2 queued"
+    assert grid.main(argv) == 0  # the array owns both runs: nothing is submitted again
+    out = capsys.readouterr().out
+    assert "slurm job 4242_1 owns it (queued)" in out and "submitted" not in out
+    queue.write_text("")  # the jobs are gone, without a record: failed
+    assert grid.main(status) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 runs: 2 failed"
+
+
 # ----------------------------------------------------------------------------------------------------
 # the subprocess executor: GPUs, owners
 # ----------------------------------------------------------------------------------------------------

@@ -71,10 +71,15 @@ def read_job(folder: str) -> dict:
 
 def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: bool = False, **fields) -> dict:
     """Change the run folder's job.json under a lock (the grid and a job's task both write it): start from an
-    empty record when `new`, set `fields`, then call `edit(record)`. Written atomically; returns the record."""
+    empty record when `new`, set `fields`, then call `edit(record)`. Written atomically; returns the record.
+    Raises UsageError when the folder cannot be written."""
+    from utils.errors import UsageError
     from utils.runs import save_json
-    os.makedirs(folder, exist_ok=True)
-    fd = os.open(os.path.join(folder, ".job.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, ".job.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot write the run folder {folder} ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         rec = {} if new else read_job(folder)
@@ -83,8 +88,20 @@ def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: boo
             edit(rec)
         save_json(os.path.join(folder, JOB_FILE), rec)
         return rec
+    except OSError as e:
+        raise UsageError(f"cannot write {os.path.join(folder, JOB_FILE)} ({e.strerror})") from None
     finally:
         os.close(fd)
+
+
+def _record(folder: str, **fields) -> None:
+    """update_job for the subprocess executor, whose children must not be left behind by a failed write: the
+    run itself reports a folder it cannot write."""
+    from utils.errors import UsageError
+    try:
+        update_job(folder, **fields)
+    except UsageError as e:
+        print(f"warning: {e}", file=sys.stderr, flush=True)
 
 
 def with_resume(folder: str, argv: list) -> list:
@@ -211,9 +228,9 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 # a session of its own: a signal reaches the child once, from the grid, which then waits for it
                 proc = subprocess.Popen([sys.executable, *argv[1:]], env=child_env, stderr=err,
                                         stdout=subprocess.DEVNULL if opts.jobs > 1 else None, start_new_session=True)
-                update_job(folder, new=True, executor="subprocess", job_id=str(proc.pid), node=socket.gethostname(),
-                           state="running", starts=[now()], requeues=0, command=argv,
-                           **({"gpu": gpu} if gpu is not None else {}))
+                _record(folder, new=True, executor="subprocess", job_id=str(proc.pid), node=socket.gethostname(),
+                        state="running", starts=[now()], requeues=0, command=argv,
+                        **({"gpu": gpu} if gpu is not None else {}))
                 running.append((folder, proc, err, time.time(), gpu))
             for item in list(running):
                 folder, proc, err, t0, gpu = item
@@ -226,8 +243,8 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 tail = err.read()[-2000:]
                 err.close()
                 code = proc.returncode
-                update_job(folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
-                           **({"error": _last_line(tail)} if code else {}))
+                _record(folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
+                        **({"error": _last_line(tail)} if code else {}))
                 if code:
                     failed += 1
                     print(f"failed (exit {code}) after {time.time() - t0:.0f} s: {folder}\n{tail}", file=sys.stderr,
@@ -265,7 +282,7 @@ def _stop_children(running: list, signum: int) -> None:
             proc.kill()
             proc.wait()
         err.seek(0)
-        update_job(folder, state="failed", exit_code=proc.returncode, ended=now(), error=_last_line(err.read()))
+        _record(folder, state="failed", exit_code=proc.returncode, ended=now(), error=_last_line(err.read()))
         err.close()
 
 
@@ -414,10 +431,15 @@ def run_submitit(name: str, runs: list, opts: Options) -> int:
     or with opts.wait wait for them: 0, 1 when a run failed, 130 on Ctrl-C."""
     if not runs:
         return 0
+    from utils.errors import UsageError
     cwd = os.getcwd()
-    for folder, argv, _ in runs:
-        update_job(folder, new=True, executor=name, state="queued", submitted=now(), requeues=0, starts=[],
-                   command=argv)
+    try:
+        for folder, argv, _ in runs:
+            update_job(folder, new=True, executor=name, state="queued", submitted=now(), requeues=0, starts=[],
+                       command=argv)
+    except UsageError as e:
+        print(f"error: {e}; nothing was submitted", file=sys.stderr)
+        return 2
     tasks = [GridTask(folder, argv, cwd, name) for folder, argv, _ in runs]
     threads = max(1, (os.cpu_count() or 1) // (len(runs) * (opts.tasks_per_node or 1)))
     try:  # submitit prints sbatch's error output itself; the one line below says it
@@ -458,16 +480,17 @@ def _wait(name: str, jobs: list, runs: list) -> int:
                     print(f"failed (exit {rec.get('exit_code', '?')}): {folder}: {rec.get('error', '')}",
                           file=sys.stderr, flush=True)
             time.sleep(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stop) as e:
+        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+        what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
         if name == "local":
             for job, _ in left:
-                job.cancel()
-            print(f"\ninterrupted (Ctrl-C): stopped {len(left)} local job(s); the same command resumes them",
-                  file=sys.stderr)
+                job.cancel()  # the job's tasks stop as on Ctrl-C, keeping last.pt
+            print(f"\n{what}: stopped {len(left)} local job(s); the same command resumes them", file=sys.stderr)
         else:
-            print(f"\ninterrupted (Ctrl-C): stopped waiting; the {len(left)} job(s) keep running (scancel stops "
-                  f"them)", file=sys.stderr)
-        return 130
+            print(f"\n{what}: stopped waiting; the {len(left)} job(s) keep running (scancel stops them)",
+                  file=sys.stderr)
+        return 128 + signum
     return 1 if failed else 0
 
 
