@@ -104,6 +104,12 @@ def _record(folder: str, **fields) -> None:
         print(f"warning: {e}", file=sys.stderr, flush=True)
 
 
+def script_variant(script: str) -> str:
+    """The method variant (a key of METHODS) of a training script, given by its path."""
+    from utils.methods import METHODS
+    return next(v for v, m in METHODS.items() if m.script == os.path.basename(script))
+
+
 def with_resume(folder: str, argv: list) -> list:
     """The command, plus --resume when the folder holds an interrupted run (last.pt without results.json)."""
     interrupted = os.path.isfile(os.path.join(folder, "last.pt")) and \
@@ -338,9 +344,8 @@ class GridTask(Checkpointable):
                        tasks=env.num_tasks, log=str(env.paths.stderr))
         from utils.config import script_constants
         from utils.engine import main
-        from utils.methods import METHODS
         script = os.path.join(ROOT, os.path.basename(self.argv[1]))
-        variant = next(v for v, m in METHODS.items() if m.script == os.path.basename(script))
+        variant = script_variant(script)
         saved_argv, saved_err = sys.argv, sys.stderr
         sys.argv, sys.stderr = [self.argv[1], *argv[2:]], _Tee(sys.stderr)  # the record names the script's command
         try:

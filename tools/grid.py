@@ -36,7 +36,7 @@ import shlex  # noqa: E402
 
 from models import MODELS  # noqa: E402
 from tools.executors import (EXECUTORS, LIVE_STATES, Options, Stop, lock_holder, owner, read_job,  # noqa: E402
-                             slurm_script, visible_gpus)
+                             script_variant, slurm_script, visible_gpus)
 from utils.data import DATASETS  # noqa: E402
 from utils.methods import METHODS, labels  # noqa: E402
 
@@ -124,7 +124,7 @@ def finished_as_asked(folder: str, argv) -> bool:
     try:
         with open(os.path.join(folder, "results.json")) as f:
             done = upgrade(json.load(f)["config"])
-        variant = next(v for v, m in METHODS.items() if m.script == os.path.basename(argv[1]))
+        variant = script_variant(argv[1])
         asked, _ = parse(variant, script_constants(argv[1]), argv[2:])
     except (OSError, ValueError, KeyError, UsageError):
         return False  # run it: the run itself says what is wrong
@@ -171,7 +171,7 @@ def check_extra(study: str, rows, extra) -> str | None:
     from utils.errors import UsageError
     given, varies, names = set(), {}, {}
     for row, (script, flags) in STUDIES[study].items():
-        variant = next(v for v, m in METHODS.items() if m.script == script)
+        variant = script_variant(script)
         constants = script_constants(os.path.join(ROOT, script))
         parser = build_parser(variant, constants)
         names.update({a.dest: "/".join(a.option_strings) for a in parser.flags})
