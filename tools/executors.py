@@ -217,7 +217,8 @@ def run_subprocess(runs: list, opts: Options) -> int:
     def on_signal(signum, frame):
         raise Stop(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                **{s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}}
     try:
         while pending or running:
             while pending and len(running) < opts.jobs:
@@ -234,10 +235,10 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 # a session of its own: a signal reaches the child once, from the grid, which then waits for it
                 proc = subprocess.Popen([sys.executable, *argv[1:]], env=child_env, stderr=err,
                                         stdout=subprocess.DEVNULL if opts.jobs > 1 else None, start_new_session=True)
+                running.append((folder, proc, err, time.time(), gpu))
                 _record(folder, new=True, executor="subprocess", job_id=str(proc.pid), node=socket.gethostname(),
                         state="running", starts=[now()], requeues=0, command=argv,
                         **({"gpu": gpu} if gpu is not None else {}))
-                running.append((folder, proc, err, time.time(), gpu))
             for item in list(running):
                 folder, proc, err, t0, gpu = item
                 if proc.poll() is None:
@@ -265,13 +266,12 @@ def run_subprocess(runs: list, opts: Options) -> int:
         _stop_children(running, signal.SIGTERM if signum == signal.SIGHUP else signum)
         what = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}.get(
             signum, f"stopped ({signal.Signals(signum).name})")
-        print(f"\n{what}: stopped {len(running)} run(s), whose last.pt is kept; the same command resumes them",
-              file=sys.stderr, flush=True)
+        print(f"\n{what}: stopped {len(running)} run(s), each keeping the epochs it finished; the same command "
+              f"resumes them", file=sys.stderr, flush=True)
         return 128 + signum
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
     return 1 if failed else 0
 
 
@@ -337,6 +337,8 @@ class GridTask(Checkpointable):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            if env.num_nodes == 1:
+                os.environ["MASTER_ADDR"] = "127.0.0.1"  # as torchrun on one machine: no name to resolve
         rank0 = env.global_rank == 0
         argv = with_resume(self.folder, self.argv)
         if rank0:
@@ -395,7 +397,10 @@ def slurm_parameters(opts: Options, n_runs: int) -> dict:
 
 def slurm_script(opts: Options, n_runs: int) -> str:
     """The sbatch script submitit writes for this array, made without Slurm (a dry run)."""
-    from submitit.slurm.slurm import _make_sbatch_string  # submitit's own script writer (private, but what it runs)
+    try:
+        from submitit.slurm.slurm import _make_sbatch_string  # submitit's own writer (private, but what it runs)
+    except ImportError as e:
+        return f"# (this version of submitit cannot write it without Slurm: {e})"
     folder = os.path.abspath(opts.folder)
     command = " ".join([job_python(), "-u -m submitit.core._submit", shlex.quote(folder)])
     return _make_sbatch_string(command=command, folder=folder, map_count=n_runs if n_runs > 1 else None,
