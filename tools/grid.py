@@ -186,8 +186,8 @@ def check_extra(study: str, rows, extra) -> str | None:
         if dest in OWNED:
             return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
         if dest in varies:
-            return (f"{names[dest]} is what the rows of study {study} set ({', '.join(varies[dest])}): passed after --, "
-                    f"every row would train alike under different names; drop it (or run one command yourself)")
+            return (f"{names[dest]} is what the rows of study {study} set ({', '.join(varies[dest])}): passed "
+                    f"after --, every row would train alike under different names; drop it (or run one command yourself)")
     return None
 
 
@@ -221,7 +221,8 @@ def run_status(folder: str, argv) -> tuple[str, str]:
     if finished_as_asked(folder, argv):
         return "finished", ""
     rec = read_job(folder)
-    where = f"{rec.get('executor', '?')} job {rec.get('job_id', '?')}" + (f" on {rec['node']}" if rec.get("node") else "")
+    where = f"{rec.get('executor', '?')} job {rec.get('job_id', '?')}" + \
+        (f" on {rec['node']}" if rec.get("node") else "")
     requeues = rec.get("requeues", 0)
     holder = lock_holder(folder)
     if rec.get("state") in LIVE_STATES:
@@ -326,15 +327,16 @@ def build_parser():
     e.add_argument("--executor", choices=list(EXECUTORS), default="subprocess",
                    help="subprocess: child processes here (default); local: submitit on this machine; slurm: one "
                         "Slurm job array through submitit (without --run: print its sbatch script)")
-    e.add_argument("--jobs", type=int, default=1, help="subprocess: runs at a time (default: 1)")
+    e.add_argument("--jobs", type=int, default=1, metavar="N", help="subprocess: runs at a time (default: 1)")
     e.add_argument("--gpus", nargs="+", metavar="ID", help="subprocess: the GPUs the jobs share, one per job at a time "
                    "(CUDA_VISIBLE_DEVICES values; default with --jobs > 1: every visible GPU)")
-    e.add_argument("--tasks-per-node", type=POSITIVE, help="local, slurm: DDP processes per node of each run "
-                   "(default: --slurm-gpus-per-node, else 1)")
+    e.add_argument("--tasks-per-node", type=POSITIVE, metavar="T", help="local, slurm: DDP processes per node of "
+                   "each run (default: --slurm-gpus-per-node, else 1)")
     e.add_argument("--wait", action="store_true", help="local, slurm: wait for the submitted runs to end")
     s = p.add_argument_group("Slurm (with --executor slurm)")
     for name, (_, kind, text) in SLURM_FLAGS.items():
-        s.add_argument("--slurm-" + name.replace("_", "-"), dest="slurm_" + name, type=types.get(kind, kind), help=text)
+        s.add_argument("--slurm-" + name.replace("_", "-"), dest="slurm_" + name, type=types.get(kind, kind), help=text,
+                       metavar={"positive": "N", "count": "N", "mem": "GB"}.get(kind, "NAME"))
     s.add_argument("--slurm-extra", nargs="+", type=_slurm_extra, metavar="KEY=VALUE",
                    help="other sbatch options, e.g. mail-type=END requeue")
     return p
@@ -367,8 +369,9 @@ def main(argv=None):
     if slurm_given and args.executor != "slurm":
         p.error(f"{' '.join(slurm_given)} only apply with --executor slurm")
     if args.executor != "subprocess" and (args.jobs > 1 or args.gpus):
-        p.error(f"--jobs and --gpus are for --executor subprocess ({args.executor}: "
-                f"{'--slurm-array-parallelism, --slurm-gpus-per-node' if args.executor == 'slurm' else 'every run starts at once'})")
+        instead = "--slurm-array-parallelism, --slurm-gpus-per-node" if args.executor == "slurm" else \
+            "every run starts at once"
+        p.error(f"--jobs and --gpus are for --executor subprocess ({args.executor}: {instead})")
     if args.executor == "subprocess" and (args.tasks_per_node or args.wait):
         p.error("--tasks-per-node and --wait are for --executor local or slurm (subprocess runs one process per run "
                 "and waits; use torchrun for several)")
