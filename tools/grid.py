@@ -187,7 +187,8 @@ def check_extra(study: str, rows, extra) -> str | None:
             return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
         if dest in varies:
             return (f"{names[dest]} is what the rows of study {study} set ({', '.join(varies[dest])}): passed "
-                    f"after --, every row would train alike under different names; drop it (or run one command yourself)")
+                    f"after --, every row would train alike under different names; drop it (or run one command "
+                    f"yourself)")
     return None
 
 
