@@ -1,4 +1,5 @@
 """End-to-end runs of the three scripts on the synthetic set with tiny budgets."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -179,16 +180,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_on_cpu(tmp_path):
+def test_two_process_torchrun_on_cpu_equals_two_local_submitit_tasks(tmp_path, monkeypatch):
+    """torchrun --nproc_per_node=2 (gloo); and the same run from the grid's local executor as one job of two tasks,
+    which set up DDP from submitit's environment: the same final weights, bit for bit."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29517",
-                           os.path.join(ROOT, "train_eval_part.py"), *TINY, "--eval-attacks", "natural",
-                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([torchrun, "--nproc_per_node=2", "--master_port=29517",
+                             os.path.join(ROOT, "train_eval_part.py"), *TINY, "--eval-attacks", "natural",
+                             "--out", str(tmp_path / "ddp")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    local = tmp_path / "grid" / "synthetic-resnet18" / "PART-cam-seed1"
+    if importlib.util.find_spec("submitit"):
+        from tools import grid
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert grid.main(["--study", "mask-source", "--methods", "PART-cam", "--data", "synthetic", "--models",
+                          "resnet18", "--seeds", "1", "--root", str(tmp_path / "grid"), "--tag", "", "--executor",
+                          "local", "--tasks-per-node", "2", "--wait", "--run", "--", *TINY[2:],
+                          "--eval-attacks", "natural"]) == 0
+        assert "2 process(es)" in (local / "log.txt").read_text()
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, err[-3000:]
     assert json.loads((tmp_path / "ddp" / "results.json").read_text())["ranks_identical"] is True
     assert (tmp_path / "ddp" / "log.txt").read_text().count("epoch   2") == 1  # rank 0 alone writes
     assert "2 process(es)" in (tmp_path / "ddp" / "log.txt").read_text()
+    if importlib.util.find_spec("submitit"):
+        assert same_weights(weights(tmp_path / "ddp" / "last.pt"), weights(local / "last.pt"))
 
 
 def test_tensorboard_scalars(tmp_path, capsys):

@@ -179,38 +179,6 @@ def test_grid_studies_name_their_rows_and_folders(capsys):
         f"runs/mask-source/cifar10-resnet18/{row}-seed1" for row in ("AT", "PART-cam", "PART-official", "PART-permuted")]
 
 
-def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
-    calls = []
-
-    class Done:
-        returncode = 0
-
-        def __init__(self, argv, **kw):
-            calls.append(argv)
-
-        def poll(self):
-            return 0
-
-    monkeypatch.setattr(grid.subprocess, "Popen", Done)
-    monkeypatch.chdir(ROOT)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
-    (at_folder, at_argv), (cam_folder, _), (official_folder, official_argv) = cmds
-    from utils.config import parse, script_constants
-    for folder, argv in ((at_folder, at_argv), (official_folder, official_argv)):
-        os.makedirs(folder)
-        cfg, _ = parse("part", script_constants("train_eval_part.py"), argv[2:])
-        if folder == official_folder:
-            cfg["lr"] = 0.1  # a finished run, but of other settings: not skipped (the run itself will refuse it)
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"config": cfg}, f)
-    os.makedirs(cam_folder)
-    open(os.path.join(cam_folder, "last.pt"), "w").close()
-    assert grid.run_all(cmds, jobs=2) == 0
-    assert len(calls) == 2 and calls[0][-1] == "--resume" and "--resume" not in calls[1]
-    assert "PART-official" in " ".join(calls[1])
-
-
 def test_benchmark_runs_and_writes_its_record(tmp_path, capsys):
     out = tmp_path / "new" / "b.json"  # its folder is created
     rec = benchmark.benchmark(["--models", "resnet18", "--width", "4", "--batch-size", "8", "--iters", "1",

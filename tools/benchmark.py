@@ -29,6 +29,8 @@ import os
 import sys
 import time
 
+if __name__ == "__main__":  # run as a file (python tools/benchmark.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 import torch.nn.functional as F
 

@@ -19,20 +19,30 @@ Each run writes <root>/<data>-<model>[-<tag>]/<row>-seed<N>/, where <root> is ru
 <tag> names the flags passed after `--` for every command (--tag overrides it; --tag "" drops it). The
 commands start with the Python that runs this tool, so a printed command runs as pasted. With --run, a run
 whose folder holds results.json is skipped and one that holds last.pt is resumed, so a grid can be run again
-until it is complete; --jobs N runs N at a time (each with OMP_NUM_THREADS set to share the cores).
+until it is complete; --jobs N runs N at a time (each with OMP_NUM_THREADS set to share the cores, and its own
+GPU: --gpus, default every visible one). --executor local / slurm run the same grid through submitit (on this
+machine / as one Slurm job array; tools/executors.py); --status lists every run of the grid and its state.
 """
-import argparse
 import os
-import re
-import shlex
-import subprocess
+import signal
 import sys
-import tempfile
-import time
 
-from models import MODELS
-from utils.data import DATASETS
-from utils.methods import METHODS, labels
+if __name__ == "__main__":  # run as a file (python tools/grid.py): the repository root is not on the path yet
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for _sig in (signal.SIGINT, signal.SIGTERM):  # during start-up there is nothing to stop: one line, and out
+        signal.signal(_sig, lambda signum, frame: (os.write(2, b"\nstopped during start-up\n"), os._exit(128 + signum)))
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+
+from models import MODELS  # noqa: E402
+from tools.executors import (EXECUTORS, LIVE_STATES, Options, Stop, lock_holder, owner, read_job,  # noqa: E402
+                             script_variant, slurm_script, visible_gpus)
+from utils.data import DATASETS  # noqa: E402
+from utils.methods import METHODS, labels  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = {v: m.script for v, m in METHODS.items()}
 
@@ -77,22 +87,30 @@ DEFAULT_ROWS["as-published"] = [r for label in DEFAULT_ROWS["main"] for r in (la
 NOT_IN_TAG = {"--data-dir", "--device", "--download", "--log-interval", "--save-freq"}
 
 
+def shown_path(path: str) -> str:
+    """`path` relative to the current folder when it lies below it, else absolute: a printed command runs as pasted."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else os.path.abspath(path)
+
+
 def interpreter() -> str:
-    """The Python running this tool, relative to the current folder when it lies below it."""
-    rel = os.path.relpath(sys.executable)
-    return rel if not rel.startswith("..") else sys.executable
+    """The Python running this tool, as the printed commands give it."""
+    return shown_path(sys.executable)
 
 
 def override_tag(extra) -> str:
-    """A folder-name tag for the flags passed to every command: '--width 16 --epochs 12' -> 'width16-epochs12'."""
+    """A folder-name tag for the flags passed to every command: '--width 16 --epochs=12' -> 'width16-epochs12'."""
+    def clean(value):
+        return re.sub(r"[^A-Za-z0-9.=_-]", "_", value.replace("/", "_"))
     parts, skip = [], False
-    for i, a in enumerate(extra):
+    for a in extra:
         if a.startswith("--"):
-            skip = a in NOT_IN_TAG
+            name, _, value = a.partition("=")
+            skip = name in NOT_IN_TAG
             if not skip:
-                parts.append(a[2:])
+                parts.append(name[2:] + clean(value))
         elif not skip:
-            parts[-1] += re.sub(r"[^A-Za-z0-9.=_-]", "_", a.replace("/", "_"))
+            parts[-1] += clean(a)
     return "-".join(parts)
 
 
@@ -106,22 +124,20 @@ def commands(study, data, models, rows, seeds, root, extra=(), tag=None):
                 for row in rows:
                     script, flags = STUDIES[study][row]
                     folder = os.path.join(root, f"{d}-{m}" + (f"-{tag}" if tag else ""), f"{row}-seed{s}")
-                    out.append((folder, [interpreter(), script, "--data", d, "--model", m, *flags, "--seed", str(s),
-                                         "--out", folder, *extra]))
+                    out.append((folder, [interpreter(), shown_path(os.path.join(ROOT, script)), "--data", d,
+                                         "--model", m, *flags, "--seed", str(s), "--out", folder, *extra]))
     return out
 
 
 def finished_as_asked(folder: str, argv) -> bool:
     """Whether `folder` holds a finished run of exactly this command's settings (and data file)."""
-    import json
     from utils.config import effective, parse, script_constants, upgrade
     from utils.errors import UsageError
     try:
         with open(os.path.join(folder, "results.json")) as f:
             done = upgrade(json.load(f)["config"])
-        script = argv[1]
-        variant = next(v for v, m in METHODS.items() if m.script == script)
-        asked, _ = parse(variant, script_constants(script), argv[2:])
+        variant = script_variant(argv[1])
+        asked, _ = parse(variant, script_constants(argv[1]), argv[2:])
     except (OSError, ValueError, KeyError, UsageError):
         return False  # run it: the run itself says what is wrong
     same = {k: v for k, v in effective(asked).items() if k != "data_fingerprint"} == \
@@ -129,44 +145,214 @@ def finished_as_asked(folder: str, argv) -> bool:
     return same and os.path.abspath(asked["data_dir"]) == os.path.abspath(done["data_dir"])
 
 
-def run_all(cmds, jobs):
-    """Run the commands, `jobs` at a time; skip runs finished with the same settings, resume interrupted ones.
-    Returns the number of failed runs (a folder that holds a run of other settings fails: the run refuses it)."""
-    pending, running, failed, n = list(cmds), [], 0, len(cmds)
-    env = dict(os.environ)
-    if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    done = 0
-    while pending or running:
-        while pending and len(running) < jobs:
-            folder, argv = pending.pop(0)
-            done += 1
-            if finished_as_asked(folder, argv):
-                print(f"[{done}/{n}] finished already: {folder}", flush=True)
-                continue
-            if os.path.isfile(os.path.join(folder, "last.pt")) and not os.path.isfile(os.path.join(folder, "results.json")):
-                argv = argv + ["--resume"]
-            print(f"[{done}/{n}] start: {shlex.join(argv)}", flush=True)
-            err = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty child never blocks on it
-            proc = subprocess.Popen([sys.executable, *argv[1:]], env=env, stderr=err,
-                                    stdout=subprocess.DEVNULL if jobs > 1 else None)
-            running.append((folder, proc, err, time.time()))
-        for item in list(running):
-            folder, proc, err, t0 = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            err.seek(0)
-            tail = err.read()[-2000:]
-            err.close()
-            if proc.returncode:
-                failed += 1
-                print(f"failed (exit {proc.returncode}) after {time.time() - t0:.0f} s: {folder}\n{tail}",
-                      file=sys.stderr, flush=True)
-            else:
-                print(f"finished in {time.time() - t0:.0f} s: {folder}", flush=True)
-        time.sleep(0.5)
-    return failed
+
+
+def run_all(cmds, jobs=1, executor="subprocess", opts=None) -> int:
+    """Run the grid's commands with `executor` (tools/executors.py): skip runs finished with the same settings and
+    runs another live job or process owns; the executor resumes interrupted ones. Returns the exit code: 0, 1 when
+    a run failed (a folder that holds a run of other settings fails: the run refuses it), 2 when a submission
+    failed, 130 / 143 after Ctrl-C / SIGTERM."""
+    opts = opts or Options(jobs=jobs)
+    todo, n = [], len(cmds)
+    for i, (folder, argv) in enumerate(cmds, 1):
+        label = f"[{i}/{n}]"
+        if finished_as_asked(folder, argv):
+            print(f"{label} finished already: {folder}", flush=True)
+            continue
+        why = owner(folder)
+        if why:
+            print(f"{label} not started: {folder}: {why}", flush=True)
+            continue
+        todo.append((folder, argv, label))
+    return EXECUTORS[executor].run(todo, opts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the flags after -- may set
+# ----------------------------------------------------------------------------------------------------
+OWNED = {"data": "the grid's --data says which", "model": "the grid's --models says which",
+         "seed": "the grid's --seeds says which", "out": "the grid's --root and --tag say where",
+         "resume": "--run resumes interrupted runs by itself", "eval_only": "the grid trains"}
+
+
+def check_extra(study: str, rows, extra) -> str | None:
+    """Why the flags after -- cannot go to every command of these rows, or None. They must parse for each row's
+    script (no prefixes: the scripts' parser takes whole flag names only), must not set what the grid sets per
+    command, and must not set what any row of the study sets (that would train every row alike)."""
+    from utils.config import build_parser, explicit_flags, script_constants
+    from utils.errors import UsageError
+    given, varies, names = set(), {}, {}
+    for row, (script, flags) in STUDIES[study].items():
+        variant = script_variant(script)
+        constants = script_constants(os.path.join(ROOT, script))
+        parser = build_parser(variant, constants)
+        names.update({a.dest: "/".join(a.option_strings) for a in parser.flags})
+        for dest in explicit_flags(parser, flags):
+            varies.setdefault(dest, []).append(row)
+        if row in rows:
+            try:
+                given |= explicit_flags(build_parser(variant, constants), extra)
+            except UsageError as e:
+                return f"the flags after -- do not fit {script}: {str(e).removesuffix(' (see --help)')}"
+    for dest in sorted(given):
+        if dest in OWNED:
+            return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
+        if dest in varies:
+            return (f"{names[dest]} is what the rows of study {study} set ({', '.join(varies[dest])}): passed "
+                    f"after --, every row would train alike under different names; drop it (or run one command "
+                    f"yourself)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# --status
+# ----------------------------------------------------------------------------------------------------
+def _progress(folder: str) -> str:
+    from utils.runs import read_metrics
+    rows = read_metrics(os.path.join(folder, "metrics.csv"))
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            epochs = json.load(f).get("epochs", "?")
+    except (OSError, ValueError, AttributeError):
+        return "starting"
+    return f"epoch {rows[-1]['epoch'] if rows else 0}/{epochs} done"
+
+
+def _last_log_line(folder: str) -> str:
+    try:
+        with open(os.path.join(folder, "log.txt"), "rb") as f:
+            f.seek(max(0, os.path.getsize(f.name) - 4000))
+            lines = [l.strip() for l in f.read().decode("utf8", "replace").splitlines() if l.strip()]
+        return lines[-1] if lines else "(log.txt is empty)"
+    except OSError:
+        return "(no log.txt)"
+
+
+def run_status(folder: str, argv) -> tuple[str, str]:
+    """(state, detail) of one run of the grid: finished, running, queued, requeued (Nx), failed (with the cause),
+    interrupted (resumable) or not started; from the run folder, its job.json and whether its job still lives."""
+    if finished_as_asked(folder, argv):
+        return "finished", ""
+    rec = read_job(folder)
+    where = f"{rec.get('executor', '?')} job {rec.get('job_id', '?')}" + \
+        (f" on {rec['node']}" if rec.get("node") else "")
+    requeues = rec.get("requeues", 0)
+    holder = lock_holder(folder)
+    if rec.get("state") in LIVE_STATES:
+        alive = EXECUTORS[rec["executor"]].alive(rec) if rec.get("executor") in EXECUTORS else None
+        if alive or holder:
+            if rec["state"] == "queued":
+                return "queued", where
+            state = f"requeued ({requeues}x)" if rec["state"] == "requeued" else "running"
+            again = f", requeued {requeues}x" if requeues and state == "running" else ""
+            return state, f"{where}, {_progress(folder)}{again}"
+        if alive is None:
+            return f"{rec['state']}?", f"{where}: its state cannot be checked from here"
+        return "failed", f"{where} ended without a record ({_progress(folder)}); last line of log.txt: " \
+                         f"{_last_log_line(folder)}"
+    if holder:
+        return "running", f"process {holder}, {_progress(folder)}"
+    if rec.get("state") == "failed":
+        return "failed", f"exit {rec.get('exit_code', '?')}: {rec.get('error') or _last_log_line(folder)} ({where})"
+    if os.path.isfile(os.path.join(folder, "results.json")):
+        return "failed", "holds a finished run of other settings (--run stops on it with a message)"
+    if os.path.isfile(os.path.join(folder, "last.pt")):
+        return "interrupted", f"{_progress(folder)}; --run resumes it"
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return "interrupted", "no epoch finished; --run starts it again"
+    return "not started", ""
+
+
+def show_status(cmds) -> int:
+    counts = {}
+    for folder, argv in cmds:
+        state, detail = run_status(folder, argv)
+        kind = re.sub(r" \(\d+x\)$|\?$", "", state)
+        counts[kind] = counts.get(kind, 0) + 1
+        print(f"{state:<14} {folder}" + (f"  {detail}" if detail else ""))
+    order = ("finished", "running", "queued", "requeued", "failed", "interrupted", "not started")
+    print(f"{len(cmds)} runs: " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# the command line
+# ----------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """Whole flag names only; an error is one line (exit 2)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _slurm_extra(text: str):
+    key, _, value = text.partition("=")
+    key = key.lstrip("-")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option), got {text!r}")
+    return key, value if value else True
+
+
+def _mem(gb: float) -> str:
+    return f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
+
+
+# --slurm-X flag -> (submitit SlurmExecutor parameter, type, help)
+SLURM_FLAGS = {
+    "partition": ("partition", str, "partition (queue)"),
+    "time": ("time", "positive", "time limit of each run's job in minutes (default 1440); a run that reaches it is "
+                                 "requeued and resumes"),
+    "gpus_per_node": ("gpus_per_node", "count", "GPUs per node; one task (DDP process) per GPU"),
+    "nodes": ("nodes", "positive", "nodes per run (multi-node DDP)"),
+    "cpus_per_task": ("cpus_per_task", "positive", "CPUs per task"),
+    "mem_gb": ("mem", "mem", "memory per node in GB"),
+    "account": ("account", str, "account to charge"),
+    "qos": ("qos", str, "quality of service"),
+    "constraint": ("constraint", str, "node features, e.g. a100"),
+    "array_parallelism": ("array_parallelism", "positive", "runs of the array at a time (default: all)"),
+}
+
+
+def build_parser():
+    from utils.config import COUNT, POSITIVE, SPEC, number
+    types = {"positive": POSITIVE, "count": COUNT, "mem": number(float, 0, lo_open=True)}
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")
+    p.add_argument("--data", nargs="+", choices=list(DATASETS), default=["cifar10", "svhn", "tinyimagenet"],
+                   help="data sets (default: cifar10 svhn tinyimagenet)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models (default: all)")
+    p.add_argument("--methods", nargs="+", metavar="ROW",
+                   help="rows of the study to include (default: all of it; for main: AT PART TRADES PART-T MART PART-M)")
+    p.add_argument("--seeds", nargs="+", type=SPEC["SEED"].kwargs["type"], default=[1, 2, 3],
+                   help="seeds (default: 1 2 3)")
+    p.add_argument("--root", help="folder of the run folders (default: runs/<study>)")
+    p.add_argument("--tag", help="names the folder of runs with the flags after --; default: made from those flags")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--run", action="store_true", help="run the commands (skipping finished runs and runs another "
+                                                         "live job owns, resuming interrupted ones)")
+    what.add_argument("--status", action="store_true", help="list every run of the grid and its state (finished, "
+                      "running, queued, requeued, failed with its cause, interrupted, not started)")
+    e = p.add_argument_group("where the runs execute (tools/executors.py)")
+    e.add_argument("--executor", choices=list(EXECUTORS), default="subprocess",
+                   help="subprocess: child processes here (default); local: submitit on this machine; slurm: one "
+                        "Slurm job array through submitit (without --run: print its sbatch script)")
+    e.add_argument("--jobs", type=int, default=1, metavar="N", help="subprocess: runs at a time (default: 1)")
+    e.add_argument("--gpus", nargs="+", metavar="ID", help="subprocess: the GPUs the jobs share, one per job at a time "
+                   "(CUDA_VISIBLE_DEVICES values; default with --jobs > 1: every visible GPU)")
+    e.add_argument("--tasks-per-node", type=POSITIVE, metavar="T", help="local, slurm: DDP processes per node of "
+                   "each run (default: --slurm-gpus-per-node, else 1)")
+    e.add_argument("--wait", action="store_true", help="local, slurm: wait for the submitted runs to end")
+    s = p.add_argument_group("Slurm (with --executor slurm)")
+    for name, (_, kind, text) in SLURM_FLAGS.items():
+        s.add_argument("--slurm-" + name.replace("_", "-"), dest="slurm_" + name, type=types.get(kind, kind), help=text,
+                       metavar={"positive": "N", "count": "N", "mem": "GB"}.get(kind, "NAME"))
+    s.add_argument("--slurm-extra", nargs="+", type=_slurm_extra, metavar="KEY=VALUE",
+                   help="other sbatch options, e.g. mail-type=END requeue")
+    return p
 
 
 def main(argv=None):
@@ -175,37 +361,74 @@ def main(argv=None):
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")
-    p.add_argument("--data", nargs="+", choices=list(DATASETS), default=["cifar10", "svhn", "tinyimagenet"],
-                   help="data sets (default: cifar10 svhn tinyimagenet)")
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models (default: all)")
-    p.add_argument("--methods", nargs="+", metavar="ROW",
-                   help="rows of the study to include (default: all of it; for main: AT PART TRADES PART-T MART PART-M)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
-    p.add_argument("--root", help="folder of the run folders (default: runs/<study>)")
-    p.add_argument("--tag", help="names the folder of runs with the flags after --; default: made from those flags")
-    p.add_argument("--run", action="store_true", help="run the commands (skipping finished runs, resuming "
-                                                        "interrupted ones)")
-    p.add_argument("--jobs", type=int, default=1, help="with --run: runs at a time (default: 1)")
+    p = build_parser()
     args = p.parse_args(argv)
     rows = args.methods or DEFAULT_ROWS.get(args.study) or list(STUDIES[args.study])
     unknown = [r for r in rows if r not in STUDIES[args.study]]
     if unknown:
         p.error(f"unknown row(s) {', '.join(unknown)} for study {args.study}; choose from "
                 f"{', '.join(STUDIES[args.study])}")
-    if "--out" in extra or "--seed" in extra:
-        p.error("--out and --seed are set by the grid; pass --root and --seeds instead")
+    for flag, values in (("--data", args.data), ("--models", args.models), ("--methods", rows),
+                         ("--seeds", args.seeds), ("--gpus", args.gpus or [])):
+        twice = sorted({str(v) for v in values if values.count(v) > 1})
+        if twice:
+            p.error(f"{flag} names {', '.join(twice)} more than once")
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
-    cmds = commands(args.study, args.data, args.models, rows, args.seeds, args.root or f"runs/{args.study}", extra,
-                    args.tag)
-    for _, c in cmds:
-        print(shlex.join(c))
+    why = check_extra(args.study, rows, extra)
+    if why:
+        p.error(why)
+    slurm_given = [f"--slurm-{k.replace('_', '-')}" for k in (*SLURM_FLAGS, "extra") if getattr(args, f"slurm_{k}")]
+    if slurm_given and args.executor != "slurm":
+        p.error(f"{' '.join(slurm_given)} only apply with --executor slurm")
+    if args.executor != "subprocess" and (args.jobs > 1 or args.gpus):
+        instead = "--slurm-array-parallelism, --slurm-gpus-per-node" if args.executor == "slurm" else \
+            "every run starts at once"
+        p.error(f"--jobs and --gpus are for --executor subprocess ({args.executor}: {instead})")
+    if args.executor == "subprocess" and (args.tasks_per_node or args.wait):
+        p.error("--tasks-per-node and --wait are for --executor local or slurm (subprocess runs one process per run "
+                "and waits; use torchrun for several)")
+    if args.run and EXECUTORS[args.executor].missing():
+        p.error(f"--executor {args.executor} {EXECUTORS[args.executor].missing()}")
+    if args.run and args.gpus and all(g.isdigit() for g in args.gpus) and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        seen = visible_gpus()
+        if any(int(g) >= len(seen) for g in args.gpus):
+            p.error(f"--gpus {' '.join(args.gpus)}: this machine shows {len(seen)} GPU(s)"
+                    + (f" (0 to {len(seen) - 1})" if seen else ""))
+    root = args.root or f"runs/{args.study}"
+    cmds = commands(args.study, args.data, args.models, rows, args.seeds, root, extra, args.tag)
+    if args.status:
+        return show_status(cmds)
+    slurm = {param: getattr(args, f"slurm_{name}") for name, (param, _, _) in SLURM_FLAGS.items()
+             if getattr(args, f"slurm_{name}") is not None}
+    if "mem" in slurm:
+        slurm["mem"] = _mem(slurm["mem"])
+    if args.slurm_extra:
+        slurm["additional_parameters"] = dict(args.slurm_extra)
+    opts = Options(jobs=args.jobs, gpus=args.gpus, tasks_per_node=args.tasks_per_node,
+                   slurm={"job_name": f"part-{args.study}", **slurm}, wait=args.wait,
+                   folder=os.path.join(root, "submitit", "%j"))
+    for i, (_, c) in enumerate(cmds):
+        print((f"CUDA_VISIBLE_DEVICES={args.gpus[i % len(args.gpus)]} " if args.gpus else "") + shlex.join(c))
     if args.run:
-        return 1 if run_all(cmds, args.jobs) else 0
+        return run_all(cmds, executor=args.executor, opts=opts)
+    if args.executor == "slurm":
+        why = EXECUTORS["local"].missing()
+        print(f"# --run submits these {len(cmds)} runs as one Slurm job array; the sbatch script submitit writes for "
+              f"it (a dry run):")
+        print(f"# (cannot render it: --executor slurm {why})" if why else slurm_script(opts, len(cmds)))
     return 0
 
 
+def _stop(signum, frame):
+    raise Stop(signum)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, Stop) as e:
+        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Stop) else "interrupted (Ctrl-C)"), file=sys.stderr)
+        sys.exit(128 + (e.signum if isinstance(e, Stop) else signal.SIGINT))

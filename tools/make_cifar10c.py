@@ -18,6 +18,8 @@ import shutil
 import sys
 import tempfile
 
+if __name__ == "__main__":  # run as a file (python tools/make_cifar10c.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 from utils.config import COUNT, Parser, nonempty, number

@@ -34,6 +34,8 @@ import os
 import sys
 import zipfile
 
+if __name__ == "__main__":  # run as a file (python tools/report.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 from utils import stats

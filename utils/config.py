@@ -163,7 +163,7 @@ def _shown(default) -> str:
 def build_parser(variant: str, constants: dict) -> Parser:
     method = METHODS[variant]
     name, baseline = method.names[method.attacks[0]]
-    p = Parser(description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
+    p = Parser(allow_abbrev=False, description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
                            f"evaluate (natural, PGD-20, MMA, AutoAttack). Flags override the constants at the top "
                            f"of the script; budgets may be given as fractions (8/255).")
     p.flags = []  # every action added, so that `explicit_flags` can suppress their defaults

@@ -46,11 +46,16 @@ class Interrupted(Stop):
 # devices and models
 # ----------------------------------------------------------------------------------------------------
 def setup_distributed(device_name: str):
-    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group (NCCL when the
-    processes run on GPUs, gloo on CPUs)."""
+    """(rank, world_size, local_rank) from the distributed environment: the variables torchrun sets (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), which the grid's submitit executors also export from the
+    job's environment. Initialises the process group (NCCL when the processes run on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, 0
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise UsageError(f"WORLD_SIZE is {world} but {', '.join(missing)} not set: start the processes with torchrun "
+                         f"(or the grid's local or slurm executor), which sets them")
     if device_name.startswith("cuda:"):
         raise UsageError(f"--device {device_name} would put every torchrun process on one GPU; use --device cuda "
                          f"(each process takes the GPU of its LOCAL_RANK)")
@@ -366,14 +371,18 @@ def prepare_training(run: Run) -> None:
     run.compile_time_s = round(time.time() - t, 2)
 
 
-def _fault_point(epoch: int, batch: int) -> bool:
+def _fault_point(epoch: int, batch: int, first_epoch: int) -> bool:
     """Fault injection for the tests: PART_FAULT_KILL_AT='epoch,batch' SIGKILLs this process there;
-    PART_FAULT_NAN_AT='epoch,batch' makes that batch's loss NaN (returns True)."""
+    PART_FAULT_SIGNAL_AT='epoch,batch,NAME' sends it signal NAME there (e.g. USR2, a scheduler's preemption) if this
+    process started before that epoch, so that the resumed process passes the point; PART_FAULT_NAN_AT='epoch,batch'
+    makes that batch's loss NaN (returns True)."""
     def at(var):
         spec = os.environ.get(var)
-        return bool(spec) and tuple(map(int, spec.split(","))) == (epoch, batch)
+        return bool(spec) and tuple(map(int, spec.split(",")[:2])) == (epoch, batch)
     if at("PART_FAULT_KILL_AT"):
         os.kill(os.getpid(), signal.SIGKILL)
+    if at("PART_FAULT_SIGNAL_AT") and first_epoch < epoch:
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["PART_FAULT_SIGNAL_AT"].split(",")[2]))
     return at("PART_FAULT_NAN_AT")
 
 
@@ -396,7 +405,7 @@ def train_epoch(run: Run, epoch: int, masked: bool) -> dict:
     bar = tqdm(train_batches(run.data, cfg["batch_size"], gen, run.rank, run.world, cfg["n_train"]), total=total,
                desc=f"epoch {epoch}", leave=False, disable=None if run.rank == 0 else True)
     for i, (x, y) in enumerate(bar):
-        poison = _fault_point(epoch, i)
+        poison = _fault_point(epoch, i, run.start_epoch)
         if cfg.get("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
         eps = run.source.budget(model, x, i) if masked else cfg["epsilon"]
@@ -655,9 +664,11 @@ def _what_exists(out: str) -> str:
     return f"no checkpoint was written to {out}"
 
 
-def main(variant: str, constants: dict, argv=None) -> int:
+def main(variant: str, constants: dict, argv=None, handle_sigterm: bool = True) -> int:
     """Entry point of the three scripts. Returns the process exit code: 0 done, 2 bad input (or a failed
-    write, or out of memory), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM (`utils.errors.entry_point`)."""
+    write, or out of memory), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM (`utils.errors.entry_point`).
+    `handle_sigterm=False` leaves SIGTERM to a caller that handles it itself (a scheduler's task, which is signalled
+    before it is requeued)."""
     make_logger(None)
     state = {}
 
@@ -677,4 +688,4 @@ def main(variant: str, constants: dict, argv=None) -> int:
         cfg = state.get("cfg")
         return f" ({_what_exists(cfg['out'])})" if cfg and not cfg.get("eval_only") and os.path.isdir(cfg["out"]) else ""
 
-    return entry_point(body, where)
+    return entry_point(body, where, handle_sigterm)

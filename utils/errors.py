@@ -42,15 +42,16 @@ def out_of_memory(e: BaseException) -> str | None:
     return f"out of memory {where}" + (f" (tried to allocate {size})" if size else "")
 
 
-def entry_point(body, where=lambda: "") -> int:
+def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
     """Run `body()` as a command-line entry point and return the process exit code: body's own (None: 0);
     2 and one line for a UsageError, a failed write (OSError) or out-of-memory; a Stop's code and line;
     130 for Ctrl-C and 143 for SIGTERM (one line each). `where()` adds context to the failed-write and
-    out-of-memory lines (e.g. which checkpoint is the last good one). Anything else is a bug and raises."""
+    out-of-memory lines (e.g. which checkpoint is the last good one). Anything else is a bug and raises.
+    `handle_sigterm=False` leaves SIGTERM's handler alone (a scheduler's task that handles it itself)."""
     def on_term(signum, frame):
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, on_term) if handle_sigterm else None
     try:
         code = body()
         return 0 if code is None else int(code)
@@ -74,4 +75,5 @@ def entry_point(body, where=lambda: "") -> int:
         print("\n" + ("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"), file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if handle_sigterm:
+            signal.signal(signal.SIGTERM, previous)

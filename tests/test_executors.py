@@ -1,0 +1,407 @@
+"""The grid's run loop and its executors (tools/executors.py): flags after --, GPUs per job, interrupts, job.json,
+--status, and the submitit path on the local executor (preemption and requeue, DDP with two tasks, failures)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_scripts import same_weights, weights
+from tools import executors, grid
+from utils.config import parse, script_constants
+from utils.errors import UsageError
+
+GRID = ["--study", "mask-source", "--data", "synthetic", "--models", "resnet18", "--seeds", "1"]
+EXTRA = ["--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32", "--n-train", "64", "--num-steps", "2",
+         "--n-eval", "32", "--n-eval-epoch", "32", "--eval-attacks", "natural", "--eval-batch-size", "32",
+         "--no-mask-figure"]
+PART = os.path.join(ROOT, "train_eval_part.py")
+
+
+def refused(capsys, argv) -> str:
+    """grid.main(argv) must exit 2 with one line on stderr; returns it."""
+    with pytest.raises(SystemExit) as e:
+        grid.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def started(monkeypatch):
+    """subprocess.Popen replaced by a child that has finished at once (exit 0); returns the commands started."""
+    calls = []
+
+    class Done:
+        returncode, pid = 0, 0
+
+        def __init__(self, argv, **kw):
+            calls.append(argv)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(executors.subprocess, "Popen", Done)
+    return calls
+
+
+def wait_for(predicate, timeout=600):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# flags after --
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("study,extra,word", [
+    ("mask-source", ["--seed=5"], "--seed is set by the grid"),
+    ("mask-source", ["--see", "5"], "unrecognized arguments: --see"),  # no prefix matching
+    ("mask-source", ["--out=x"], "--out is set by the grid"),
+    ("mask-source", ["--data", "cifar10"], "--data is set by the grid"),
+    ("mask-source", ["--resume"], "--resume is set by the grid"),
+    ("mask-source", ["--mask-source", "permuted"], "--mask-source is what the rows of study mask-source set"),
+    ("mask-source", ["--mask"], "--mask/--no-mask is what the rows"),
+    ("eps-low", ["--low-epsilon=6/255"], "--low-epsilon is what the rows of study eps-low set"),
+    ("main", ["--beta", "3"], "do not fit train_eval_part.py"),  # TRADES / MART only: every row must take it
+])
+def test_flags_after_dashdash_that_the_grid_or_a_row_sets_are_refused(study, extra, word, capsys):
+    assert word in refused(capsys, ["--study", study, "--data", "synthetic", "--models", "resnet18", "--", *extra])
+
+
+def test_other_flags_after_dashdash_pass_in_either_form_and_name_the_folder(capsys):
+    assert grid.main(["--study", "figure1", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
+                      "--width=4", "--data-dir=/a/b.npz", "--epochs", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all("runs/figure1/synthetic-resnet18-width4-epochs3/" in line for line in lines)
+
+
+def test_the_training_scripts_take_whole_flag_names_only():
+    constants = script_constants(PART)
+    with pytest.raises(UsageError, match="unrecognized arguments: --see"):
+        parse("part", constants, ["--see", "5"])
+    assert parse("part", constants, ["--seed=5"])[0]["seed"] == 5
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--seeds", "1", "1"], "--seeds names 1 more than once"),
+    (["--data", "synthetic", "synthetic"], "--data names synthetic more than once"),
+    (["--slurm-partition", "gpu"], "--slurm-partition only apply with --executor slurm"),
+    (["--executor", "local", "--jobs", "2"], "--jobs and --gpus are for --executor subprocess"),
+    (["--tasks-per-node", "2"], "--tasks-per-node and --wait are for --executor local or slurm"),
+    (["--executor", "slurm", "--slurm-extra", "=x"], "expected KEY=VALUE"),
+    (["--status", "--run"], "not allowed with"),
+])
+def test_bad_grid_input_exits_2_with_one_line(argv, word, capsys):
+    assert word in refused(capsys, [*GRID, *argv])
+
+
+def test_slurm_without_sbatch_exits_2_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(executors.shutil, "which", lambda name: None)
+    root = tmp_path / "runs"
+    err = refused(capsys, [*GRID, "--root", str(root), "--executor", "slurm", "--run"])
+    assert "needs Slurm, but sbatch and srun are not on this machine's PATH" in err
+    assert not root.exists()
+
+
+def test_without_run_slurm_prints_the_sbatch_script_submitit_writes(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    root = tmp_path / "runs"
+    assert grid.main([*GRID, "--root", str(root), "--executor", "slurm", "--slurm-nodes", "2",
+                      "--slurm-gpus-per-node", "4", "--slurm-partition", "gpu", "--slurm-time", "600",
+                      "--slurm-mem-gb", "64", "--slurm-extra", "requeue", "mail-type=END"]) == 0
+    out = capsys.readouterr().out
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --partition=gpu", "#SBATCH --time=600", "#SBATCH --mem=64GB", "#SBATCH --array=0-3%4",
+                 "#SBATCH --signal=USR2@90", "#SBATCH --requeue", "#SBATCH --mail-type=END",
+                 "-u -m submitit.core._submit"):
+        assert line in out, line
+    assert not root.exists()
+
+
+def test_slurm_submission_status_and_owner_with_stand_in_slurm_commands(tmp_path, monkeypatch, capsys):
+    """sbatch, srun and squeue as shell scripts: the grid submits one array through submitit, writes job.json,
+    --status asks squeue, and a second --run does not submit the runs the array owns."""
+    pytest.importorskip("submitit")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    queue = tmp_path / "queue"
+    queue.write_text("PENDING\n")
+    for name, body in {"sbatch": 'echo "Submitted batch job 4242"', "srun": "exit 0",
+                       "squeue": f'case "$3" in 4242_*) cat {queue};; esac'}.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    argv = [*GRID, "--methods", "AT", "PART-cam", "--root", str(tmp_path / "runs"), "--tag", "", "--executor",
+            "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-node", "2", "--run"]
+    assert grid.main(argv) == 0
+    assert "submitted 2 run(s) as slurm job(s) 4242" in capsys.readouterr().out
+    folders = [str(tmp_path / "runs" / "synthetic-resnet18" / f"{row}-seed1") for row in ("AT", "PART-cam")]
+    recs = [executors.read_job(f) for f in folders]
+    assert [(r["executor"], r["state"], r["job_id"]) for r in recs] == [("slurm", "queued", f"4242_{i}")
+                                                                         for i in range(2)]
+    script = "".join(p.read_text() for p in (tmp_path / "runs" / "submitit").rglob("*_submission.sh"))
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --ntasks-per-node=2"):
+        assert line in script, line
+    status = [a if a != "--run" else "--status" for a in argv]
+    assert grid.main(status) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("queued ") and "slurm job 4242_0" in out[0] and out[-1] == "2 runs: 2 queued"
+    assert grid.main(argv) == 0  # the array owns both runs: nothing is submitted again
+    out = capsys.readouterr().out
+    assert "slurm job 4242_1 owns it (queued)" in out and "submitted" not in out
+    queue.write_text("")  # the jobs are gone, without a record: failed
+    assert grid.main(status) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 runs: 2 failed"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the subprocess executor: GPUs, owners
+# ----------------------------------------------------------------------------------------------------
+def test_each_job_gets_its_own_gpu(tmp_path, monkeypatch, capsys):
+    started, running = [], []
+
+    class Child:
+        returncode, pid = 0, 0
+
+        def __init__(self, argv, env=None, **kw):
+            self.gpu, self.threads, self.polls = env.get("CUDA_VISIBLE_DEVICES"), env.get("OMP_NUM_THREADS"), 0
+            assert self.gpu is None or self.gpu not in [c.gpu for c in running]  # no two running jobs share one
+            started.append(self)
+            running.append(self)
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < 3:
+                return None
+            if self in running:
+                running.remove(self)
+            return 0
+
+    monkeypatch.setattr(executors.subprocess, "Popen", Child)
+    monkeypatch.setattr(executors.time, "sleep", lambda s: None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
+                         str(tmp_path))
+    assert grid.run_all(cmds, opts=executors.Options(jobs=2, gpus=["0", "1"])) == 0
+    assert sorted(c.gpu for c in started) == ["0"] * 4 + ["1"] * 4 and {c.threads for c in started} == {
+        str(max(1, os.cpu_count() // 2))}
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])  # default: every visible GPU
+    started.clear()
+    assert grid.run_all(cmds, jobs=2) == 0 and sorted({c.gpu for c in started}) == ["3", "5"]
+    started.clear()
+    assert grid.run_all(cmds, jobs=1) == 0  # one job at a time: the environment as it is
+    assert {c.gpu for c in started} == {os.environ.get("CUDA_VISIBLE_DEVICES")}
+    capsys.readouterr()
+    assert grid.main([*GRID, "--gpus", "0", "1"]) == 0  # printed commands carry the variable
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"] * 2
+
+
+def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, capsys, monkeypatch):
+    from utils.runs import RunFolder
+    gone = dead_pid()
+    calls = started(monkeypatch)
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                         str(tmp_path))
+    executors.update_job(cmds[0][0], new=True, executor="local", job_id=str(os.getpid()), state="running")
+    lock = RunFolder(cmds[1][0])  # a run in progress here, without job.json (as an older grid's runs)
+    try:
+        assert grid.run_all(cmds) == 0
+    finally:
+        lock.release()
+    out = capsys.readouterr().out
+    assert f"local job {os.getpid()} owns it (running)" in out and f"process {os.getpid()} is running it" in out
+    assert [c[c.index("--out") + 1] for c in calls] == [cmds[2][0]]
+    executors.update_job(cmds[0][0], job_id=str(gone))  # its job is gone: the run starts
+    calls.clear()
+    assert grid.run_all(cmds[:1]) == 0 and len(calls) == 1
+
+
+def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
+    calls = started(monkeypatch)
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    (at_folder, at_argv), (cam_folder, _), (official_folder, official_argv) = cmds
+    for folder, argv in ((at_folder, at_argv), (official_folder, official_argv)):
+        os.makedirs(folder)
+        cfg, _ = parse("part", script_constants(PART), argv[2:])
+        if folder == official_folder:
+            cfg["lr"] = 0.1  # a finished run, but of other settings: not skipped (the run itself will refuse it)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"config": cfg}, f)
+    os.makedirs(cam_folder)
+    open(os.path.join(cam_folder, "last.pt"), "w").close()
+    assert grid.run_all(cmds, jobs=2) == 0
+    assert len(calls) == 2 and calls[0][-1] == "--resume" and "--resume" not in calls[1]
+    assert "PART-official" in " ".join(calls[1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# --status
+# ----------------------------------------------------------------------------------------------------
+def test_status_names_the_state_of_every_run(tmp_path, capsys):
+    args = [*GRID, "--seeds", "1", "2", "--root", str(tmp_path), "--tag", ""]
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
+                         str(tmp_path), tag="")
+    folders = {os.path.basename(f): f for f, _ in cmds}
+    for f in folders.values():
+        os.makedirs(f)
+    cfg, _ = parse("part", script_constants(PART), cmds[0][1][2:])
+    with open(os.path.join(folders["AT-seed1"], "results.json"), "w") as f:
+        json.dump({"config": cfg}, f)
+    me, host = str(os.getpid()), socket.gethostname()
+    with open(os.path.join(folders["PART-cam-seed1"], "metrics.csv"), "w") as f:
+        f.write("epoch,phase\n1,warm-up\n")
+    with open(os.path.join(folders["PART-cam-seed1"], "config.json"), "w") as f:
+        json.dump({"epochs": 80}, f)
+    executors.update_job(folders["PART-cam-seed1"], executor="subprocess", job_id=me, node=host, state="running")
+    executors.update_job(folders["PART-official-seed1"], executor="local", job_id=me, state="queued")
+    executors.update_job(folders["PART-permuted-seed1"], executor="local", job_id=me, state="requeued", requeues=2)
+    executors.update_job(folders["AT-seed2"], executor="local", job_id="1", state="failed", exit_code=2,
+                         error="error: no data at x.npz")
+    executors.update_job(folders["PART-cam-seed2"], executor="subprocess", job_id=str(dead_pid()), node=host,
+                         state="running")
+    with open(os.path.join(folders["PART-cam-seed2"], "log.txt"), "w") as f:
+        f.write("2026-01-01 00:00:00 epoch   1  warm-up\n\n")
+    open(os.path.join(folders["PART-official-seed2"], "last.pt"), "w").close()
+    assert grid.main([*args, "--status"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    state = {os.path.basename(next(w for w in line.split() if w.startswith(str(tmp_path)))): line for line in out[:-1]}
+    assert state["AT-seed1"].startswith("finished ")
+    assert state["PART-cam-seed1"].startswith("running ") and "epoch 1/80 done" in state["PART-cam-seed1"]
+    assert state["PART-official-seed1"].startswith("queued ") and f"local job {me}" in state["PART-official-seed1"]
+    assert state["PART-permuted-seed1"].startswith("requeued (2x) ")
+    assert state["AT-seed2"].startswith("failed ") and "exit 2: error: no data at x.npz" in state["AT-seed2"]
+    assert state["PART-cam-seed2"].startswith("failed ") and "ended without a record" in state["PART-cam-seed2"] \
+        and state["PART-cam-seed2"].endswith("epoch   1  warm-up")
+    assert state["PART-official-seed2"].startswith("interrupted ")
+    assert "--run resumes it" in state["PART-official-seed2"]
+    assert state["PART-permuted-seed2"].startswith("not started ")
+    assert out[-1] == "8 runs: 1 finished, 1 running, 1 queued, 1 requeued, 2 failed, 1 interrupted, 1 not started"
+
+
+# ----------------------------------------------------------------------------------------------------
+# real processes
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tools_run_as_files_from_any_folder(tmp_path):
+    """python tools/<tool>.py --help, from another folder and without PYTHONPATH (tools/grid.py: the next test);
+    one process runs the three, each with a fresh path and no module of the repository loaded."""
+    script = f"""
+import os, runpy, sys
+tools = os.path.join({ROOT!r}, "tools")
+for tool in ("report", "benchmark", "make_cifar10c"):
+    for name in [m for m in sys.modules if m.split(".")[0] in ("utils", "models", "attacks", "tools")]:
+        del sys.modules[name]
+    sys.path[:] = [tools] + [p for p in sys.path if os.path.abspath(p or ".") not in ({ROOT!r}, tools)]
+    sys.argv = [os.path.join(tools, tool + ".py"), "--help"]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as e:
+        assert e.code in (0, None), (tool, e.code)
+    print("ok", tool, file=sys.stderr)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stderr.count("ok ") == 3, p.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then_completes(tmp_path):
+    """python tools/grid.py, run as a file from another folder. Its child stops itself (SIGSTOP) in epoch 2, then in
+    epoch 3 of the resumed run; Ctrl-C, then SIGTERM to the grid stop the child (its lock released) with exit 130 /
+    143 and one line; the same command then finishes the run from its last.pt."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "grid.py"), *GRID, "--methods", "AT", "--root", "runs",
+           "--tag", "", "--run", "--", *EXTRA, "--epochs", "3"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    folder = str(tmp_path / "runs" / "synthetic-resnet18" / "AT-seed1")
+
+    def stopped():
+        pid = executors.read_job(folder).get("job_id")
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        except OSError:
+            return False
+
+    for signum, code, epoch in ((signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 3)):
+        p = subprocess.Popen(cmd, cwd=tmp_path, env=dict(env, PART_FAULT_SIGNAL_AT=f"{epoch},0,STOP"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(stopped)
+        p.send_signal(signum)
+        err = p.communicate(timeout=300)[1].strip()
+        assert p.returncode == code and "\n" not in err and "Traceback" not in err, err
+        assert "the same command resumes them" in err
+        rec = executors.read_job(folder)
+        assert rec["state"] == "failed" and rec["exit_code"] == code and not executors.pid_alive(int(rec["job_id"]))
+        assert executors.lock_holder(folder) is None
+        assert "--resume" in rec["error"]  # the child's own last line: how to continue
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert os.path.exists(os.path.join(folder, "results.json"))
+    assert "resumed from" in open(os.path.join(folder, "log.txt")).read() and "(epoch 2 done)" in open(
+        os.path.join(folder, "log.txt")).read()
+
+
+def local_grid(root, *argv, extra=()):
+    return [*GRID, "--methods", "AT", "--root", str(root), "--tag", "", "--executor", "local", *argv, "--run", "--",
+            *EXTRA, *extra]
+
+
+@pytest.mark.slow
+def test_local_executor_requeues_a_preempted_run_which_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """The local executor's preemption signal (USR2) in the middle of epoch 2: the run is requeued, resumes from
+    last.pt (epoch 1) and ends with the weights of an uninterrupted run, bit for bit; a second submission while the
+    job lives does not start the run twice."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    whole = subprocess.Popen([sys.executable, PART, "--data", "synthetic", "--no-mask", "--seed", "1", *EXTRA,
+                              "--out", str(tmp_path / "whole")], env=dict(os.environ, PYTHONPATH=ROOT),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    monkeypatch.setenv("PART_FAULT_SIGNAL_AT", "2,1,USR2")
+    assert grid.main(local_grid(tmp_path / "grid")) == 0  # returns at once
+    folder = str(tmp_path / "grid" / "synthetic-resnet18" / "AT-seed1")
+    job = executors.read_job(folder)["job_id"]
+    assert grid.main(local_grid(tmp_path / "grid")) == 0
+    assert f"not started: {folder}: local job {job} owns it" in capsys.readouterr().out
+    wait_for(lambda: executors.read_job(folder).get("state") in ("finished", "failed"))
+    rec = executors.read_job(folder)
+    assert (rec["state"], rec["job_id"], rec["requeues"], len(rec["starts"])) == ("finished", job, 1, 2), rec
+    assert "resumed from" in open(os.path.join(folder, "log.txt")).read()
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    assert same_weights(weights(tmp_path / "whole" / "last.pt"), weights(os.path.join(folder, "last.pt")))
+    status = local_grid(tmp_path / "grid")
+    status[status.index("--run")] = "--status"
+    assert grid.main(status) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 runs: 1 finished"
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_not_requeued_and_status_says_why(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    argv = local_grid(tmp_path, "--wait", extra=["--cam-layer", "nope"])
+    assert grid.main(argv) == 1
+    folder = str(tmp_path / "synthetic-resnet18" / "AT-seed1")
+    rec = executors.read_job(folder)
+    assert (rec["state"], rec["exit_code"], rec["requeues"], len(rec["starts"])) == ("failed", 2, 0, 1), rec
+    assert "'nope'" in rec["error"] and rec["error"].startswith("error:")
+    argv[argv.index("--run")] = "--status"
+    argv.remove("--wait")
+    capsys.readouterr()
+    assert grid.main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("failed ") and "exit 2: error:" in line and "'nope'" in line

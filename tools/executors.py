@@ -1,0 +1,552 @@
+"""Where the grid's runs execute. tools/grid.py says what to run (a list of run folders and their commands); an
+executor says where. Each is one entry of EXECUTORS; another scheduler is another entry.
+
+  subprocess  this machine, --jobs N runs at a time as child processes (each job its own GPU), waiting for them
+  local       this machine, through submitit's LocalExecutor: the code path of `slurm`, to try it without a cluster
+  slurm       a Slurm cluster, through submitit: the grid's runs as the tasks of one job array; returns at once
+
+Every run folder gets job.json: the executor, job id, node, start times, requeues, state (queued, running,
+requeued, finished, failed), exit code and the last line of the run's error output. Under submitit a run is a
+Checkpointable task: on the preemption or time-limit signal (USR2) it is requeued and resumes from its last.pt,
+which is exact; a run that fails (bad input, a crash) is not requeued. A task of several processes (--tasks-per-node,
+--slurm-nodes) exports the distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from
+submitit's job environment, and the training engine's DDP path runs as under torchrun.
+"""
+import fcntl
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, redirect_stderr
+from dataclasses import dataclass, field
+from typing import Callable
+
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # only the local and slurm executors need submitit; they say so when it is missing
+    Checkpointable = object
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB_FILE = "job.json"
+LIVE_STATES = ("queued", "running", "requeued")
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local executor ends a job after this long; runs need no limit here
+MAX_TIMEOUTS = 20  # time-limit requeues of one run before submitit gives up (preemptions do not count)
+STOP_WAIT_S = 60  # after Ctrl-C / SIGTERM, how long the grid waits for its children before it kills them
+
+
+@dataclass
+class Options:
+    """How to run: --jobs and --gpus (subprocess), tasks per node and Slurm settings (local, slurm)."""
+    jobs: int = 1
+    gpus: list | None = None
+    tasks_per_node: int | None = None
+    slurm: dict = field(default_factory=dict)  # submitit's SlurmExecutor parameters
+    wait: bool = False
+    folder: str = "runs/submitit"  # submitit's job files and logs (%j: the job id)
+
+
+# ----------------------------------------------------------------------------------------------------
+# job.json and the run folder
+# ----------------------------------------------------------------------------------------------------
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_job(folder: str) -> dict:
+    """The run folder's job record, or {} when it has none (or an unreadable one)."""
+    try:
+        with open(os.path.join(folder, JOB_FILE)) as f:
+            rec = json.load(f)
+        return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: bool = False, **fields) -> dict:
+    """Change the run folder's job.json under a lock (the grid and a job's task both write it): start from an
+    empty record when `new`, set `fields`, then call `edit(record)`. Written atomically; returns the record.
+    Raises UsageError when the folder cannot be written."""
+    from utils.errors import UsageError
+    from utils.runs import save_json
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, ".job.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot write the run folder {folder} ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rec = {} if new else read_job(folder)
+        rec.update(fields)
+        if edit:
+            edit(rec)
+        save_json(os.path.join(folder, JOB_FILE), rec)
+        return rec
+    except OSError as e:
+        raise UsageError(f"cannot write {os.path.join(folder, JOB_FILE)} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def _record(folder: str, **fields) -> None:
+    """update_job for the subprocess executor, whose children must not be left behind by a failed write: the
+    run itself reports a folder it cannot write."""
+    from utils.errors import UsageError
+    try:
+        update_job(folder, **fields)
+    except UsageError as e:
+        print(f"warning: {e}", file=sys.stderr, flush=True)
+
+
+def script_variant(script: str) -> str:
+    """The method variant (a key of METHODS) of a training script, given by its path."""
+    from utils.methods import METHODS
+    return next(v for v, m in METHODS.items() if m.script == os.path.basename(script))
+
+
+def with_resume(folder: str, argv: list) -> list:
+    """The command, plus --resume when the folder holds an interrupted run (last.pt without results.json)."""
+    interrupted = os.path.isfile(os.path.join(folder, "last.pt")) and \
+        not os.path.isfile(os.path.join(folder, "results.json"))
+    return list(argv) + ["--resume"] if interrupted else list(argv)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+
+
+def lock_holder(folder: str) -> int | None:
+    """The process holding the run folder's lock (a run in progress on this machine), from /proc/locks; None when
+    nobody holds it or this system cannot tell. Reads only: taking the lock could make a starting run fail."""
+    try:
+        st = os.stat(os.path.join(folder, ".lock"))
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        dev_inode = parts[5].split(":")
+        if len(dev_inode) == 3 and int(dev_inode[2]) == st.st_ino and \
+                (int(dev_inode[0], 16), int(dev_inode[1], 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
+            return int(parts[4])
+    return None
+
+
+def owner(folder: str) -> str | None:
+    """Why the run in `folder` must not be started now (another live job or process owns it), or None."""
+    pid = lock_holder(folder)
+    if pid:
+        return f"process {pid} is running it (it holds {os.path.join(folder, '.lock')})"
+    rec = read_job(folder)
+    if rec.get("state") in LIVE_STATES and rec.get("executor") in EXECUTORS:
+        alive = EXECUTORS[rec["executor"]].alive(rec)
+        what = f"{rec['executor']} job {rec.get('job_id', '?')}"
+        if alive:
+            return f"{what} owns it ({rec['state']})"
+        if alive is None:
+            return (f"{what} may own it ({rec['state']}), which cannot be checked from {socket.gethostname()}; "
+                    f"delete {os.path.join(folder, JOB_FILE)} to start it anyway")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# subprocess: child processes on this machine
+# ----------------------------------------------------------------------------------------------------
+class Stop(BaseException):
+    """SIGTERM or SIGHUP to the grid, raised in its main thread."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def visible_gpus() -> list:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them: its entries when set, else 0..N-1."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def job_gpus(opts: Options) -> list:
+    """The GPU of each job slot: --gpus, or every visible GPU when several jobs share this machine."""
+    if opts.gpus:
+        return list(opts.gpus)
+    return visible_gpus() if opts.jobs > 1 else []
+
+
+def _last_line(text: str) -> str:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def run_subprocess(runs: list, opts: Options) -> int:
+    """Run (folder, argv, label) triples here, opts.jobs at a time, each with OMP_NUM_THREADS sharing the cores
+    and, with GPUs, CUDA_VISIBLE_DEVICES = the least busy of job_gpus(opts). Returns 0, 1 when a run failed, or
+    130 / 143 after Ctrl-C / SIGTERM (SIGHUP: 129), which stop every child (its lock released, last.pt kept)."""
+    env = dict(os.environ)
+    if opts.jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
+    load = {g: 0 for g in job_gpus(opts)}
+    pending, running, failed = list(runs), [], 0
+
+    def on_signal(signum, frame):
+        raise Stop(signum)
+
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                **{s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}}
+    try:
+        while pending or running:
+            while pending and len(running) < opts.jobs:
+                folder, argv, label = pending.pop(0)
+                argv = with_resume(folder, argv)
+                child_env, gpu = env, None
+                if load:
+                    gpu = min(load, key=load.get)
+                    load[gpu] += 1
+                    child_env = dict(env, CUDA_VISIBLE_DEVICES=gpu)
+                print(f"{label} start: {'' if gpu is None else f'CUDA_VISIBLE_DEVICES={gpu} '}{shlex.join(argv)}",
+                      flush=True)
+                err = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty child never blocks on it
+                # a session of its own: a signal reaches the child once, from the grid, which then waits for it
+                proc = subprocess.Popen([sys.executable, *argv[1:]], env=child_env, stderr=err,
+                                        stdout=subprocess.DEVNULL if opts.jobs > 1 else None, start_new_session=True)
+                running.append((folder, proc, err, time.time(), gpu))
+                _record(folder, new=True, executor="subprocess", job_id=str(proc.pid), node=socket.gethostname(),
+                        state="running", starts=[now()], requeues=0, command=argv,
+                        **({"gpu": gpu} if gpu is not None else {}))
+            for item in list(running):
+                folder, proc, err, t0, gpu = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                if gpu is not None:
+                    load[gpu] -= 1
+                err.seek(0)
+                tail = err.read()[-2000:]
+                err.close()
+                code = proc.returncode
+                _record(folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
+                        **({"error": _last_line(tail)} if code else {}))
+                if code:
+                    failed += 1
+                    print(f"failed (exit {code}) after {time.time() - t0:.0f} s: {folder}\n{tail}", file=sys.stderr,
+                          flush=True)
+                else:
+                    print(f"finished in {time.time() - t0:.0f} s: {folder}", flush=True)
+            time.sleep(0.5)
+    except (KeyboardInterrupt, Stop) as e:
+        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the children half-stopped
+        _stop_children(running, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        what = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}.get(
+            signum, f"stopped ({signal.Signals(signum).name})")
+        print(f"\n{what}: stopped {len(running)} run(s), each keeping the epochs it finished; the same command "
+              f"resumes them", file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+    return 1 if failed else 0
+
+
+def _stop_children(running: list, signum: int) -> None:
+    """Send `signum` to each running child, wait for them to stop (SIGKILL after STOP_WAIT_S), record them."""
+    for _, proc, _, _, _ in running:
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGCONT)  # a stopped child would otherwise never act on it
+    deadline = time.time() + STOP_WAIT_S
+    for folder, proc, err, _, _ in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.seek(0)
+        _record(folder, state="failed", exit_code=proc.returncode, ended=now(), error=_last_line(err.read()))
+        err.close()
+
+
+def subprocess_alive(rec: dict) -> bool | None:
+    if not str(rec.get("job_id", "")).isdigit():
+        return False  # never started (a submission that did not happen)
+    if rec.get("node", socket.gethostname()) != socket.gethostname():
+        return None
+    return pid_alive(int(rec["job_id"]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# submitit: local and slurm
+# ----------------------------------------------------------------------------------------------------
+class _Tee:
+    """A text stream that writes through to `stream` and keeps the tail of what was written."""
+
+    def __init__(self, stream):
+        self.stream, self.tail = stream, ""
+
+    def write(self, s):
+        self.tail = (self.tail + s)[-4000:]
+        return self.stream.write(s)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class RunFailed(RuntimeError):
+    """A run of the grid ended with a non-zero exit code; the message is its last line of error output."""
+
+
+class GridTask(Checkpointable):
+    """One run of the grid as a submitit task: runs the training script's entry point in this process (each task
+    of a multi-process job is one DDP rank) and records the job in job.json. Checkpointable: on the preemption or
+    time-limit signal submitit calls `checkpoint`, which counts the requeue and resubmits this same task; the
+    requeued task resumes from last.pt. A failed run raises RunFailed, so it is not requeued."""
+
+    def __init__(self, folder: str, argv: list, cwd: str, executor: str):
+        self.folder, self.argv, self.cwd, self.executor = os.path.join(cwd, folder), list(argv), cwd, executor
+
+    def __call__(self) -> int:
+        import submitit
+        from submitit.helpers import TorchDistributedEnvironment
+        os.chdir(self.cwd)
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            if env.num_nodes == 1:
+                os.environ["MASTER_ADDR"] = "127.0.0.1"  # as torchrun on one machine: no name to resolve
+        rank0 = env.global_rank == 0
+        argv = with_resume(self.folder, self.argv)
+        if rank0:
+            update_job(self.folder, self._started, executor=self.executor, job_id=env.job_id, node=env.hostname,
+                       tasks=env.num_tasks, log=str(env.paths.stderr))
+        from utils.config import script_constants
+        from utils.engine import main
+        script = os.path.join(ROOT, os.path.basename(self.argv[1]))
+        variant = script_variant(script)
+        saved_argv, saved_err = sys.argv, sys.stderr
+        sys.argv, sys.stderr = [self.argv[1], *argv[2:]], _Tee(sys.stderr)  # the record names the script's command
+        try:
+            code = main(variant, script_constants(script), argv[2:], handle_sigterm=False)
+            error = _last_line(sys.stderr.tail)
+        except Exception as e:  # a crash: recorded, then raised so that submitit marks the job failed
+            code, error = 1, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if rank0:
+                update_job(self.folder, state="failed", exit_code=code, ended=now(), error=error)
+            raise
+        finally:
+            sys.argv, sys.stderr = saved_argv, saved_err
+        if rank0:
+            update_job(self.folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
+                       **({"error": error} if code else {}))
+        if code:
+            raise RunFailed(f"exit {code}: {error}")
+        return code
+
+    @staticmethod
+    def _started(rec: dict) -> None:
+        if rec.get("starts") and rec.get("state") != "requeued":  # requeued without us (a preemption, a node failure)
+            rec["requeues"] = rec.get("requeues", 0) + 1
+        rec.setdefault("starts", []).append(now())
+        rec["state"] = "running"
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit (rank 0) on the preemption / time-limit signal, before it requeues the job."""
+        update_job(self.folder, lambda r: r.update(requeues=r.get("requeues", 0) + 1), state="requeued",
+                   requeued=now())
+        return super().checkpoint(*args, **kwargs)
+
+
+def job_python() -> str:
+    """How a job starts Python: this interpreter, with the repository on its path (to unpickle the task)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return f"env PYTHONPATH={shlex.quote(path)} {shlex.quote(sys.executable)}"
+
+
+def slurm_parameters(opts: Options, n_runs: int) -> dict:
+    """submitit's SlurmExecutor parameters for the array: opts.slurm, one task per GPU unless told otherwise."""
+    params = {"job_name": "part-grid", "time": 24 * 60, **opts.slurm}
+    params["ntasks_per_node"] = opts.tasks_per_node or params.get("gpus_per_node") or 1
+    params.setdefault("array_parallelism", n_runs)
+    return params
+
+
+def slurm_script(opts: Options, n_runs: int) -> str:
+    """The sbatch script submitit writes for this array, made without Slurm (a dry run)."""
+    try:
+        from submitit.slurm.slurm import _make_sbatch_string  # submitit's own writer (private, but what it runs)
+    except ImportError as e:
+        return f"# (this version of submitit cannot write it without Slurm: {e})"
+    folder = os.path.abspath(opts.folder)
+    command = " ".join([job_python(), "-u -m submitit.core._submit", shlex.quote(folder)])
+    return _make_sbatch_string(command=command, folder=folder, map_count=n_runs if n_runs > 1 else None,
+                               **slurm_parameters(opts, n_runs))
+
+
+def _make_executor(name: str, opts: Options, n_runs: int):
+    import submitit
+    if name == "slurm":
+        ex = submitit.SlurmExecutor(folder=opts.folder, max_num_timeout=MAX_TIMEOUTS, python=job_python())
+        ex.update_parameters(**slurm_parameters(opts, n_runs))
+        return ex
+    ex = submitit.LocalExecutor(folder=opts.folder, max_num_timeout=MAX_TIMEOUTS, python=job_python())
+    import torch
+    tasks = opts.tasks_per_node or 1
+    ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=tasks,
+                         gpus_per_node=min(tasks, torch.cuda.device_count()) if torch.cuda.is_available() else 0)
+    return ex
+
+
+@contextmanager
+def _environment_defaults(**values):
+    """Set the environment variables not set yet (a local job inherits them), and restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if k not in os.environ})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_submitit(name: str, runs: list, opts: Options) -> int:
+    """Submit the runs as submitit jobs (slurm: one array); return at once with 0 (2 when the submission fails),
+    or with opts.wait wait for them: 0, 1 when a run failed, 130 on Ctrl-C."""
+    if not runs:
+        return 0
+    from utils.errors import UsageError
+    cwd = os.getcwd()
+    try:
+        for folder, argv, _ in runs:
+            update_job(folder, new=True, executor=name, state="queued", submitted=now(), requeues=0, starts=[],
+                       command=argv)
+    except UsageError as e:
+        print(f"error: {e}; nothing was submitted", file=sys.stderr)
+        return 2
+    tasks = [GridTask(folder, argv, cwd, name) for folder, argv, _ in runs]
+    threads = max(1, (os.cpu_count() or 1) // (len(runs) * (opts.tasks_per_node or 1)))
+    try:  # submitit prints sbatch's error output itself; the one line below says it
+        with _environment_defaults(**({"OMP_NUM_THREADS": str(threads)} if name == "local" else {})), \
+                redirect_stderr(io.StringIO()):
+            ex = _make_executor(name, opts, len(runs))
+            with ex.batch():
+                jobs = [ex.submit(t) for t in tasks]
+    except Exception as e:  # sbatch refused the job (a partition, account or time limit it does not accept)
+        error = _last_line(str(e)) or type(e).__name__
+        for folder, _, _ in runs:
+            update_job(folder, state="failed", error=f"submission failed: {error}")
+        print(f"error: the {name} submission failed: {error}", file=sys.stderr)
+        return 2
+    for job, (folder, _, label) in zip(jobs, runs):
+        update_job(folder, job_id=job.job_id, log=str(job.paths.stderr))
+        print(f"{label} submitted: {name} job {job.job_id}: {folder}", flush=True)
+    ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    print(f"submitted {len(jobs)} run(s) as {name} job(s) {' '.join(ids)}; logs in {os.path.abspath(opts.folder)}; "
+          f"watch them with the same command and --status instead of --run", flush=True)
+    return _wait(name, jobs, runs) if opts.wait else 0
+
+
+def _wait(name: str, jobs: list, runs: list) -> int:
+    left, failed = list(zip(jobs, runs)), 0
+    try:
+        while left:
+            for item in list(left):
+                job, (folder, _, _) = item
+                if not job.done():
+                    continue
+                left.remove(item)
+                rec = read_job(folder)
+                if rec.get("state") == "finished":
+                    print(f"finished: {folder}", flush=True)
+                else:
+                    failed += 1
+                    print(f"failed (exit {rec.get('exit_code', '?')}): {folder}: {rec.get('error', '')}",
+                          file=sys.stderr, flush=True)
+            time.sleep(1)
+    except (KeyboardInterrupt, Stop) as e:
+        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+        what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
+        if name == "local":
+            for job, _ in left:
+                job.cancel()  # the job's tasks stop as on Ctrl-C, keeping last.pt
+            print(f"\n{what}: stopped {len(left)} local job(s); the same command resumes them", file=sys.stderr)
+        else:
+            print(f"\n{what}: stopped waiting; the {len(left)} job(s) keep running (scancel stops them)",
+                  file=sys.stderr)
+        return 128 + signum
+    return 1 if failed else 0
+
+
+def local_alive(rec: dict) -> bool | None:
+    return subprocess_alive(rec)
+
+
+def slurm_alive(rec: dict) -> bool | None:
+    if not rec.get("job_id"):
+        return False
+    if not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(rec.get("job_id")), "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else (False if "Invalid job id" in out.stderr else None)
+
+
+def _submitit_missing() -> str | None:
+    import importlib.util
+    return None if importlib.util.find_spec("submitit") else "needs the submitit package: pip install submitit"
+
+
+def _slurm_missing() -> str | None:
+    missing = [c for c in ("sbatch", "srun") if not shutil.which(c)]
+    if missing:
+        return (f"needs Slurm, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on this "
+                f"machine's PATH: run the grid on the "
+                f"cluster's login node (--executor local tries the same code path here)")
+    return _submitit_missing()
+
+
+@dataclass(frozen=True)
+class Executor:
+    run: Callable[[list, Options], int]  # (run folder, command, label) triples -> exit code
+    alive: Callable[[dict], bool | None]  # a job.json record -> whether its job still lives (None: cannot tell)
+    missing: Callable[[], str | None]  # why this executor cannot run here, or None
+    waits: bool  # whether --run returns only when the runs have ended
+
+
+EXECUTORS = {
+    "subprocess": Executor(run_subprocess, subprocess_alive, lambda: None, waits=True),
+    "local": Executor(lambda runs, opts: run_submitit("local", runs, opts), local_alive, _submitit_missing,
+                      waits=False),
+    "slurm": Executor(lambda runs, opts: run_submitit("slurm", runs, opts), slurm_alive, _slurm_missing,
+                      waits=False),
+}
