@@ -203,7 +203,8 @@ def test_evaluation_record_and_table(trained, synth, tmp_path):
     for key in ("natural", "pgd20", "mma", "aa"):
         assert 0.0 <= rec[key] <= 100.0 and (rec[key] * 8 / 100) == pytest.approx(round(rec[key] * 8 / 100))
     assert rec["pgd20"] <= rec["natural"] and rec["aa"] <= rec["natural"]
-    json.dumps(rec)
+    json.dumps({k: v for k, v in rec.items() if k != "per_image"})  # per_image (arrays) goes to per_image.npz
+    assert all(v.shape == (8,) and v.dtype == bool for v in rec["per_image"].values())
     table = markdown_table(rec, "PART")
     lines = table.strip().splitlines()
     assert lines[0] == "| Method | Natural | PGD-20 | MMA | AA |"

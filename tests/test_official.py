@@ -219,7 +219,7 @@ def test_official_trades_forward_changes_only_batchnorm_statistics(setting):
                      m.bn1.num_batches_tracked.item())
     assert torch.allclose(out[False][0], out[True][0], atol=1e-6)
     for a, b in zip(out[False][1], out[True][1]):  # equal up to float rounding
-        assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-6
+        assert (a - b).abs().max() <= 1e-4 * a.abs().max() + 1e-6  # summation order differs with the threads
     before = model.bn1.num_batches_tracked.item()
     assert (out[False][3] - before, out[True][3] - before) == (2, 3)  # natural, adversarial (, natural again)
     assert not torch.allclose(out[False][2], out[True][2])
