@@ -82,9 +82,21 @@ def test_flags_after_dashdash_that_the_grid_or_a_row_sets_are_refused(study, ext
 
 def test_other_flags_after_dashdash_pass_in_either_form_and_name_the_folder(capsys):
     assert grid.main(["--study", "figure1", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
-                      "--width=4", "--data-dir=/a/b.npz", "--epochs", "3"]) == 0
+                      "--width=4", "--data-dir=/a/b.npz", "--epochs", "30"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and all("runs/figure1/synthetic-resnet18-width4-epochs3/" in line for line in lines)
+    assert len(lines) == 5 and all("runs/figure1/synthetic-resnet18-width4-epochs30/" in line for line in lines)
+
+
+def test_flags_after_dashdash_that_break_a_row_are_refused_before_any_run(capsys):
+    # every row's own flags are parsed with the extra ones: AT-uniform keeps the default warm-up of 20 epochs
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--study", "figure1", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
+                   "--epochs", "3"])
+    assert e.value.code == 2 and "row AT-uniform" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        grid.main(["--study", "main", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
+                   "--overwrite"])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
 
 
 def test_the_training_scripts_take_whole_flag_names_only():

@@ -221,7 +221,8 @@ def test_device_check_bad_input_exits_2_and_a_failing_check_exits_1(tmp_path, mo
     from tools import device_check
     assert device_check.main(["--data-dir", str(tmp_path / "none.npz"), "--json", str(tmp_path / "d.json")]) == 2
     assert device_check.main(["--sections", "9"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    assert device_check.main(["--json", str(tmp_path)]) == 2  # refused before any check runs
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3
     monkeypatch.setattr(device_check, "_train", lambda argv: 1 / 0)
     assert device_check.main(["--quick", "--sections", "2", "--json", str(tmp_path / "d.json")]) == 1
     checks = json.loads((tmp_path / "d.json").read_text())["checks"]

@@ -213,3 +213,22 @@ def test_plot_of_paired_differences(tmp_path, capsys):
     assert report.main([str(tmp_path), "--plot-diff", str(png)]) == 2  # nothing to plot without --diff
     assert "--plot-diff" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural"]) == 2
+
+
+def test_contradictory_report_options_exit_2_before_any_output(tmp_path, capsys):
+    grid_of_runs(tmp_path, seeds=(1, 2))
+    for argv in ([str(tmp_path), "--plot-diff", str(tmp_path / "d.png")],
+                 [str(tmp_path), "--mark", "natural=1"],
+                 ["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1"), str(tmp_path)]):
+        assert report.main(argv) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and len(cap.err.strip().splitlines()) == 1
+
+
+def test_a_damaged_per_image_record_stops_only_what_needs_it(tmp_path, capsys):
+    grid_of_runs(tmp_path, seeds=(1, 2))
+    (tmp_path / "p2" / "per_image.npz").write_bytes(b"not a zip")
+    assert report.main([str(tmp_path)]) == 0  # the table does not read per-image records
+    capsys.readouterr()
+    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 2
+    assert "p2" in capsys.readouterr().err

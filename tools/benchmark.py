@@ -41,7 +41,7 @@ from utils.config import POSITIVE, Parser, device_name, eval_attack, nonempty, n
 from utils.data import DATASETS, load_dataset, to_float
 from utils.engine import (autocast, build_run, configure_backends, peak_memory_mb, pick_device, prepare_model,
                           prepare_training, reset_peak_memory, train_epoch)
-from utils.errors import entry_point
+from utils.errors import UsageError, entry_point
 from utils.evaluate import evaluate, library_versions
 from utils.runs import check_writable, save_json
 from utils.mask_rules import mask_from_cam
@@ -128,6 +128,8 @@ def bench_epochs(model_name, width, setting, data, device, batch, n_train, log_e
                      "images_per_s": round(n / sec, 1), "peak_mem_mb": peak_memory_mb(device),
                      "compile_s": run.compile_time_s})
     return rows
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_ATTACKS = ("natural", "pgd20", "pgd50", "pgd100", "mma", "cw", "part-pgd")
 
@@ -266,6 +268,10 @@ def benchmark(argv=None) -> dict:
                    help="where to write the record (default: runs/benchmark.json)")
     args = p.parse_args(argv)
     check_writable(args.json, "--json", folder=False)
+    if args.epoch and args.eval:
+        raise UsageError("--epoch times training epochs and --eval the evaluation attacks; give one of them")
+    if args.n_train and not args.epoch:
+        raise UsageError("--n-train sets the images of an --epoch timing; give --epoch too")
     device = pick_device(args.device, 0)
     data = load_dataset(args.data, args.data_dir)
     record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,

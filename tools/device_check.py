@@ -36,12 +36,15 @@ import time
 
 import torch
 
+if __name__ == "__main__":  # run as a file (python tools/device_check.py): put the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.benchmark import ROOT, bench_epochs, official_image_pass, speed_setting
-from utils.config import Parser, device_name, script_constants
+from utils.config import Parser, device_name, nonempty, script_constants
 from utils.data import Dataset, load_dataset, synthetic, to_float
 from utils.engine import configure_backends, main as engine_main, pick_device
-from utils.errors import UsageError
+from utils.errors import entry_point
 from utils.evaluate import library_versions, provenance
+from utils.runs import check_writable
 
 # section 1: what "agrees" means between the CPU and the device (fp32, TF32 off)
 TOLERANCES = {
@@ -384,21 +387,25 @@ def section_processes(rep: Report, device: torch.device, size: dict, work: str) 
 
 # ----------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    """The exit code: 0 when no check fails, 1 when one does; 2 and one line for bad input; 130 / 143 when
+    interrupted (`utils.errors.entry_point`)."""
+    return entry_point(lambda: device_check(argv))
+
+
+def device_check(argv=None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="reduced sizes (about 2 minutes on 2 CPU cores)")
-    p.add_argument("--data-dir", help="the real CIFAR-10 subset (.npz) for section 4 (default: synthetic)")
+    p.add_argument("--data-dir", type=nonempty, help="the real CIFAR-10 subset (.npz) for section 4 (default: synthetic)")
     p.add_argument("--sections", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
                    help="the sections to run (default: all)")
-    p.add_argument("--json", default="runs/device_check.json", help="the record (default: runs/device_check.json)")
-    try:
-        args = p.parse_args(argv)
-        if args.data_dir:
-            load_dataset("cifar10-npz", args.data_dir)  # bad input stops here, before any check
-        device = pick_device(args.device, 0)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    p.add_argument("--json", default="runs/device_check.json", type=nonempty,
+                   help="the record (default: runs/device_check.json)")
+    args = p.parse_args(argv)
+    check_writable(args.json, "--json", folder=False)  # bad input stops here, before any check
+    if args.data_dir:
+        load_dataset("cifar10-npz", args.data_dir)
+    device = pick_device(args.device, 0)
     size = QUICK if args.quick else FULL
     # section 2's --deterministic runs need cuBLAS's workspace setting before the first cuBLAS call of the process
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -431,13 +438,9 @@ def main(argv=None) -> int:
     record = {"device": versions["device"], "torch_device": str(device), "quick": args.quick, "versions": versions,
               **provenance(), "time_s": round(time.time() - t0, 1), "tolerances": TOLERANCES, "checks": rep.checks,
               "speed": rep.speed, "goals": rep.goals}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-    except OSError as e:
-        print(f"error: cannot write {args.json} ({e.strerror})", file=sys.stderr)
-        return 2
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:  # an OSError here is one line and exit 2 (entry_point)
+        json.dump(record, f, indent=2, default=str)
     counts = {s: sum(c["status"] == s for c in rep.checks) for s in ("pass", "fail", "skipped")}
     print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped in {record['time_s']:.0f} s; "
           f"wrote {args.json}")

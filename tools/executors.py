@@ -175,7 +175,7 @@ def owner(folder: str) -> str | None:
 # ----------------------------------------------------------------------------------------------------
 # subprocess: child processes on this machine
 # ----------------------------------------------------------------------------------------------------
-class Stop(BaseException):
+class Signalled(BaseException):
     """SIGTERM or SIGHUP to the grid, raised in its main thread."""
 
     def __init__(self, signum: int):
@@ -215,7 +215,7 @@ def run_subprocess(runs: list, opts: Options) -> int:
     pending, running, failed = list(runs), [], 0
 
     def on_signal(signum, frame):
-        raise Stop(signum)
+        raise Signalled(signum)
 
     previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
                 **{s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}}
@@ -259,8 +259,8 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 else:
                     print(f"finished in {time.time() - t0:.0f} s: {folder}", flush=True)
             time.sleep(0.5)
-    except (KeyboardInterrupt, Stop) as e:
-        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+    except (KeyboardInterrupt, Signalled) as e:
+        signum = e.signum if isinstance(e, Signalled) else signal.SIGINT
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the children half-stopped
         _stop_children(running, signal.SIGTERM if signum == signal.SIGHUP else signum)
@@ -490,8 +490,8 @@ def _wait(name: str, jobs: list, runs: list) -> int:
                     print(f"failed (exit {rec.get('exit_code', '?')}): {folder}: {rec.get('error', '')}",
                           file=sys.stderr, flush=True)
             time.sleep(1)
-    except (KeyboardInterrupt, Stop) as e:
-        signum = e.signum if isinstance(e, Stop) else signal.SIGINT
+    except (KeyboardInterrupt, Signalled) as e:
+        signum = e.signum if isinstance(e, Signalled) else signal.SIGINT
         what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
         if name == "local":
             for job, _ in left:

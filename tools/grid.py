@@ -37,7 +37,7 @@ import re  # noqa: E402
 import shlex  # noqa: E402
 
 from models import MODELS  # noqa: E402
-from tools.executors import (EXECUTORS, LIVE_STATES, Options, Stop, lock_holder, owner, read_job,  # noqa: E402
+from tools.executors import (EXECUTORS, LIVE_STATES, Options, Signalled, lock_holder, owner, read_job,  # noqa: E402
                              script_variant, slurm_script, visible_gpus)
 from utils.data import DATASETS  # noqa: E402
 from utils.methods import METHODS, labels  # noqa: E402
@@ -145,8 +145,6 @@ def finished_as_asked(folder: str, argv) -> bool:
     return same and os.path.abspath(asked["data_dir"]) == os.path.abspath(done["data_dir"])
 
 
-
-
 def run_all(cmds, jobs=1, executor="subprocess", opts=None) -> int:
     """Run the grid's commands with `executor` (tools/executors.py): skip runs finished with the same settings and
     runs another live job or process owns; the executor resumes interrupted ones. Returns the exit code: 0, 1 when
@@ -172,14 +170,15 @@ def run_all(cmds, jobs=1, executor="subprocess", opts=None) -> int:
 # ----------------------------------------------------------------------------------------------------
 OWNED = {"data": "the grid's --data says which", "model": "the grid's --models says which",
          "seed": "the grid's --seeds says which", "out": "the grid's --root and --tag say where",
-         "resume": "--run resumes interrupted runs by itself", "eval_only": "the grid trains"}
+         "resume": "--run resumes interrupted runs by itself", "eval_only": "the grid trains",
+         "overwrite": "--run resumes interrupted runs and skips finished ones; to start a run over, delete its folder"}
 
 
 def check_extra(study: str, rows, extra) -> str | None:
     """Why the flags after -- cannot go to every command of these rows, or None. They must parse for each row's
     script (no prefixes: the scripts' parser takes whole flag names only), must not set what the grid sets per
     command, and must not set what any row of the study sets (that would train every row alike)."""
-    from utils.config import build_parser, explicit_flags, script_constants
+    from utils.config import build_parser, explicit_flags, parse, script_constants
     from utils.errors import UsageError
     given, varies, names = set(), {}, {}
     for row, (script, flags) in STUDIES[study].items():
@@ -194,6 +193,10 @@ def check_extra(study: str, rows, extra) -> str | None:
                 given |= explicit_flags(build_parser(variant, constants), extra)
             except UsageError as e:
                 return f"the flags after -- do not fit {script}: {str(e).removesuffix(' (see --help)')}"
+            try:  # the row's own flags with them: a contradiction (e.g. --as-published --mask-source cam) stops here
+                parse(variant, constants, [*flags, *extra])
+            except UsageError as e:
+                return f"row {row} with the flags after --: {str(e).removesuffix(' (see --help)')}"
     for dest in sorted(given):
         if dest in OWNED:
             return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
@@ -421,7 +424,7 @@ def main(argv=None):
 
 
 def _stop(signum, frame):
-    raise Stop(signum)
+    raise Signalled(signum)
 
 
 if __name__ == "__main__":
@@ -429,6 +432,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _stop)
     try:
         sys.exit(main())
-    except (KeyboardInterrupt, Stop) as e:
-        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Stop) else "interrupted (Ctrl-C)"), file=sys.stderr)
-        sys.exit(128 + (e.signum if isinstance(e, Stop) else signal.SIGINT))
+    except (KeyboardInterrupt, Signalled) as e:
+        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Signalled) else "interrupted (Ctrl-C)"), file=sys.stderr)
+        sys.exit(128 + (e.signum if isinstance(e, Signalled) else signal.SIGINT))

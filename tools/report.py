@@ -125,7 +125,7 @@ def read_run_metrics(folder):
     return good, f"{bad} malformed row(s) left out of the budget columns and curves" if bad else None
 
 
-def load_runs(folders, skipped=None):
+def load_runs(folders, skipped=None, per_image=False):
     """(runs, unfinished folders). A run is its results.json content plus 'folder', 'metrics' (the rows of
     metrics.csv) and 'settings' (its configuration). A results.json that cannot be used leaves its run out, and
     malformed rows of a metrics.csv are left out; each such file is appended to `skipped` as (path, why)."""
@@ -145,7 +145,7 @@ def load_runs(folders, skipped=None):
         rec["metrics"], note = read_run_metrics(f)
         if note:
             skipped.append((os.path.join(f, "metrics.csv"), note))
-        rec["per_image"] = load_per_image(f, rec)
+        rec["per_image"] = load_per_image(f, rec) if per_image else None
         runs.append(rec)
     return runs, unfinished
 
@@ -747,6 +747,14 @@ def report(argv=None) -> None:
     for flag, path in (("--plot", args.plot), ("--plot-diff", args.plot_diff)):
         if path:
             check_plot_path(path, flag)
+    if args.plot_diff and not args.diff:
+        raise UsageError("--plot-diff draws the --diff A B differences; give at least one --diff")
+    if args.mark and not args.plot_diff:
+        raise UsageError("--mark draws reference lines on the --plot-diff figure; give --plot-diff too")
+    if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
+                         or args.csv or args.per_seed):
+        raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
+                         "(only --json)")
     if args.mcnemar:
         text, rows = mcnemar_table(*args.mcnemar)
         print(text, end="")
@@ -762,7 +770,7 @@ def report(argv=None) -> None:
     if not folders:
         raise UsageError(f"no run folders (with config.json or results.json) under {' '.join(args.paths)}")
     skipped = []
-    runs, unfinished = load_runs(folders, skipped)
+    runs, unfinished = load_runs(folders, skipped, per_image=bool(args.bootstrap))
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
     print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff), end="")

@@ -7,7 +7,7 @@
 #   PYTHON          the Python whose pip downloads (default: python3)
 #   PYTHON_VERSION  the GPU box's Python version when it differs from PYTHON's, e.g. 3.11 (binary wheels only)
 #   PLATFORM        the GPU box's platform tag when it differs, e.g. manylinux_2_28_x86_64 (binary wheels only)
-#   EXTRAS          optional packages to add, e.g. "torchcam tensorboard submitit"
+#   EXTRAS          optional packages to add, e.g. "torchcam tensorboard torchattacks==3.4.0"
 #   TORCH_INDEX     an index for another torch build, e.g. https://download.pytorch.org/whl/cu124
 # Then copy DIR to the GPU box and install there without a network:
 #   python3 -m venv .venv && .venv/bin/pip install --no-index --find-links DIR -r DIR/requirements.txt

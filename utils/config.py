@@ -148,7 +148,12 @@ SPEC = {
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise UsageError (one line, exit code 2 in the scripts)."""
+    """An ArgumentParser whose errors raise UsageError (one line, exit code 2 in the scripts), and which takes
+    whole flag names only (no prefix matching: `--see 5` is not `--seed 5`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
@@ -163,7 +168,7 @@ def _shown(default) -> str:
 def build_parser(variant: str, constants: dict) -> Parser:
     method = METHODS[variant]
     name, baseline = method.names[method.attacks[0]]
-    p = Parser(allow_abbrev=False, description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
+    p = Parser(description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
                            f"evaluate (natural, PGD-20, MMA, AutoAttack). Flags override the constants at the top "
                            f"of the script; budgets may be given as fractions (8/255).")
     p.flags = []  # every action added, so that `explicit_flags` can suppress their defaults

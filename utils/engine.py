@@ -29,8 +29,8 @@ from .evaluate import (corruption_files, evaluate, evaluate_corruptions, make_re
 from .figures import save_mask_figure
 from .mask_sources import MASK_SOURCES, BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
-from .runs import (RunFolder, append_metrics, check_out_path, clear_run, drop_later_files, holds_run, make_logger,
-                   read_checkpoint, rng_state, save_checkpoint, save_json, save_npz, save_text, seed_everything,
+from .runs import (RunFolder, append_metrics, check_out_path, check_writable, clear_run, drop_later_files, holds_run,
+                   make_logger, read_checkpoint, rng_state, save_checkpoint, save_json, save_npz, save_text, seed_everything,
                    set_rng_state, truncate_metrics)
 
 
@@ -611,7 +611,10 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     path = cfg["eval_only"]
     obj = read_checkpoint(path)
     out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
-    check_out_path(out)
+    if "out" in explicit:
+        check_out_path(out)
+    else:
+        check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
     saved = obj.get("config")
     run_cfg = dict(cfg)
     if saved:
