@@ -448,7 +448,7 @@ def recorded(runs) -> str:
     for key in RECORDED_KEYS:
         seen = {}
         for r in runs:
-            cfg = r.get("config") or {}
+            cfg = upgrade(r.get("config") or {})  # keys added later read as their defaults
             v = (r.get("versions") or {}).get("device") or cfg.get(key) if key == "device" else cfg.get(key)
             seen[_text(v)] = seen.get(_text(v), 0) + 1
         parts.append(f"{key} " + ", ".join(f"{v} [{n}]" for v, n in sorted(seen.items())))
