@@ -215,10 +215,31 @@ def test_plot_of_paired_differences(tmp_path, capsys):
     assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural"]) == 2
 
 
+def test_a_published_value_sits_beside_its_diff_with_whether_the_interval_holds_it(tmp_path, capsys):
+    grid_of_runs(tmp_path)
+    path = tmp_path / "r.json"
+    assert report.main([str(tmp_path), "--diff", "PART", "AT", "--json", str(path)]) == 0
+    capsys.readouterr()
+    d = {x["column"]: x for x in json.loads(path.read_text())["differences"]}  # the --diff pair is listed last
+    inside, outside = d["natural"]["mean"], d["pgd20"]["ci95"][1] + 0.5
+    argv = [str(tmp_path), "--diff", "PART", "AT", "--mark", f"natural={inside}", f"pgd20={outside}",
+            "--json", str(path)]
+    assert report.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(path.read_text())["differences"]
+    marked = [(x["column"], x["reference"], x["reference_inside"]) for x in rows if "reference" in x]
+    assert marked == [("natural", inside, True), ("pgd20", outside, False)]  # not on the automatic PART − AT rows
+    lines = [line for line in out.splitlines() if line.startswith("| PART − AT | Natural |")]
+    last_cell = [line.split("|")[-2].strip() for line in lines]
+    assert last_cell == ["", f"{inside:+.2f} (inside)"]
+    assert f"{outside:+.2f} (outside)" in out
+
+
 def test_contradictory_report_options_exit_2_before_any_output(tmp_path, capsys):
     grid_of_runs(tmp_path, seeds=(1, 2))
     for argv in ([str(tmp_path), "--plot-diff", str(tmp_path / "d.png")],
                  [str(tmp_path), "--mark", "natural=1"],
+                 [str(tmp_path), "--diff", "PART", "AT", "--mark", "nat=1"],
                  ["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1"), str(tmp_path)]):
         assert report.main(argv) == 2
         cap = capsys.readouterr()

@@ -19,7 +19,8 @@ results.json or metrics.csv that cannot be used (truncated, not a record, not UT
 method, malformed rows) is left out, and the report names the file and why at its end; a per_image.npz that
 does not match its run stops the report (exit 2).
 
-    python -m tools.report docs/studies/figure1 --diff ul6, br6, --plan 0.5 1.0 --bootstrap 10000 --json r.json
+    python -m tools.report docs/studies/figure1 --diff ul6, br6, --mark natural=1.23 pgd20=0.94 --plan 0.5 1.0 \
+        --bootstrap 10000 --json r.json                # with the published effect beside the interval
     python -m tools.report --mcnemar RUN_A RUN_B     # exact McNemar test of two runs on the same test images
 
 --plan DELTA gives, per difference and column, the seeds the paired t-test needs to detect DELTA points with
@@ -472,11 +473,29 @@ def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boo
     return out
 
 
-def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysis=None, bootstrap=0, diffs=()):
-    """The report as markdown: per (data, model) the table of rows, the differences with their intervals, the
-    noise scale, the seed plan (when `analysis` has one) and, with `per_seed`, every run and the paired
-    per-seed differences."""
+def reference(marks, is_diff, column, d):
+    """(value, inside) for a --diff difference on a --mark'ed column: the published value and whether it lies in
+    the difference's 95% interval (None without one); None for other rows and columns."""
+    if not is_diff or column not in marks:
+        return None
+    v = marks[column]
+    return v, None if d is None or d["ci95"] is None else d["ci95"][0] <= v <= d["ci95"][1]
+
+
+def _reference_cell(ref):
+    if ref is None:
+        return ""
+    v, inside = ref
+    return f"{v:+.2f} (" + ("no interval" if inside is None else "inside" if inside else "outside") + ")"
+
+
+def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysis=None, bootstrap=0, diffs=(),
+             marks=()):
+    """The report as markdown: per (data, model) the table of rows, the differences with their intervals (and,
+    for each --diff, the `marks` reference values beside them), the noise scale, the seed plan (when `analysis`
+    has one) and, with `per_seed`, every run and the paired per-seed differences."""
     analysis = analysis if analysis is not None else analyse(tables, diffs)
+    marks = dict(marks)
     out = []
     for (data, model), groups in sorted(tables.items(), key=lambda t: str(t[0])):
         runs = [r for g in groups for r in g.runs]
@@ -500,9 +519,11 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
         out += ["", recorded(runs)]
         result = analysis[(data, model)]
         if result["pairs"]:
-            head = ["Difference", "Column", "Mean", "95% CI", "Interval"] + (["Bootstrap 95% CI"] if bootstrap else [])
+            head = ["Difference", "Column", "Mean", "95% CI", "Interval"] + \
+                (["Bootstrap 95% CI"] if bootstrap else []) + (["Reference (--mark)"] if marks else [])
             out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for a, b, cells in result["pairs"]:
+            first_diff = len(result["pairs"]) - len(diffs)  # `comparisons` puts the --diff pairs last
+            for i, (a, b, cells) in enumerate(result["pairs"]):
                 label = f"{a} − {b}"
                 for c, d in zip(cols, cells):
                     row = ([label, column_title(c), "missing", "", ""] if d is None else
@@ -510,6 +531,8 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                     if bootstrap:
                         row.append("" if d is None else
                                    _interval(d["bootstrap_ci95"]) if d["bootstrap_ci95"] else "no per-image record")
+                    if marks:
+                        row.append(_reference_cell(reference(marks, i >= first_diff, c, d)))
                     out.append("| " + " | ".join(row) + " |")
             out += ["", "| Noise scale | " + " | ".join(column_title(c) for c in cols) + " |",
                     "|" + "---|" * (len(cols) + 1),
@@ -561,9 +584,12 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
     return "\n".join(out) + "\n"
 
 
-def report_json(tables, analysis, unfinished=(), bootstrap=0) -> dict:
+def report_json(tables, analysis, unfinished=(), bootstrap=0, n_diffs=0, marks=()) -> dict:
     """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n),
-    differences and plan (lists of flat rows; see `difference` and `plan`), unfinished folders."""
+    differences and plan (lists of flat rows; see `difference` and `plan`; the last `n_diffs` pairs of each table
+    are the --diff ones, whose rows on a `marks` column carry `reference` and `reference_inside`), unfinished
+    folders."""
+    marks = dict(marks)
     groups, differences, plans = [], [], []
     for (data, model), gs in sorted(tables.items(), key=lambda t: str(t[0])):
         cols = analysis[(data, model)]["columns"]
@@ -572,11 +598,15 @@ def report_json(tables, analysis, unfinished=(), bootstrap=0) -> dict:
                            "seeds": sorted(r.get("seed") for r in g.runs), "folders": [r["folder"] for r in g.runs],
                            "settings": g.settings,
                            "columns": {c: dict(zip(("mean", "std", "n"), g.stat(c))) for c in cols}})
-        for a, b, cells in analysis[(data, model)]["pairs"]:
+        pairs = analysis[(data, model)]["pairs"]
+        for i, (a, b, cells) in enumerate(pairs):
             for c, d in zip(cols, cells):
-                differences.append({"data": data, "model": model, **(d or {"a": a, "b": b, "column": c, "mean": None,
-                                                                           "ci95": None, "n": 0, "paired": None,
-                                                                           "bootstrap_ci95": None})})
+                row = {"data": data, "model": model, **(d or {"a": a, "b": b, "column": c, "mean": None, "ci95": None,
+                                                              "n": 0, "paired": None, "bootstrap_ci95": None})}
+                ref = reference(marks, i >= len(pairs) - n_diffs, c, d)
+                if ref is not None:
+                    row["reference"], row["reference_inside"] = ref
+                differences.append(row)
         plans += [{"data": data, "model": model, **r} for r in analysis[(data, model)]["plan"]]
     return {"groups": groups, "differences": differences, "plan": plans, "bootstrap": bootstrap or None,
             "unfinished": list(unfinished)}
@@ -735,8 +765,9 @@ def report(argv=None) -> None:
                    help="plot each --diff A B: the per-seed differences of every column with their mean and 95%% "
                         "interval")
     p.add_argument("--mark", nargs="+", default=[], metavar="COLUMN=VALUE", type=_mark,
-                   help="with --plot-diff: a reference line per column, e.g. natural=1.23 pgd20=0.94 (a published "
-                        "effect)")
+                   help="with --diff: a reference value per column, e.g. natural=1.23 pgd20=0.94 (a published effect), "
+                        "shown beside each --diff difference with whether its 95%% interval holds it, and drawn on "
+                        "--plot-diff")
     p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"), type=nonempty,
                    help="instead of the tables: the exact McNemar test per attack between two run folders")
     args = p.parse_args(argv)
@@ -749,8 +780,8 @@ def report(argv=None) -> None:
             check_plot_path(path, flag)
     if args.plot_diff and not args.diff:
         raise UsageError("--plot-diff draws the --diff A B differences; give at least one --diff")
-    if args.mark and not args.plot_diff:
-        raise UsageError("--mark draws reference lines on the --plot-diff figure; give --plot-diff too")
+    if args.mark and not args.diff:
+        raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
                          or args.csv or args.per_seed):
         raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
@@ -772,8 +803,14 @@ def report(argv=None) -> None:
     skipped = []
     runs, unfinished = load_runs(folders, skipped, per_image=bool(args.bootstrap))
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    known = set(columns(runs))
+    unknown = [c for c, _ in args.mark if c not in known]
+    if unknown:
+        raise UsageError(f"--mark {', '.join(unknown)}: no such column in these runs (they have "
+                         f"{', '.join(sorted(known))})")
     analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
-    print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff), end="")
+    print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff, args.mark),
+          end="")
     if skipped:
         print("\nFiles left out (unreadable or malformed):")
         print("\n".join(f"- {path}: {why}" for path, why in skipped))
@@ -782,7 +819,7 @@ def report(argv=None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         write_csv(args.csv, tables)
     if args.json:
-        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap))
+        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, len(args.diff), args.mark))
     if args.plot_diff:
         panels = diff_panels(tables, args.diff, analysis, args.mark)
         if not panels:
