@@ -121,6 +121,13 @@ def test_run_identity_amp_and_tf32_split_the_rest_is_recorded(tmp_path, capsys):
     assert "channels_last False [2], True [1]" in out
 
 
+def test_a_setting_older_records_lack_reads_not_recorded_unless_its_old_value_is_certain():
+    from tools import report
+    line = report.recorded([{"config": {"world_size": 1}}, {"config": {}}])  # the second predates both keys
+    assert "world_size 1 [1], not recorded [1]" in line  # an older run may have used torchrun
+    assert "deterministic False [2]" in line  # older code had no --deterministic
+
+
 def test_ascend_hands_the_loss_float32_logits_under_bf16():
     model = build_model("resnet18", 10, width=4).eval()
     x = torch.rand(2, 3, 32, 32)

@@ -444,14 +444,16 @@ def find_group(groups, name):
 
 def recorded(runs) -> str:
     """One line naming the values of the recorded settings (utils.config.RECORDED_KEYS: they do not split rows)
-    over `runs`, each with its number of runs; the device is the one the record names."""
+    over `runs`, each with its number of runs; the device is the one the record names, and a key older records
+    lack (with no default that is certain for them) reads "not recorded"."""
     parts = []
     for key in RECORDED_KEYS:
         seen = {}
         for r in runs:
             cfg = upgrade(r.get("config") or {})  # keys added later read as their defaults
             v = (r.get("versions") or {}).get("device") or cfg.get(key) if key == "device" else cfg.get(key)
-            seen[_text(v)] = seen.get(_text(v), 0) + 1
+            text = _text(v) if v is not None or key in cfg else "not recorded"  # e.g. world_size before it was kept
+            seen[text] = seen.get(text, 0) + 1
         parts.append(f"{key} " + ", ".join(f"{v} [{n}]" for v, n in sorted(seen.items())))
     return "Recorded, not grouped by: " + "; ".join(parts) + "."
 
