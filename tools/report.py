@@ -459,8 +459,9 @@ def recorded(runs) -> str:
 
 
 def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boot_seed=0) -> dict:
-    """{(data, model): {'columns', 'pairs': [(A, B, [difference or None per column])], 'plan': [...]}} for the
-    comparisons of each table (see `comparisons`); a difference is None where a row or a value is missing."""
+    """{(data, model): {'columns', 'pairs': [(A, B, [difference or None per column])], 'plan': [...], 'first_diff'}}
+    for the comparisons of each table (see `comparisons`); a difference is None where a row or a value is missing,
+    and pairs[first_diff:] are the --diff ones."""
     out = {}
     for key, groups in tables.items():
         cols = columns([r for g in groups for r in g.runs])
@@ -471,7 +472,8 @@ def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boo
                                               for c in cols]))
             if complete and deltas:
                 plans += [row for c in cols for row in plan(a, b, c, deltas, power, alpha)]
-        out[key] = {"columns": cols, "pairs": pairs, "plan": plans}
+        # `comparisons` lists the --diff pairs last: pairs[first_diff:] are the ones --mark annotates
+        out[key] = {"columns": cols, "pairs": pairs, "plan": plans, "first_diff": len(pairs) - len(diffs)}
     return out
 
 
@@ -524,7 +526,6 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
             head = ["Difference", "Column", "Mean", "95% CI", "Interval"] + \
                 (["Bootstrap 95% CI"] if bootstrap else []) + (["Reference (--mark)"] if marks else [])
             out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            first_diff = len(result["pairs"]) - len(diffs)  # `comparisons` puts the --diff pairs last
             for i, (a, b, cells) in enumerate(result["pairs"]):
                 label = f"{a} − {b}"
                 for c, d in zip(cols, cells):
@@ -534,7 +535,7 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                         row.append("" if d is None else
                                    _interval(d["bootstrap_ci95"]) if d["bootstrap_ci95"] else "no per-image record")
                     if marks:
-                        row.append(_reference_cell(reference(marks, i >= first_diff, c, d)))
+                        row.append(_reference_cell(reference(marks, i >= result["first_diff"], c, d)))
                     out.append("| " + " | ".join(row) + " |")
             out += ["", "| Noise scale | " + " | ".join(column_title(c) for c in cols) + " |",
                     "|" + "---|" * (len(cols) + 1),
@@ -586,11 +587,10 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
     return "\n".join(out) + "\n"
 
 
-def report_json(tables, analysis, unfinished=(), bootstrap=0, n_diffs=0, marks=()) -> dict:
+def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=()) -> dict:
     """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n),
-    differences and plan (lists of flat rows; see `difference` and `plan`; the last `n_diffs` pairs of each table
-    are the --diff ones, whose rows on a `marks` column carry `reference` and `reference_inside`), unfinished
-    folders."""
+    differences and plan (lists of flat rows; see `difference` and `plan`; the rows of a --diff pair on a `marks`
+    column carry `reference` and `reference_inside`), unfinished folders."""
     marks = dict(marks)
     groups, differences, plans = [], [], []
     for (data, model), gs in sorted(tables.items(), key=lambda t: str(t[0])):
@@ -600,12 +600,12 @@ def report_json(tables, analysis, unfinished=(), bootstrap=0, n_diffs=0, marks=(
                            "seeds": sorted(r.get("seed") for r in g.runs), "folders": [r["folder"] for r in g.runs],
                            "settings": g.settings,
                            "columns": {c: dict(zip(("mean", "std", "n"), g.stat(c))) for c in cols}})
-        pairs = analysis[(data, model)]["pairs"]
-        for i, (a, b, cells) in enumerate(pairs):
+        result = analysis[(data, model)]
+        for i, (a, b, cells) in enumerate(result["pairs"]):
             for c, d in zip(cols, cells):
                 row = {"data": data, "model": model, **(d or {"a": a, "b": b, "column": c, "mean": None, "ci95": None,
                                                               "n": 0, "paired": None, "bootstrap_ci95": None})}
-                ref = reference(marks, i >= len(pairs) - n_diffs, c, d)
+                ref = reference(marks, i >= result["first_diff"], c, d)
                 if ref is not None:
                     row["reference"], row["reference_inside"] = ref
                 differences.append(row)
@@ -821,7 +821,7 @@ def report(argv=None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         write_csv(args.csv, tables)
     if args.json:
-        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, len(args.diff), args.mark))
+        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, args.mark))
     if args.plot_diff:
         panels = diff_panels(tables, args.diff, analysis, args.mark)
         if not panels:
