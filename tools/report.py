@@ -581,8 +581,8 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                "within-row seed-to-seed noise over the rows with two or more runs.")
     if bootstrap:
         out.append(f"Bootstrap: {bootstrap} percentile replicates resampling test images and seeds together (one "
-                   "draw of images shared by all runs; seeds paired where the rows share them); unlike the t-interval, which holds the test set "
-                   "fixed, it also counts which test images were drawn.")
+                   "draw of images shared by all runs; seeds paired where the rows share them); unlike the "
+                   "t-interval, which holds the test set fixed, it also counts which test images were drawn.")
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
