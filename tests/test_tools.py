@@ -210,6 +210,38 @@ def test_report_names_region_budgets_by_quadrant(tmp_path, capsys):
                       "Natural")[0] == "+2.25"
 
 
+def test_report_never_gives_two_configurations_one_label(tmp_path, capsys):
+    regions = ["--mask-source", "regions", "--warm-up", "0", "--region-eps", "6/255", "12/255", "12/255", "12/255"]
+    for seed in (1, 2):  # plain AT and the regions source: both are "AT", and region_eps is only in one of them
+        real_run(tmp_path / "fig", f"uni{seed}", ["--no-mask", "--warm-up", "0"], 70.0 + seed, seed=seed)
+        real_run(tmp_path / "fig", f"ul{seed}", regions, 60.0 + seed, seed=seed)
+    assert report.main([str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    labels = [line.split("|")[1].strip() for line in out.split("Recorded")[0].splitlines() if line.startswith("| AT")]
+    assert len(labels) == len(set(labels)) == 2, labels
+    assert row_cells(out, "AT")[0] == "71.50 ± 0.71 [2]"
+    regions_label = next(label for label in labels if "region_eps=ul6,ur12,br12,bl12" in label)
+    assert row_cells(out, regions_label)[0] == "61.50 ± 0.71 [2]"
+    assert diff_cells(out, f"{regions_label} − AT", "Natural")[0] == "-10.00"
+    # records without a config on other test subsets are not averaged either
+    fake_run(tmp_path / "old", "a1", "AT", 1, 80.0, 50.0, n_eval=1000)
+    fake_run(tmp_path / "old", "a2", "AT", 2, 90.0, 50.0, n_eval=100)
+    assert report.main([str(tmp_path / "old")]) == 0
+    out = capsys.readouterr().out
+    assert row_cells(out, "AT (n_eval=1000)")[0] == "80.00 [1]" and row_cells(out, "AT (n_eval=100)")[0] == "90.00 [1]"
+
+
+def test_report_diff_that_names_several_rows_or_one_row_twice_exits_2(tmp_path, capsys):
+    fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0)
+    fake_run(tmp_path, "p1", "PART", 1, 82.0, 50.0)
+    for argv, word in ((["--diff", "A", "AT"], "part of 2 row labels"), (["--diff", "PART", "PAR"], "both name")):
+        assert report.main([str(tmp_path), *argv]) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err.startswith("error: --diff") and cap.err.count("\n") == 1 and word in cap.err
+    assert report.main([str(tmp_path), "--diff", "PART", "NOPE"]) == 0  # a row with no finished run: missing
+    assert diff_cells(capsys.readouterr().out, "PART − NOPE", "Natural")[0] == "missing"
+
+
 # ----------------------------------------------------------------------------------------------------
 # bad input to the tools: exit 2 and one line, nothing written
 # ----------------------------------------------------------------------------------------------------

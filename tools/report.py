@@ -275,7 +275,7 @@ def group_runs(runs, warn):
     """{(data, model): [Group, ...]} with one run per seed in each group, labelled by what differs."""
     tables = {}
     for r in sorted(runs, key=lambda r: r["mtime"]):
-        key = json.dumps(r["settings"], sort_keys=True, default=str)
+        key = json.dumps(identity(r["settings"], r), sort_keys=True, default=str)
         groups = tables.setdefault((r.get("data"), r.get("model")), {})
         g = groups.setdefault(key, Group(r["settings"], r.get("method")))
         twin = next((o for o in g.runs if o.get("seed") == r.get("seed")), None)
@@ -292,9 +292,17 @@ def group_runs(runs, warn):
     return out
 
 
+def identity(settings: dict, run: dict) -> dict:
+    """What tells a run's group apart: its settings, and for a record without a config the test-set sizes it
+    names (a config's settings hold them already), so that runs on other test images are never averaged."""
+    return {"n_eval": run.get("n_eval"), "n_eval_aa": run.get("n_eval_aa"), **settings}
+
+
 def label_groups(groups):
     """Label each group: its method, plus `key=value` for each setting whose values differ among the groups that
-    have it, where the group's value is not the one most of those groups share (all values when none is)."""
+    have it, where the group's value is not the one most of those groups share (all values when none is). Groups
+    this leaves alike (a setting only one of them has, e.g. the regions source beside plain AT) get every setting
+    that tells them apart, on the groups that have it: no two groups share a label."""
     keys = sorted({k for g in groups for k in g.settings} - set(FIXED) - {"method"})
     shown = {g: [] for g in map(id, groups)}
     for k in keys:
@@ -306,8 +314,24 @@ def label_groups(groups):
         for g in groups:
             if k in g.settings and _setting_text(k, g.settings[k]) != modal:
                 shown[id(g)].append(f"{k}={_setting_text(k, g.settings[k])}")
+
+    def name(g):
+        return g.method + (f" ({', '.join(shown[id(g)])})" if shown[id(g)] else "")
+
+    for fixed in (False, True):  # the settings a method name says (FIXED) only where the others do not suffice
+        alike = {}
+        for g in groups:
+            alike.setdefault(name(g), []).append(g)
+        for same in (gs for gs in alike.values() if len(gs) > 1):
+            ids = [identity(g.settings, g.runs[0]) for g in same]
+            for k in sorted({k for i in ids for k in i if (k in FIXED) == fixed} - {"method"}):
+                texts = [_setting_text(k, i[k]) if k in i else None for i in ids]
+                if len(set(texts)) > 1:
+                    for g, t in zip(same, texts):
+                        if t is not None and f"{k}={t}" not in shown[id(g)]:
+                            shown[id(g)].append(f"{k}={t}")
     for g in groups:
-        g.label = g.method + (f" ({', '.join(shown[id(g)])})" if shown[id(g)] else "")
+        g.label = name(g)
 
 
 def baseline_of(group, groups):
@@ -440,6 +464,22 @@ def find_group(groups, name):
         return exact[0]
     part = [g for g in groups if name in g.label]
     return part[0] if len(part) == 1 else None
+
+
+def check_diffs(tables, diffs) -> None:
+    """Raise UsageError for a --diff side that is part of several rows' labels (and no row's whole label) in a
+    table, and for a --diff whose sides name one row. A side that names no row is shown as missing (its runs may
+    not have finished)."""
+    for groups in tables.values():
+        for a_name, b_name in diffs:
+            for name in (a_name, b_name):
+                part = [g.label for g in groups if name in g.label]
+                if len(part) > 1 and name not in part:
+                    raise UsageError(f"--diff {name!r} is part of {len(part)} row labels ({'; '.join(part)}); give "
+                                     f"one whole label")
+            a = find_group(groups, a_name)
+            if a is not None and a is find_group(groups, b_name):
+                raise UsageError(f"--diff {a_name!r} {b_name!r}: both name the row {a.label!r}; a row minus itself is 0")
 
 
 def recorded(runs) -> str:
@@ -807,6 +847,7 @@ def report(argv=None) -> None:
     skipped = []
     runs, unfinished = load_runs(folders, skipped, per_image=bool(args.bootstrap))
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    check_diffs(tables, args.diff)
     known = set(columns(runs))
     unknown = [c for c, _ in args.mark if c not in known]
     if unknown:
