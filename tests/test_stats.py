@@ -240,7 +240,10 @@ def test_contradictory_report_options_exit_2_before_any_output(tmp_path, capsys)
     for argv in ([str(tmp_path), "--plot-diff", str(tmp_path / "d.png")],
                  [str(tmp_path), "--mark", "natural=1"],
                  [str(tmp_path), "--diff", "PART", "AT", "--mark", "nat=1"],
-                 ["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1"), str(tmp_path)]):
+                 ["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1"), str(tmp_path)],
+                 [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=nan"],
+                 [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=inf"],
+                 [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=1", "natural=2"]):
         assert report.main(argv) == 2
         cap = capsys.readouterr()
         assert cap.out == "" and len(cap.err.strip().splitlines()) == 1

@@ -734,9 +734,12 @@ def mcnemar_table(folder_a: str, folder_b: str) -> tuple[str, list[dict]]:
 def _mark(text: str) -> tuple[str, float]:
     col, _, v = text.partition("=")
     try:
-        return col, float(v)
+        value = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. natural=1.23), got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a finite number")
+    return col, value
 
 
 def diff_panels(tables, diffs, analysis, marks=()) -> list[dict]:
@@ -824,6 +827,9 @@ def report(argv=None) -> None:
             check_plot_path(path, flag)
     if args.plot_diff and not args.diff:
         raise UsageError("--plot-diff draws the --diff A B differences; give at least one --diff")
+    twice = sorted({c for c, _ in args.mark if [m for m, _ in args.mark].count(c) > 1})
+    if twice:
+        raise UsageError(f"--mark names {', '.join(twice)} more than once; give one reference value per column")
     if args.mark and not args.diff:
         raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
