@@ -156,7 +156,8 @@ def test_mcnemar_between_two_run_folders(tmp_path, capsys):
     assert "| Natural | 50 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["other-labels", "other-fingerprint", "record-mismatch", "damaged"])
+@pytest.mark.parametrize("case", ["other-labels", "other-fingerprint", "record-mismatch", "damaged", "float-index",
+                                  "negative-index", "2d-labels", "n_test-vector"])
 def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, capsys):
     bits = {"natural": [True, False, True, True], "pgd20": [False, False, True, False]}
     image_run(tmp_path, "x", "AT", 1, bits)
@@ -168,6 +169,13 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
         (y / "results.json").write_text(json.dumps(rec))
     if case == "damaged":
         (y / "per_image.npz").write_bytes(b"PK\x03\x04 not really")
+    hand_edited = {"float-index": ("natural_index", np.arange(4.0)), "negative-index": ("natural_index", np.arange(-4, 0)),
+                   "2d-labels": ("labels", np.zeros((4, 1), dtype=np.int64)), "n_test-vector": ("n_test", np.arange(2))}
+    if case in hand_edited:
+        with np.load(y / "per_image.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        key, arrays[key] = hand_edited[case]
+        np.savez(y / "per_image.npz", **arrays)
     for argv in (["--mcnemar", str(tmp_path / "x"), str(y)], [str(tmp_path), "--bootstrap", "50"]):
         assert report.main(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -181,6 +189,15 @@ def test_bad_statistics_flags_exit_2(argv, tmp_path, capsys):
     assert report.main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and argv[0] in err
+
+
+def test_bootstrap_reads_an_accuracy_recorded_as_its_mean(tmp_path, capsys):
+    grid_of_runs(tmp_path, seeds=(1, 2), n=40)
+    rec = json.loads((tmp_path / "p2" / "results.json").read_text())
+    rec["pgd20"] = {"mean": rec["pgd20"]}  # the table reads {"mean": x} as x; so must the per-image check
+    (tmp_path / "p2" / "results.json").write_text(json.dumps(rec))
+    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 0
+    assert "no per-image record" not in capsys.readouterr().out
 
 
 def test_runs_without_per_image_records_say_so(tmp_path, capsys):

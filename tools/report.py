@@ -165,21 +165,23 @@ def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None
         raise UsageError(f"{path} is not a readable per-image record ({type(e).__name__})") from None
     out = {"columns": {}, "test_set": {}}
     fingerprint = str(arrays.get("data_fingerprint", ""))
-    labels = arrays.get("labels")
+    labels, n_test = arrays.get("labels"), arrays.get("n_test", np.int64(-1))
+    if labels is not None and labels.ndim != 1 or np.ndim(n_test) != 0 or n_test.dtype.kind not in "iu":
+        raise UsageError(f"{path} is not a per-image record (its labels are not a vector or its n_test not a count)")
     for col in record_columns(rec):
         if col not in arrays or col == "corruptions":
             continue
         bits, index = arrays[col], arrays.get(f"{col}_index")
         size = rec.get("n_eval_aa") if col in AA_NAMES else rec.get("n_eval")
-        value = rec.get(col)
+        acc = value(rec, col)
         if (bits.dtype != bool or bits.ndim != 1 or index is None or index.shape != bits.shape or labels is None
-                or (len(index) and index.max() >= len(labels))):
+                or index.dtype.kind not in "iu" or (len(index) and not 0 <= index.min() <= index.max() < len(labels))):
             raise UsageError(f"{path}: '{col}' is not a per-image record (bool vector with its test indices)")
-        if (size is not None and len(bits) != size) or value is None or abs(100.0 * bits.mean() - value) > 1e-6:
+        if (size is not None and len(bits) != size) or acc is None or abs(100.0 * bits.mean() - acc) > 1e-6:
             raise UsageError(f"{path} does not match {os.path.join(folder, 'results.json')}: {col} has "
-                             f"{len(bits)} images at {100.0 * bits.mean():.2f}%, the record {size} at {value}")
+                             f"{len(bits)} images at {100.0 * bits.mean():.2f}%, the record {size} at {acc}")
         out["columns"][col] = bits
-        out["test_set"][col] = (fingerprint, int(arrays.get("n_test", -1)), index.tobytes(), labels[index].tobytes())
+        out["test_set"][col] = (fingerprint, int(n_test), index.tobytes(), labels[index].tobytes())
     return out
 
 
