@@ -301,7 +301,11 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     broken = {"truncated": '{"method": "AT", "seed"', "list": "[]", "latin1": None,
               "noseed": json.dumps({"method": "AT", "natural": 1.0}),
               "variant": json.dumps({"method": "X", "seed": 2, "config": {"variant": "nope"}}),
-              "text": json.dumps({"method": "AT", "seed": 3, "natural": "high"})}
+              "text": json.dumps({"method": "AT", "seed": 3, "natural": "high"}),
+              "percent": json.dumps({"method": "AT", "seed": 4, "natural": 175.0}),
+              "edited": json.dumps({"method": "PART", "seed": 5, "natural": 1.0, "config": {"method": "AT"}}),
+              "moved": json.dumps({"method": "AT", "data": "svhn", "seed": 6, "natural": 1.0,
+                                   "config": {"data": "cifar10"}})}
     for name, text in broken.items():
         folder = fake_run(tmp_path, name, "AT", 9, 0.0, 0.0)
         if text is None:
@@ -314,7 +318,9 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     assert row_cells(cap.out, "AT")[0] == "80.00 [1]" and "Traceback" not in cap.err  # the good run alone
     left_out = cap.out.split("Files left out")[1]
     for name, why in [("truncated", "not valid JSON"), ("list", "JSON list"), ("latin1", "not UTF-8"),
-                      ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("text", "natural is 'high'")]:
+                      ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("text", "natural is 'high'"),
+                      ("percent", "not an accuracy in percent"), ("edited", "its method 'PART' is not its config's 'AT'"),
+                      ("moved", "its data 'svhn' is not its config's 'cifar10'")]:
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
     assert "good/metrics.csv: 1 malformed row(s)" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()

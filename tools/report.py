@@ -67,8 +67,9 @@ def find_runs(paths):
 
 def read_record(folder) -> dict:
     """The results.json of a run folder, checked: UTF-8 JSON holding an object with a method name and an integer
-    seed (or one in its config), accuracies that are numbers or null, and a config (if any) that the report can
-    read. Adds 'settings'. Raises ValueError saying what is wrong."""
+    seed (or one in its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that the
+    report can read and whose method, variant, data set, model and seed are the record's. Adds 'settings'. Raises
+    ValueError saying what is wrong."""
     try:
         with open(os.path.join(folder, "results.json"), encoding="utf-8") as fh:
             rec = json.load(fh)
@@ -89,6 +90,9 @@ def read_record(folder) -> dict:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"has no whole-number seed (found {seed!r})")
     rec["seed"] = seed
+    for key in ("method", "variant", "data", "model", "seed"):  # written from the config: they differ if edited
+        if cfg and key in cfg and key in rec and rec[key] != cfg[key]:
+            raise ValueError(f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
     if cfg and "variant" in cfg and cfg["variant"] not in METHODS:
         raise ValueError(f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
     try:
@@ -100,6 +104,8 @@ def read_record(folder) -> dict:
         v = value(rec, c)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise ValueError(f"its {c} is {v!r}, not a number")
+        if v is not None and not 0 <= v <= 100:
+            raise ValueError(f"its {c} is {v!r}, not an accuracy in percent (0 to 100)")
     return rec
 
 
