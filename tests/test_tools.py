@@ -297,7 +297,9 @@ def test_report_finds_runs_below_a_folder_that_holds_a_config(tmp_path, capsys):
 def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     good = fake_run(tmp_path, "good", "AT", 1, 80.0, 50.0)
     (good / "metrics.csv").write_text("epoch,phase,natural,pgd20,budget_mean,eps_share\n1,plain,70,30,8,1\n"
-                                      "2,plain,abc,31,8,1\n")
+                                      "2,plain,abc,31,8,1\nthree,plain,72,32,8,1\n")
+    headless = fake_run(tmp_path, "headless", "PART", 1, 82.0, 50.0)
+    (headless / "metrics.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x01binary\n1,2,3\n")
     broken = {"truncated": '{"method": "AT", "seed"', "list": "[]", "latin1": None,
               "noseed": json.dumps({"method": "AT", "natural": 1.0}),
               "variant": json.dumps({"method": "X", "seed": 2, "config": {"variant": "nope"}}),
@@ -322,7 +324,8 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
                       ("percent", "not an accuracy in percent"), ("edited", "its method 'PART' is not its config's 'AT'"),
                       ("moved", "its data 'svhn' is not its config's 'cifar10'")]:
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
-    assert "good/metrics.csv: 1 malformed row(s)" in left_out
+    assert "good/metrics.csv: 2 malformed row(s)" in left_out  # a number that is not one, an epoch that is not one
+    assert "headless/metrics.csv: has no epoch column" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
 
 

@@ -122,13 +122,22 @@ def _number_or_blank(v) -> bool:
 
 
 def read_run_metrics(folder):
-    """(rows of metrics.csv whose numbers are numbers, a note on what was left out or None)."""
+    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, a note on what was left
+    out or None)."""
+    path = os.path.join(folder, "metrics.csv")
+    if not os.path.exists(path):
+        return [], None
     try:
-        rows = read_metrics(os.path.join(folder, "metrics.csv"))
+        rows = read_metrics(path)
+        with open(path, newline="", errors="replace") as f:  # every row, to count those read_metrics skips
+            reader = csv.DictReader(f)
+            total = sum(1 for _ in reader)
     except (csv.Error, OSError, UnicodeError) as e:
         return [], f"cannot be read ({type(e).__name__}: {e}); left out of the budget columns and curves"
+    if reader.fieldnames and "epoch" not in reader.fieldnames:
+        return [], "has no epoch column (not a metrics.csv); left out of the budget columns and curves"
     good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
-    bad = len(rows) - len(good)
+    bad = total - len(good)
     return good, f"{bad} malformed row(s) left out of the budget columns and curves" if bad else None
 
 
