@@ -274,6 +274,14 @@ def benchmark(argv=None) -> dict:
         raise UsageError("--n-train sets the images of an --epoch timing; give --epoch too")
     device = pick_device(args.device, 0)
     data = load_dataset(args.data, args.data_dir)
+    n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
+    if args.eval and args.eval_batch_size > n_test:
+        raise UsageError(f"--eval-batch-size {args.eval_batch_size} is more than the {n_test} test images of "
+                         f"{args.data}: the timings would be of {n_test} images; give at most {n_test}")
+    if not args.eval and not args.epoch and args.batch_size > min(n_train, n_test):
+        raise UsageError(f"--batch-size {args.batch_size} is more than the {n_train} training or {n_test} test images "
+                         f"of {args.data} (a batch of each is timed): images/s would count images never used; give at "
+                         f"most {min(n_train, n_test)}")
     record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,
               "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {}}
     print(f"device: {record['device']} ({device}), data {args.data}, torch {torch.__version__}, "
