@@ -270,6 +270,9 @@ TOOL_BAD_INPUT = [
     (report, ["TMP/runs", "--json", "TMP"], "is a folder"),
     (report, ["TMP/runs", "--diff", "a", "b", "--plot-diff", "TMP/d.xyz"], ".xyz"),
     (report, ["--mcnemar", "TMP/runs", "TMP/nothing"], "results.json"),
+    (report, ["--mcnemar", "TMP/runs/a1", "TMP/runs/a1/"], "one run folder twice"),
+    (report, ["TMP/runs", "--csv", "TMP/out", "--json", "TMP/out"], "--csv and --json name one file"),
+    (report, ["TMP/runs", "--diff", "a", "b", "--plot", "TMP/p.png", "--plot-diff", "TMP/p.png"], "name one file"),
     (report, [], "--mcnemar"),
 ]
 

@@ -835,6 +835,12 @@ def report(argv=None) -> None:
     p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"), type=nonempty,
                    help="instead of the tables: the exact McNemar test per attack between two run folders")
     args = p.parse_args(argv)
+    outputs = [(flag, os.path.abspath(path)) for flag, path in (("--csv", args.csv), ("--json", args.json),
+                                                                 ("--plot", args.plot), ("--plot-diff", args.plot_diff)) if path]
+    for i, (flag, path) in enumerate(outputs):
+        other = next((f for f, q in outputs[:i] if q == path), None)
+        if other:
+            raise UsageError(f"{other} and {flag} name one file, {path}: the second would overwrite the first")
     if args.csv:
         check_writable(args.csv, "--csv", folder=False)
     if args.json:
@@ -853,6 +859,8 @@ def report(argv=None) -> None:
                          or args.csv or args.per_seed):
         raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
                          "(only --json)")
+    if args.mcnemar and os.path.realpath(args.mcnemar[0]) == os.path.realpath(args.mcnemar[1]):
+        raise UsageError(f"--mcnemar {args.mcnemar[0]} {args.mcnemar[1]}: one run folder twice; give two runs")
     if args.mcnemar:
         text, rows = mcnemar_table(*args.mcnemar)
         print(text, end="")
