@@ -159,7 +159,7 @@ def test_grid_commands(capsys):
 
 def test_grid_rejects_unknown_choices(capsys):
     for argv in (["--data", "cifar11"], ["--models", "resnet19"], ["--study", "figure2"],
-                 ["--study", "cam", "--methods", "PART-scorecam"], ["--", "--out", "x"]):
+                 ["--study", "cam", "--methods", "PART-scorecam"], ["--", "--out", "x"], ["--root", ""]):
         with pytest.raises(SystemExit) as e:
             grid.main(argv)
         assert e.value.code == 2, argv

@@ -322,7 +322,7 @@ SLURM_FLAGS = {
 
 
 def build_parser():
-    from utils.config import COUNT, POSITIVE, SPEC, number
+    from utils.config import COUNT, POSITIVE, SPEC, nonempty, number
     types = {"positive": POSITIVE, "count": COUNT, "mem": number(float, 0, lo_open=True)}
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")
@@ -333,7 +333,7 @@ def build_parser():
                    help="rows of the study to include (default: all of it; for main: AT PART TRADES PART-T MART PART-M)")
     p.add_argument("--seeds", nargs="+", type=SPEC["SEED"].kwargs["type"], default=[1, 2, 3],
                    help="seeds (default: 1 2 3)")
-    p.add_argument("--root", help="folder of the run folders (default: runs/<study>)")
+    p.add_argument("--root", type=nonempty, help="folder of the run folders (default: runs/<study>)")
     p.add_argument("--tag", help="names the folder of runs with the flags after --; default: made from those flags")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run", action="store_true", help="run the commands (skipping finished runs and runs another "
