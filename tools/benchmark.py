@@ -267,6 +267,11 @@ def benchmark(argv=None) -> dict:
     p.add_argument("--json", default="runs/benchmark.json", type=nonempty,
                    help="where to write the record (default: runs/benchmark.json)")
     args = p.parse_args(argv)
+    for flag, values in (("--models", args.models), ("--settings", args.settings or []),
+                         ("--eval-attacks", args.eval_attacks)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # a second timing of one name would overwrite (or, for an attack, pool with) the first
+            raise UsageError(f"{flag} names {', '.join(twice)} more than once")
     check_writable(args.json, "--json", folder=False)
     if args.epoch and args.eval:
         raise UsageError("--epoch times training epochs and --eval the evaluation attacks; give one of them")
