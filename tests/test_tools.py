@@ -197,6 +197,17 @@ def test_benchmark_runs_and_writes_its_record(tmp_path, capsys):
     assert r["pgd20"]["vs_pgd20"] == 1.0 and r["cw"]["s"] > 0 and r["natural"]["vs_pgd20"] < 1
 
 
+def test_benchmark_epoch_mode_times_with_the_clock_it_names(tmp_path, capsys, monkeypatch):
+    import itertools
+    ticks = itertools.count(step=50.0)  # a CPU clock that advances 50 s per reading
+    monkeypatch.setitem(benchmark.CLOCKS, "cpu", lambda: next(ticks))
+    rec = benchmark.benchmark(["--epoch", "--clock", "cpu", "--models", "resnet18", "--width", "8", "--batch-size", "8",
+                               "--n-train", "8", "--settings", "fp32", "--json", str(tmp_path / "b.json")])
+    assert rec["clock"] == "cpu" and [r["measured_s"] for r in rec["speed"]] == [50.0, 50.0]
+    assert benchmark.main(["--eval", "--settings", "bf16", "--json", str(tmp_path / "b.json")]) == 2  # fp32 anyway
+    assert "--settings" in capsys.readouterr().err
+
+
 def test_report_names_region_budgets_by_quadrant(tmp_path, capsys):
     for seed, (ul, br) in enumerate(((60.0, 58.0), (61.0, 58.5)), start=1):
         real_run(tmp_path, f"ul{seed}", ["--mask-source", "regions", "--region-eps", "6/255", "12/255", "12/255",
