@@ -230,6 +230,11 @@ def test_plot_of_paired_differences(tmp_path, capsys):
     assert report.main([str(tmp_path), "--plot-diff", str(png)]) == 2  # nothing to plot without --diff
     assert "--plot-diff" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural"]) == 2
+    capsys.readouterr()
+    json_path = tmp_path / "r.json"  # nothing to plot (no row NOPE): stops before the report prints or writes
+    assert report.main([str(tmp_path), "--diff", "PART", "NOPE", "--plot-diff", str(png), "--json", str(json_path)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1 and "--plot-diff" in cap.err and not json_path.exists()
 
 
 def test_a_published_value_sits_beside_its_diff_with_whether_the_interval_holds_it(tmp_path, capsys):

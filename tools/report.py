@@ -885,6 +885,9 @@ def report(argv=None) -> None:
         raise UsageError(f"--mark {', '.join(unknown)}: no such column in these runs (they have "
                          f"{', '.join(sorted(known))})")
     analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
+    panels = diff_panels(tables, args.diff, analysis, args.mark) if args.plot_diff else None
+    if args.plot_diff and not panels:
+        raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
     print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff, args.mark),
           end="")
     if skipped:
@@ -897,9 +900,6 @@ def report(argv=None) -> None:
     if args.json:
         write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, args.mark))
     if args.plot_diff:
-        panels = diff_panels(tables, args.diff, analysis, args.mark)
-        if not panels:
-            raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
         from utils.figures import save_paired_differences
         os.makedirs(os.path.dirname(os.path.abspath(args.plot_diff)), exist_ok=True)
         save_paired_differences(args.plot_diff, panels)
