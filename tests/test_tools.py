@@ -165,6 +165,17 @@ def test_grid_rejects_unknown_choices(capsys):
         assert e.value.code == 2, argv
 
 
+@pytest.mark.slow
+def test_grid_piped_into_head_stops_without_a_traceback():
+    import subprocess
+    argv = [sys.executable, "-m", "tools.grid", "--seeds", *map(str, range(1, 41))]  # more than a pipe holds
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "train_eval_part" in proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_grid_studies_name_their_rows_and_folders(capsys):
     assert grid.main(["--study", "figure1", "--data", "cifar10", "--models", "resnet18", "--seeds", "1",
                       "--", "--cam", "layercam"]) == 0

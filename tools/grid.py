@@ -432,7 +432,12 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        sys.exit(main())
+        code = main()
+        sys.stdout.flush()
+        sys.exit(code)
     except (KeyboardInterrupt, Signalled) as e:
         print("\n" + ("terminated (SIGTERM)" if isinstance(e, Signalled) else "interrupted (Ctrl-C)"), file=sys.stderr)
         sys.exit(128 + (e.signum if isinstance(e, Signalled) else signal.SIGINT))
+    except BrokenPipeError:  # whoever read the commands stopped (| head): quiet, as a process killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
