@@ -331,6 +331,7 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     broken = {"truncated": '{"method": "AT", "seed"', "list": "[]", "latin1": None,
               "noseed": json.dumps({"method": "AT", "natural": 1.0}),
               "variant": json.dumps({"method": "X", "seed": 2, "config": {"variant": "nope"}}),
+              "listvariant": json.dumps({"method": "X", "seed": 2, "config": {"variant": ["part"]}}),
               "text": json.dumps({"method": "AT", "seed": 3, "natural": "high"}),
               "percent": json.dumps({"method": "AT", "seed": 4, "natural": 175.0}),
               "edited": json.dumps({"method": "PART", "seed": 5, "natural": 1.0, "config": {"method": "AT"}}),
@@ -348,7 +349,7 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     assert row_cells(cap.out, "AT")[0] == "80.00 [1]" and "Traceback" not in cap.err  # the good run alone
     left_out = cap.out.split("Files left out")[1]
     for name, why in [("truncated", "not valid JSON"), ("list", "JSON list"), ("latin1", "not UTF-8"),
-                      ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("text", "natural is 'high'"),
+                      ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("listvariant", "unknown variant ['part']"), ("text", "natural is 'high'"),
                       ("percent", "not an accuracy in percent"), ("edited", "its method 'PART' is not its config's 'AT'"),
                       ("moved", "its data 'svhn' is not its config's 'cifar10'")]:
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)

@@ -93,7 +93,7 @@ def read_record(folder) -> dict:
     for key in ("method", "variant", "data", "model", "seed"):  # written from the config: they differ if edited
         if cfg and key in cfg and key in rec and rec[key] != cfg[key]:
             raise ValueError(f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
-    if cfg and "variant" in cfg and cfg["variant"] not in METHODS:
+    if cfg and "variant" in cfg and (not isinstance(cfg["variant"], str) or cfg["variant"] not in METHODS):
         raise ValueError(f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
     try:
         rec["settings"] = settings(rec)
