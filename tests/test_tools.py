@@ -142,6 +142,14 @@ def test_report_keeps_configurations_apart_and_warns_on_a_duplicate_seed(tmp_pat
         assert im.size[0] > 400 and im.size[1] > 200
 
 
+def test_report_budget_columns_skip_a_blank_cell(tmp_path, capsys):
+    folder = real_run(tmp_path, "a", [], 80.0)
+    (folder / "metrics.csv").write_text("epoch,phase,natural,pgd20,budget_mean,eps_share\n1,warm-up,70,35,8,1\n"
+                                        "2,part,80,40,7.0,0.2\n3,part,80,40,7.4,\n")  # no share at epoch 3
+    assert report.main([str(tmp_path)]) == 0
+    assert row_cells(capsys.readouterr().out, "PART")[-4:-2] == ["7.20 [1]", "0.200 [1]"]
+
+
 def test_report_on_nothing_exits_2(tmp_path):
     assert report.main([str(tmp_path)]) == 2
 

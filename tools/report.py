@@ -247,12 +247,13 @@ def value(run, col):
 
 
 def budget_stats(run) -> dict:
-    """Mean budget (1/255) and share at eps over the epochs after warm-up (all epochs if none), from metrics.csv."""
+    """Mean budget (1/255) and share at eps over the epochs after warm-up (all epochs if none) that record each,
+    from metrics.csv."""
     rows = [r for r in run["metrics"] if r.get("budget_mean") not in (None, "")]
     after = [r for r in rows if r.get("phase") != "warm-up"] or rows
     out = {}
     for k in ("budget_mean", "eps_share"):
-        vals = [float(r[k]) for r in after]
+        vals = [float(r[k]) for r in after if r.get(k) not in (None, "")]
         out[k] = sum(vals) / len(vals) if vals else None
     return out
 
