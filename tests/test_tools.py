@@ -150,6 +150,14 @@ def test_report_budget_columns_skip_a_blank_cell(tmp_path, capsys):
     assert row_cells(capsys.readouterr().out, "PART")[-4:-2] == ["7.20 [1]", "0.200 [1]"]
 
 
+def test_report_curves_say_when_they_come_from_some_of_a_rows_runs(tmp_path):
+    real_run(tmp_path, "a", [], 80.0)
+    (real_run(tmp_path, "b", [], 82.0, seed=2) / "metrics.csv").unlink()
+    runs, _ = report.load_runs(report.find_runs([str(tmp_path)]))
+    drawn = report.curves(report.group_runs(runs, print))
+    assert list(drawn) == ["PART [curves of 1 of its 2 runs]"] and drawn[list(drawn)[0]]["natural"][0] == [70.0, 80.0]
+
+
 def test_report_on_nothing_exits_2(tmp_path):
     assert report.main([str(tmp_path)]) == 2
 

@@ -698,7 +698,8 @@ def write_csv(path, tables):
 
 
 def curves(tables) -> dict:
-    """{label: {'epoch': [...], column: (means, stds)}} per group, over the epochs every run of it has."""
+    """{label: {'epoch': [...], column: (means, stds)}} per group, over the epochs every run of it with a
+    metrics.csv has; a group whose curves come from only some of its runs says how many in its label."""
     out = {}
     for (data, model), groups in sorted(tables.items(), key=lambda t: str(t[0])):
         for g in groups:
@@ -707,6 +708,8 @@ def curves(tables) -> dict:
                 continue
             epochs = sorted(set.intersection(*(set(m) for m in per_run)))
             label = g.label if len(tables) == 1 else f"{data}, {model}: {g.label}"
+            if len(per_run) < len(g.runs):
+                label += f" [curves of {len(per_run)} of its {len(g.runs)} runs]"
             entry = {"epoch": epochs}
             for col in ("natural", "pgd20", "budget_mean", "eps_share"):
                 if all(m[e].get(col) not in (None, "") for m in per_run for e in epochs):
