@@ -293,6 +293,8 @@ TOOL_BAD_INPUT = [
     (benchmark, ["--data", "cifar10", "--data-dir", "TMP/nothing"], "not found"),
     (benchmark, ["--eval-attacks", "pgd0"], "pgd0"),
     (benchmark, ["--eval", "--eval-attacks", "pgd20", "natural", "pgd20"], "--eval-attacks names pgd20 more than once"),
+    (benchmark, ["--epoch", "--iters", "3"], "--iters does nothing with --epoch"),  # it timed one epoch
+    (benchmark, ["--eval", "--batch-size=64"], "--batch-size does nothing with --eval"),
     (benchmark, ["--batch-size", "501"], "--batch-size 501 is more than"),  # synthetic: 2000 train, 500 test images
     (benchmark, ["--eval", "--eval-batch-size", "501"], "--eval-batch-size 501 is more than"),
     (make_cifar10c, ["--out", "TMP/c", "--n", "-495"], "--n"),

@@ -275,6 +275,14 @@ def benchmark(argv=None) -> dict:
     check_writable(args.json, "--json", folder=False)
     if args.epoch and args.eval:
         raise UsageError("--epoch times training epochs and --eval the evaluation attacks; give one of them")
+    given = sys.argv[1:] if argv is None else list(argv)
+    mode = "--epoch" if args.epoch else "--eval" if args.eval else "the training-step timing"
+    unused = {"--epoch": ("--warmup", "--iters", "--eval-batch-size", "--eval-attacks"), "--eval": ("--batch-size",),
+              "the training-step timing": ("--eval-batch-size", "--eval-attacks")}[mode]
+    named = [f for f in unused if any(a == f or a.startswith(f + "=") for a in given)]
+    if named:
+        raise UsageError(f"{', '.join(named)} {'do' if len(named) > 1 else 'does'} nothing with {mode}; drop "
+                         f"{'them' if len(named) > 1 else 'it'} (or choose the mode that uses {'them' if len(named) > 1 else 'it'})")
     if args.settings and args.eval:
         raise UsageError("--settings are the training timings' speed settings; --eval times the attacks as the "
                          "evaluation runs them (fp32); drop one")
