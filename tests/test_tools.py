@@ -175,7 +175,8 @@ def test_grid_commands(capsys):
 
 def test_grid_rejects_unknown_choices(capsys):
     for argv in (["--data", "cifar11"], ["--models", "resnet19"], ["--study", "figure2"],
-                 ["--study", "cam", "--methods", "PART-scorecam"], ["--", "--out", "x"], ["--root", ""]):
+                 ["--study", "cam", "--methods", "PART-scorecam"], ["--", "--out", "x"], ["--root", ""],
+                 ["--tag", "a/b"], ["--tag", ".."], ["--tag", "x y"]):
         with pytest.raises(SystemExit) as e:
             grid.main(argv)
         assert e.value.code == 2, argv
@@ -374,6 +375,19 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     assert "good/metrics.csv: 2 malformed row(s)" in left_out  # a number that is not one, an epoch that is not one
     assert "headless/metrics.csv: has no epoch column" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
+
+
+def test_report_uses_the_last_row_of_a_repeated_epoch(tmp_path, capsys):
+    """A metrics.csv that repeats an epoch (a hand-edit, or an append after a crash) counts that epoch once, with
+    its last row, as a resume trims it; the report says so."""
+    run = fake_run(tmp_path, "run", "PART", 1, 80.0, 50.0)
+    (run / "metrics.csv").write_text("epoch,phase,budget_mean,eps_share\n1,part,8,1\n2,part,8,1\n2,part,10,0.5\n")
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| Method"))
+    col = [c.strip() for c in header.strip().strip("|").split("|")].index("Budget (1/255)") - 1
+    assert row_cells(out, "PART")[col] == "9.00 [1]"  # (8 + 10) / 2, not (8 + 8 + 10) / 3
+    assert "run/metrics.csv: 1 repeated epoch row(s); the last row of each epoch is used" in out
 
 
 def test_make_cifar10c_writes_whole_folders_only(tmp_path, capsys, monkeypatch):

@@ -115,6 +115,13 @@ def override_tag(extra) -> str:
     return "-".join(parts)
 
 
+def folder_tag(value: str) -> str:
+    """--tag: one folder-name part (letters, digits and . = _ -, as the tags made from flags), or "" for none."""
+    if value and not re.fullmatch(r"[A-Za-z0-9.=_-]+", value) or value in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one folder-name part (letters, digits, . = _ - only)")
+    return value
+
+
 def commands(study, data, models, rows, seeds, root, extra=(), tag=None):
     """[(folder, argv)] for every run of the grid."""
     tag = override_tag(extra) if tag is None else tag
@@ -334,7 +341,8 @@ def build_parser():
     p.add_argument("--seeds", nargs="+", type=SPEC["SEED"].kwargs["type"], default=[1, 2, 3],
                    help="seeds (default: 1 2 3)")
     p.add_argument("--root", type=nonempty, help="folder of the run folders (default: runs/<study>)")
-    p.add_argument("--tag", help="names the folder of runs with the flags after --; default: made from those flags")
+    p.add_argument("--tag", type=folder_tag,
+                   help="names the folder of runs with the flags after --; default: made from those flags")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run", action="store_true", help="run the commands (skipping finished runs and runs another "
                                                          "live job owns, resuming interrupted ones)")

@@ -122,8 +122,8 @@ def _number_or_blank(v) -> bool:
 
 
 def read_run_metrics(folder):
-    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, a note on what was left
-    out or None)."""
+    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, one per epoch (the last
+    row of a repeated epoch) in epoch order, a note on what was left out or None)."""
     path = os.path.join(folder, "metrics.csv")
     if not os.path.exists(path):
         return [], None
@@ -138,7 +138,12 @@ def read_run_metrics(folder):
         return [], "has no epoch column (not a metrics.csv); left out of the budget columns and curves"
     good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
     bad = total - len(good)
-    return good, f"{bad} malformed row(s) left out of the budget columns and curves" if bad else None
+    last = {r["epoch"]: r for r in good}  # as a resume trims it: one row per epoch, the last one seen
+    repeated = len(good) - len(last)
+    notes = [f"{bad} malformed row(s) left out of the budget columns and curves"] if bad else []
+    if repeated:
+        notes.append(f"{repeated} repeated epoch row(s); the last row of each epoch is used")
+    return sorted(last.values(), key=lambda r: r["epoch"]), "; ".join(notes) or None
 
 
 def load_runs(folders, skipped=None, per_image=False):
