@@ -278,3 +278,10 @@ def test_a_damaged_per_image_record_stops_only_what_needs_it(tmp_path, capsys):
     capsys.readouterr()
     assert report.main([str(tmp_path), "--bootstrap", "20"]) == 2
     assert "p2" in capsys.readouterr().err
+
+
+def test_an_interval_end_near_zero_shows_its_side_of_zero():
+    from tools.report import _interval
+    assert _interval((0.004834, 2.046)) == "[+0.0048, +2.05]"
+    assert _interval((-0.0031, 1.0)) == "[-0.0031, +1.00]"
+    assert _interval((0.0, 0.005)) == "[+0.00, +0.01]" and _interval(None) == "n/a"

@@ -456,8 +456,14 @@ def _signed(v, digits=2):
     return "-" if v is None else f"{v:+.{digits}f}"
 
 
+def _bound(v):
+    """An interval end to two decimals, or to two significant digits where two decimals would read as zero, so
+    that which side of zero it lies on shows."""
+    return f"{v:+.2g}" if 0 < abs(v) < 0.005 else f"{v:+.2f}"
+
+
 def _interval(ci):
-    return "n/a" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return "n/a" if ci is None else f"[{_bound(ci[0])}, {_bound(ci[1])}]"
 
 
 def paired_diff(a, b, col):
