@@ -87,6 +87,9 @@ def test_report_pooled_std_weights_each_group_by_its_degrees_of_freedom(tmp_path
     table = capsys.readouterr().out.split("Paired difference")[1]
     # seeds 1 and 2 only: natural 84-80, 88-82; PGD-20 51-50, 52-50
     assert row_cells(table, "PART − AT") == [f"+{5.0:.2f} ± {2 ** 0.5:.2f} [2]", f"+{1.5:.2f} ± {0.5 ** 0.5:.2f} [2]"]
+    per_seed = [line.split("|")[2:-1] for line in table.split("Per-seed difference")[1].splitlines()
+                if line.startswith("| PART − AT |")]
+    assert [[c.strip() for c in cells] for cells in per_seed] == [["1", "+4.00", "+1.00"], ["2", "+6.00", "+2.00"]]
     assert cells[0] == f"{((2 * 1 + 16 * 2) / 3) ** 0.5:.2f}"
     assert cells[1] == f"{((0 * 1 + 1 * 2) / 3) ** 0.5:.2f}"
 
@@ -375,6 +378,22 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     assert "good/metrics.csv: 2 malformed row(s)" in left_out  # a number that is not one, an epoch that is not one
     assert "headless/metrics.csv: has no epoch column" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
+
+
+def test_report_times_sum_every_epoch_of_a_run(tmp_path, capsys):
+    """--times: training and per-epoch-check seconds are the sums over metrics.csv (a resumed run's epochs all
+    count), the epoch range its min-max, the final evaluation from results.json; a run without them shows '-'."""
+    run = fake_run(tmp_path, "a", "AT", 1, 80.0, 50.0)
+    rec = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**rec, "eval_time_s": 121.4}))
+    (run / "metrics.csv").write_text("epoch,phase,epoch_time_s,eval_time_s\n1,plain,300.2,20\n2,plain,410.6,25\n"
+                                     "3,plain,350,24.5\n")
+    fake_run(tmp_path, "b", "AT", 2, 81.0, 51.0)
+    assert report.main([str(tmp_path), "--times"]) == 0
+    rows = [[c.strip() for c in line.split("|")[2:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| AT |") and line.count("|") == 8]
+    assert rows == [["1", "3", "1061", "300–411", "70", "121"], ["2", "-", "-", "-", "-", "-"]]
+    assert report.main(["--mcnemar", str(run), str(tmp_path / "b"), "--times"]) == 2
 
 
 def test_report_uses_the_last_row_of_a_repeated_epoch(tmp_path, capsys):

@@ -466,6 +466,19 @@ def _interval(ci):
     return "n/a" if ci is None else f"[{_bound(ci[0])}, {_bound(ci[1])}]"
 
 
+def run_times(run) -> list[str]:
+    """[epochs, training seconds, min-max seconds per epoch, seconds of per-epoch checks, seconds of final
+    evaluation] of a run, from its metrics.csv (epoch_time_s, eval_time_s) and results.json (eval_time_s); "-"
+    where the record has none. A resumed run counts the epochs of every part."""
+    rows = run["metrics"]
+    train = [float(r["epoch_time_s"]) for r in rows if r.get("epoch_time_s") not in (None, "")]
+    check = [float(r["eval_time_s"]) for r in rows if r.get("eval_time_s") not in (None, "")]
+    final = run.get("eval_time_s")
+    return [str(len(rows)) if rows else "-", f"{sum(train):.0f}" if train else "-",
+            f"{min(train):.0f}–{max(train):.0f}" if train else "-", f"{sum(check):.0f}" if check else "-",
+            f"{final:.0f}" if isinstance(final, (int, float)) else "-"]
+
+
 def paired_diff(a, b, col):
     """(mean, sample std, n) of the per-seed differences a - b over the seeds both groups have a value for: the
     comparison to read when rows share their seeds (and so their warm-up and data order)."""
@@ -563,10 +576,11 @@ def _reference_cell(ref):
 
 
 def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysis=None, bootstrap=0, diffs=(),
-             marks=()):
+             marks=(), times=False):
     """The report as markdown: per (data, model) the table of rows, the differences with their intervals (and,
     for each --diff, the `marks` reference values beside them), the noise scale, the seed plan (when `analysis`
-    has one) and, with `per_seed`, every run and the paired per-seed differences."""
+    has one), with `per_seed`, every run and the paired per-seed differences, and with `times` every run's
+    compute time (`run_times`)."""
     analysis = analysis if analysis is not None else analyse(tables, diffs)
     marks = dict(marks)
     out = []
@@ -642,6 +656,19 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                 for a, b in complete:
                     cells = [fmt(paired_diff(a, b, c), sign="+") for c in cols]
                     out.append(f"| {a.label} − {b.label} | " + " | ".join(cells) + " |")
+                out += ["", "| Per-seed difference | Seed | " + " | ".join(column_title(c) for c in cols) + " |",
+                        "|" + "---|" * (len(cols) + 2)]
+                for a, b in complete:
+                    va, vb = {c: seed_values(a, c) for c in cols}, {c: seed_values(b, c) for c in cols}
+                    for s in sorted({s for c in cols for s in va[c].keys() & vb[c].keys()}):
+                        cells = [_signed(va[c][s] - vb[c][s]) if s in va[c] and s in vb[c] else "-" for c in cols]
+                        out.append(f"| {a.label} − {b.label} | {s} | " + " | ".join(cells) + " |")
+        if times:
+            out += ["", "| Run | Seed | Epochs | Training (s) | Per epoch (s) | Per-epoch check (s) | Final eval (s) |",
+                    "|" + "---|" * 7]
+            for g in groups:
+                for r in sorted(g.runs, key=lambda r: r.get("seed")):
+                    out.append(f"| {g.label} | {r.get('seed')} | " + " | ".join(run_times(r)) + " |")
         out.append("")
     out.append("Accuracy in percent: mean ± sample standard deviation over seeds [number of runs]. A difference is "
                "the mean of the per-seed differences over the seeds both rows have, with the paired t-interval (paired "
@@ -824,6 +851,9 @@ def report(argv=None) -> None:
     p.add_argument("--per-seed", action="store_true",
                    help="also list every run's values, and each difference as the mean ± std of its per-seed "
                         "differences over the seeds both rows have")
+    p.add_argument("--times", action="store_true",
+                   help="also list every run's compute time: epochs, training seconds, seconds per epoch, "
+                        "per-epoch checks and final evaluation (from metrics.csv and results.json)")
     p.add_argument("--plot", metavar="PNG", type=nonempty,
                    help="write training curves (natural, PGD-20, budget per epoch; mean over seeds with a +-1 std "
                         "band) here")
@@ -871,7 +901,7 @@ def report(argv=None) -> None:
     if args.mark and not args.diff:
         raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
-                         or args.csv or args.per_seed):
+                         or args.csv or args.per_seed or args.times):
         raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
                          "(only --json)")
     if args.mcnemar and os.path.realpath(args.mcnemar[0]) == os.path.realpath(args.mcnemar[1]):
@@ -903,8 +933,8 @@ def report(argv=None) -> None:
     panels = diff_panels(tables, args.diff, analysis, args.mark) if args.plot_diff else None
     if args.plot_diff and not panels:
         raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
-    print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff, args.mark),
-          end="")
+    print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff, args.mark,
+                   args.times), end="")
     if skipped:
         print("\nFiles left out (unreadable or malformed):")
         print("\n".join(f"- {path}: {why}" for path, why in skipped))
