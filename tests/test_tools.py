@@ -394,6 +394,10 @@ def test_report_times_sum_every_epoch_of_a_run(tmp_path, capsys):
             if line.startswith("| AT |") and line.count("|") == 8]
     assert rows == [["1", "3", "1061", "300–411", "70", "121"], ["2", "-", "-", "-", "-", "-"]]
     assert report.main(["--mcnemar", str(run), str(tmp_path / "b"), "--times"]) == 2
+    with open(run / "metrics.csv", "a") as f:
+        f.write("4,plain,slow,20\n")  # a time that is not a number: the row is left out and named, no traceback
+    assert report.main([str(tmp_path), "--times"]) == 0
+    assert "a/metrics.csv: 1 malformed row(s)" in capsys.readouterr().out
 
 
 def test_report_uses_the_last_row_of_a_repeated_epoch(tmp_path, capsys):

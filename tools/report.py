@@ -109,7 +109,7 @@ def read_record(folder) -> dict:
     return rec
 
 
-METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share")
+METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "epoch_time_s", "eval_time_s")
 
 
 def _number_or_blank(v) -> bool:
