@@ -99,10 +99,13 @@ def interpreter() -> str:
     return shown_path(sys.executable)
 
 
+TAG_CHARS = "A-Za-z0-9.=_-"  # what a folder-name tag holds, made from flags or given with --tag
+
+
 def override_tag(extra) -> str:
     """A folder-name tag for the flags passed to every command: '--width 16 --epochs=12' -> 'width16-epochs12'."""
     def clean(value):
-        return re.sub(r"[^A-Za-z0-9.=_-]", "_", value.replace("/", "_"))
+        return re.sub(f"[^{TAG_CHARS}]", "_", value)
     parts, skip = [], False
     for a in extra:
         if a.startswith("--"):
@@ -117,7 +120,7 @@ def override_tag(extra) -> str:
 
 def folder_tag(value: str) -> str:
     """--tag: one folder-name part (letters, digits and . = _ -, as the tags made from flags), or "" for none."""
-    if value and not re.fullmatch(r"[A-Za-z0-9.=_-]+", value) or value in (".", ".."):
+    if value and not re.fullmatch(f"[{TAG_CHARS}]+", value) or value in (".", ".."):
         raise argparse.ArgumentTypeError(f"{value!r} is not one folder-name part (letters, digits, . = _ - only)")
     return value
 

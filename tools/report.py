@@ -479,11 +479,16 @@ def run_times(run) -> list[str]:
             f"{final:.0f}" if isinstance(final, (int, float)) else "-"]
 
 
+def seed_differences(a, b, col) -> dict:
+    """{seed: a - b} of `col` over the seeds both groups have a value for."""
+    va, vb = seed_values(a, col), seed_values(b, col)
+    return {s: va[s] - vb[s] for s in va.keys() & vb.keys()}
+
+
 def paired_diff(a, b, col):
     """(mean, sample std, n) of the per-seed differences a - b over the seeds both groups have a value for: the
     comparison to read when rows share their seeds (and so their warm-up and data order)."""
-    va, vb = seed_values(a, col), seed_values(b, col)
-    return mean_std([va[s] - vb[s] for s in va.keys() & vb.keys()])
+    return mean_std(list(seed_differences(a, b, col).values()))
 
 
 def pooled_std(groups, col) -> str:
@@ -659,9 +664,9 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                 out += ["", "| Per-seed difference | Seed | " + " | ".join(column_title(c) for c in cols) + " |",
                         "|" + "---|" * (len(cols) + 2)]
                 for a, b in complete:
-                    va, vb = {c: seed_values(a, c) for c in cols}, {c: seed_values(b, c) for c in cols}
-                    for s in sorted({s for c in cols for s in va[c].keys() & vb[c].keys()}):
-                        cells = [_signed(va[c][s] - vb[c][s]) if s in va[c] and s in vb[c] else "-" for c in cols]
+                    d = {c: seed_differences(a, b, c) for c in cols}
+                    for s in sorted({s for c in cols for s in d[c]}):
+                        cells = [_signed(d[c][s]) if s in d[c] else "-" for c in cols]
                         out.append(f"| {a.label} − {b.label} | {s} | " + " | ".join(cells) + " |")
         if times:
             out += ["", "| Run | Seed | Epochs | Training (s) | Per epoch (s) | Per-epoch check (s) | Final eval (s) |",
