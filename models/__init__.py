@@ -48,13 +48,17 @@ def load_checkpoint(model: torch.nn.Module, path, obj=None) -> dict:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    not_tensors = [f"{k} ({type(state[k]).__name__})" for k in own if k in state and not torch.is_tensor(state[k])]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+              for k in own if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
+    non_finite = [k for k in own if k in state and torch.is_tensor(state[k]) and state[k].is_floating_point()
+                  and not bool(torch.isfinite(state[k]).all())]
+    if missing or unexpected or not_tensors or shapes or non_finite:
         def few(keys):
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
         parts = [f"{label}: {few(keys)}" for label, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("not tensors", not_tensors),
+                  ("shape mismatches", shapes), ("non-finite values (NaN or inf) in", non_finite)) if keys]
         raise CheckpointMismatch(f"checkpoint {path} does not match the model; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return obj if isinstance(obj, dict) else {}

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.test_scripts import SCRIPTS, constants
-from utils.config import build_parser, effective, lr_at, parse
+from utils.config import build_parser, check_saved, effective, lr_at, parse
 from utils.methods import METHODS
 
 
@@ -54,3 +54,18 @@ def test_default_run_folder_names_the_method():
     outs = {parse("part", constants(SCRIPTS["part"]), argv)[0]["out"] for argv in ([], ["--no-mask"], ["--attack", "mma"])}
     assert outs == {"runs/part-cifar10-resnet18-seed1", "runs/at-cifar10-resnet18-seed1",
                     "runs/part-mma-cifar10-resnet18-seed1"}
+
+
+@pytest.mark.parametrize("variant,argv", [
+    ("part", []),
+    ("part", ["--no-mask", "--width", "16", "--lr-milestones", "60", "70", "--cam-layer", "layer3"]),
+    ("part", ["--mask-source", "regions", "--region-eps", "6/255", "12/255", "12/255", "12/255", "--warm-up", "0"]),
+    ("part", ["--attack", "mma", "--eval-attacks", "natural", "pgd50", "--eval-corruptions", "c10c", "--amp", "bf16"]),
+    ("part_t", ["--as-published"]),
+    ("part_m", ["--data", "svhn", "--model", "wrn34-10", "--weight-decay", "none", "--step-size", "none"]),
+])
+def test_a_parsed_config_read_back_is_accepted_unchanged(variant, argv):
+    """check_saved accepts every config the flags can make, and resolving it again changes nothing."""
+    cfg, _ = parse(variant, constants(SCRIPTS[variant]), argv)
+    cfg.update(num_classes=10, image_size=32, data_fingerprint="0123", world_size=1)  # what training adds
+    assert check_saved(dict(cfg), "ckpt") == cfg

@@ -117,6 +117,9 @@ def test_the_training_scripts_take_whole_flag_names_only():
     (["--tasks-per-node", "2"], "--tasks-per-node and --wait are for --executor local or slurm"),
     (["--executor", "slurm", "--slurm-extra", "=x"], "expected KEY=VALUE"),
     (["--status", "--run"], "not allowed with"),
+    (["--gpus", "0 1"], "expected a GPU index or UUID"),
+    (["--gpus", "0", ""], "expected a GPU index or UUID"),
+    (["--gpus", "0,"], "expected a GPU index or UUID"),
 ])
 def test_bad_grid_input_exits_2_with_one_line(argv, word, capsys):
     assert word in refused(capsys, [*GRID, *argv])

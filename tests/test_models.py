@@ -58,3 +58,15 @@ def test_mismatch_names_keys(tmp_path):
         load_checkpoint(ResNet18(num_classes=100, width=4), tmp_path / "r.pt")
     with pytest.raises(CheckpointMismatch, match="missing keys: block1.*unexpected keys: layer1"):
         load_checkpoint(WideResNet(10, 1, 10), tmp_path / "r.pt")
+
+
+@pytest.mark.parametrize("value,word", [(3, "not tensors: linear.bias"), (float("nan"), "non-finite .* in: linear.bias"),
+                                        (float("inf"), "non-finite .* in: linear.bias")])
+def test_weights_that_are_no_tensors_or_not_finite_are_refused_and_the_model_is_untouched(value, word):
+    state = ResNet18(num_classes=10, width=4).state_dict()
+    state["linear.bias"] = value if isinstance(value, int) else torch.full_like(state["linear.bias"], value)
+    model = ResNet18(num_classes=10, width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatch, match=word):
+        load_checkpoint(model, "r.pt", obj={"model": state})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -45,6 +45,8 @@ def bad_file(tmp, kind):
         return npz(p, y_test=np.arange(25) % 10)
     if kind == "empty":
         return npz(p, x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, np.int64))
+    if kind == "zero-size":
+        return npz(p, x_train=np.zeros((40, 0, 0, 3), np.uint8), x_test=np.zeros((20, 0, 0, 3), np.uint8))
     if kind == "float-labels":
         return npz(p, y_train=(np.arange(40) % 10).astype(np.float32))
     if kind == "random-bytes":
@@ -108,12 +110,12 @@ BAD_INPUT = [
     ("part", ["--eval-only", "TMP/garbage.pt"], 2, "cannot read checkpoint"),
     ("part", ["--eval-only", "TMP/nothing.pt"], 2, "no checkpoint"),
     ("part", ["--resume", "TMP/weights_only.pt"], 2, "--eval-only"),
-    # one line each for the classes of issue 22: a seed past 64 bits, a model too large for memory, a CAM layer that
+    # one line each for the classes of issue 22: a seed past 64 bits, a model wider than any trained here, a CAM layer that
     # is no feature map, the permuted control without a second image, an empty path, flags that would be ignored,
     # a folder holding --eval-only records, CIFAR-10-C labels outside the classes or images of another size, and an
     # --eval-only output folder that cannot be written (found before loading the model)
     ("part", ["--seed", str(2**64)], 2, "--seed"),
-    ("part", ["--width", "100000"], 2, "out of memory"),
+    ("part", ["--width", "100000"], 2, "[1, 1024]"),
     ("part", ["--cam-layer", "linear"], 2, "not a feature map"),
     ("part", ["--mask-source", "permuted", "--batch-size", "1"], 2, "at least 2 images per batch"),
     ("part", ["--mask-source", "permuted", "--n-train", "1"], 2, "at least 2 training images"),
@@ -127,8 +129,8 @@ BAD_INPUT = [
     ("part", ["--eval-only", "TMP/weights_only.pt", "--out", "/proc/part_eval_test"], 2, "cannot create or write"),
 ] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
-    ("empty", "N > 0"), ("float-labels", "integer"), ("random-bytes", "not a readable"),
-    ("truncated", "not a readable"), ("pickled", "not a readable")]]
+    ("empty", "N, H, W > 0"), ("zero-size", "N, H, W > 0"), ("float-labels", "integer"),
+    ("random-bytes", "not a readable"), ("truncated", "not a readable"), ("pickled", "not a readable")]]
 
 
 @pytest.mark.parametrize("variant,argv,code,word", BAD_INPUT, ids=[" ".join(c[1])[:40] for c in BAD_INPUT])
@@ -136,8 +138,8 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "garbage.pt").write_bytes(os.urandom(300))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
-    for kind in ("float", "int16", "label999", "long-labels", "empty", "float-labels", "random-bytes", "truncated",
-                 "pickled"):
+    for kind in ("float", "int16", "label999", "long-labels", "empty", "zero-size", "float-labels", "random-bytes",
+                 "truncated", "pickled"):
         bad_file(tmp_path, kind)
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "eval_last.json").write_text("{}")
@@ -255,6 +257,55 @@ def test_resume_from_an_earlier_checkpoint_rebuilds_metrics_and_drops_later_file
     assert same_weights(whole, weights(out / "last.pt"))
     assert torch.load(out / "epoch_3.pt", weights_only=False)["epoch"] == 3
     assert truncate_metrics(str(out / "metrics.csv"), 2) == 1
+
+
+def _damage(ckpt, how):
+    """The checkpoint content `ckpt` damaged in one way (a copy)."""
+    c = {**ckpt, "config": dict(ckpt["config"]), "model": dict(ckpt["model"])}
+    key, _, value = how.partition("=")
+    if key == "config":
+        c["config"] = value
+    elif key.startswith("config."):
+        name = key[len("config."):]
+        if value == "DEL":
+            del c["config"][name]
+        else:
+            c["config"][name] = {"nan": float("nan"), "str": "8/255", "zzz": "zzz"}[value]
+    elif key == "weight":
+        name = next(k for k, v in c["model"].items() if v.is_floating_point())
+        c["model"][name] = 3 if value == "int" else torch.full_like(c["model"][name], float("nan"))
+    else:
+        c[key] = {"{}": {}, "str": "1", "int": 5, "rng": {"torch": 5}}[value]
+    return c
+
+
+# how a checkpoint is damaged, and a word the one-line refusal must contain
+DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=zzz", "no known method"),
+                    ("config=hello", "not a dict"), ("config.epsilon=str", "--epsilon"),
+                    ("config.epsilon=nan", "finite"), ("config.low_epsilon=nan", "--low-epsilon"),
+                    ("config.eval_epsilon=nan", "--eval-epsilon"), ("config.data=DEL", "lacks the setting 'data'"),
+                    ("config.data=zzz", "--data"), ("weight=int", "not tensors"), ("weight=nan", "non-finite")]
+DAMAGED_FOR_RESUME = DAMAGED_FOR_EVAL + [("optimizer={}", "optimizer state"), ("epoch=str", "no usable epoch"),
+                                         ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20")]
+
+
+@pytest.mark.parametrize("how,word", DAMAGED_FOR_EVAL)
+def test_eval_only_refuses_a_damaged_checkpoint_in_one_line(finished, how, word, tmp_path, capsys):
+    path = tmp_path / "damaged.pt"
+    torch.save(_damage(torch.load(finished / "last.pt", weights_only=False), how), path)
+    code, err = call("part", ["--eval-only", str(path), "--eval-attacks", "natural", "--n-eval", "8"], capsys)
+    assert code == 2 and word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert str(path) in err and not list(tmp_path.glob("eval_*"))
+
+
+@pytest.mark.parametrize("how,word", DAMAGED_FOR_RESUME)
+def test_resume_refuses_a_damaged_checkpoint_in_one_line(finished, how, word, tmp_path, capsys):
+    path = tmp_path / "damaged.pt"
+    torch.save(_damage(torch.load(finished / "last.pt", weights_only=False), how), path)
+    out = tmp_path / "run"
+    code, err = call("part", [*TINY, "--eval-attacks", "natural", "--out", str(out), "--resume", str(path)], capsys)
+    assert code == 2 and word in err and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert not out.exists()
 
 
 def test_eval_only_honours_data_that_fits_and_refuses_data_that_does_not(finished, tmp_path, capsys):

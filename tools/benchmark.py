@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from attacks import pgd
 from models import MODELS
 from utils.cams import find_target_layer, unwrap
-from utils.config import POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
+from utils.config import MAX_WIDTH, POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
 from utils.data import DATASETS, load_dataset, to_float
 from utils.engine import (autocast, build_run, configure_backends, peak_memory_mb, pick_device, prepare_model,
                           prepare_training, reset_peak_memory, train_epoch)
@@ -243,7 +243,7 @@ def benchmark(argv=None) -> dict:
     p.add_argument("--data", default="synthetic", choices=list(DATASETS), help="data set (default: synthetic)")
     p.add_argument("--data-dir", default="data", type=nonempty, help="data-set root, or the .npz file for cifar10-npz")
     p.add_argument("--models", nargs="+", default=["resnet18"], choices=list(MODELS), help="models (default: resnet18)")
-    p.add_argument("--width", type=number(int, 1, optional=True), default=None,
+    p.add_argument("--width", type=number(int, 1, MAX_WIDTH, optional=True), default=None,
                    help="shrink the models (CPU runs); default: standard width")
     p.add_argument("--settings", nargs="+", default=None, type=_setting_name,
                    help="speed settings: presets fp32, tf32, bf16, fast, fast-bf16 or '+'-joined flags channels_last, "

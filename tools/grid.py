@@ -331,6 +331,13 @@ SLURM_FLAGS = {
 }
 
 
+def _gpu_id(text: str) -> str:
+    """A CUDA_VISIBLE_DEVICES value (an index, a GPU-/MIG- UUID, or a comma list of them): no blanks, no empty part."""
+    if not re.fullmatch(r"[A-Za-z0-9_./:-]+(,[A-Za-z0-9_./:-]+)*", text):
+        raise argparse.ArgumentTypeError(f"expected a GPU index or UUID as CUDA_VISIBLE_DEVICES takes it, got {text!r}")
+    return text
+
+
 def build_parser():
     from utils.config import COUNT, POSITIVE, SPEC, nonempty, number
     types = {"positive": POSITIVE, "count": COUNT, "mem": number(float, 0, lo_open=True)}
@@ -356,7 +363,7 @@ def build_parser():
                    help="subprocess: child processes here (default); local: submitit on this machine; slurm: one "
                         "Slurm job array through submitit (without --run: print its sbatch script)")
     e.add_argument("--jobs", type=int, default=1, metavar="N", help="subprocess: runs at a time (default: 1)")
-    e.add_argument("--gpus", nargs="+", metavar="ID", help="subprocess: the GPUs the jobs share, one per job at a time "
+    e.add_argument("--gpus", nargs="+", metavar="ID", type=_gpu_id, help="subprocess: the GPUs the jobs share, one per job at a time "
                    "(CUDA_VISIBLE_DEVICES values; default with --jobs > 1: every visible GPU)")
     e.add_argument("--tasks-per-node", type=POSITIVE, metavar="T", help="local, slurm: DDP processes per node of "
                    "each run (default: --slurm-gpus-per-node, else 1)")

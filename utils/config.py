@@ -74,6 +74,9 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=
 BUDGET = number(float, 0, 1)
 COUNT = number(int, 0)
 POSITIVE = number(int, 1)
+# 1024 gives a ResNet-18 of 2.8e9 parameters (11 GB in fp32): wider is no model one trains here, and its
+# allocation is refused late or not at all (memory overcommit)
+MAX_WIDTH = 1024
 SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.data.seed64)
 
 
@@ -118,7 +121,7 @@ SPEC = {
     "DATA": Flag(dict(choices=list(DATASETS)), "data set"),
     "DATA_DIR": Flag(dict(type=nonempty), "data-set root folder (for cifar10-npz: the .npz file)"),
     "MODEL": Flag(dict(choices=list(MODELS)), "architecture"),
-    "WIDTH": Flag(dict(type=number(int, 1, optional=True)),
+    "WIDTH": Flag(dict(type=number(int, 1, MAX_WIDTH, optional=True)),
                   "none: the standard model; else ResNet-18's first-stage channels (64) or the WRN's widen factor (10)"),
     "EPOCHS": Flag(dict(type=POSITIVE), "total epochs, warm-up included"),
     "WARM_UP": Flag(dict(type=COUNT), "epochs of the plain method at full eps before masks are used"),
@@ -267,6 +270,80 @@ def upgrade(saved: dict) -> dict:
         cfg.setdefault(key, value)
     cfg.pop("baseline", None)
     return cfg
+
+
+def _value_problem(action: argparse.Action, value) -> str | None:
+    """Why `value`, read back from a file, is not one the flag behind `action` could have set (None: it is)."""
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    items = value
+    if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list, got {value!r}"
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            return f"must hold {action.nargs} values, got {len(value)}"
+    else:
+        items = [value]
+    for item in items:
+        if item is None:
+            optional = action.default is None
+            if not optional and action.type is not None:
+                try:
+                    optional = action.type("none") is None
+                except (argparse.ArgumentTypeError, ValueError):
+                    pass
+            if not optional:
+                return "must be set, got none"
+            continue
+        kind = getattr(action.type, "__name__", "")
+        if kind in ("int", "float"):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or (kind == "int" and not isinstance(item, int)):
+                return f"must be {'a whole' if kind == 'int' else 'a'} number, got {item!r}"
+            text = repr(item)
+        elif not isinstance(item, str):
+            return f"must be text, got {item!r}"
+        else:
+            text = item
+        try:
+            parsed = action.type(text) if action.type is not None else text
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            return str(e)
+        if action.choices is not None and parsed not in action.choices:
+            return f"must be one of {', '.join(map(str, action.choices))}, got {item!r}"
+    return None
+
+
+# flags whose stored value is not reused: where the run was written, and the device it trained on
+_NOT_REUSED = ("out", "device", "resume", "eval_only", "overwrite", "as_published")
+
+
+def check_saved(saved, where: str) -> dict:
+    """A config read back from a checkpoint, checked as its flags are checked when parsed: a dict naming a known
+    method, whose every flag's value has the type and range the flag takes, and that resolves. Returns it upgraded
+    and resolved. Raises UsageError (one line, naming `where` and the bad key) otherwise."""
+    if not isinstance(saved, dict):
+        raise UsageError(f"{where}: its stored config is a {type(saved).__name__}, not a dict of settings")
+    variant = saved.get("variant")
+    if not isinstance(variant, str) or variant not in METHODS:
+        raise UsageError(f"{where}: its stored config names no known method (variant {variant!r}; expected one of "
+                         f"{', '.join(METHODS)})")
+    # the flags of the variant's constants, with a default that is not None: None is then accepted only where
+    # the flag itself takes 'none'
+    constants = {c: 0 for c in SPEC if c.lower() in saved and (c != "BETA" or METHODS[variant].uses_beta)}
+    for action in build_parser(variant, constants).flags:
+        if action.dest in saved and action.dest not in _NOT_REUSED:
+            problem = _value_problem(action, saved[action.dest])
+            if problem:
+                raise UsageError(f"{where}: its stored config has an impossible {action.option_strings[0]} "
+                                 f"({problem})")
+    try:
+        return resolve(variant, upgrade(saved))
+    except KeyError as e:
+        raise UsageError(f"{where}: its stored config lacks the setting {e}") from None
+    except UsageError as e:
+        raise UsageError(f"{where}: its stored config is inconsistent: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{where}: its stored config is malformed ({type(e).__name__}: {e})") from None
 
 
 def resolve(variant: str, args: dict) -> dict:

@@ -203,7 +203,7 @@ def _tinyimagenet(root: str, download: bool = False) -> Dataset:
 
 
 def _cifar10_npz(path: str, download: bool = False) -> Dataset:
-    """A CIFAR-10-style .npz: x_train, x_test uint8 (N, H, W, 3) with N > 0 and the same H, W; y_train, y_test
+    """A CIFAR-10-style .npz: x_train, x_test uint8 (N, H, W, 3) with N, H, W > 0 and the same H, W; y_train, y_test
     1-D integer labels in [0, 10) of the same lengths. Anything else raises UsageError naming the key."""
     if not os.path.isfile(path):
         raise DataNotFound(
@@ -222,8 +222,8 @@ def _cifar10_npz(path: str, download: bool = False) -> Dataset:
     shape = None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] == 0:
-            raise UsageError(f"{path}: x_{split} must be uint8 images (N, H, W, 3) with N > 0, got {x.dtype} "
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[:3], default=0) == 0:
+            raise UsageError(f"{path}: x_{split} must be uint8 images (N, H, W, 3) with N, H, W > 0, got {x.dtype} "
                              f"{x.shape}")
         if shape is not None and x.shape[1:] != shape:
             raise UsageError(f"{path}: x_train and x_test differ in image shape ({shape} vs {x.shape[1:]})")

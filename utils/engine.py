@@ -187,7 +187,13 @@ def check_resume(cfg: dict, path: str) -> dict:
     if not all(k in ckpt for k in ("optimizer", "rng", "epoch", "config")):
         raise UsageError(f"{path} holds model weights only (no optimizer or RNG state): it can be evaluated with "
                          f"--eval-only, but not resumed")
-    saved = upgrade_config(ckpt["config"])
+    epoch = ckpt["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UsageError(f"--resume: {path} records no usable epoch (epoch {epoch!r}); it is damaged or not ours")
+    best = ckpt.get("best_pgd20", -1.0)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
+        raise UsageError(f"--resume: {path} records no usable best PGD-20 (best_pgd20 {best!r}); it is damaged")
+    saved = upgrade_config(ckpt["config"], f"--resume: {path}")
     diffs = config_mod.training_differences(saved, cfg, ckpt["epoch"])
     if diffs:
         raise UsageError(f"--resume: {path} was trained with other settings ({'; '.join(diffs)}); resume with the "
@@ -195,9 +201,10 @@ def check_resume(cfg: dict, path: str) -> dict:
     return ckpt
 
 
-def upgrade_config(saved: dict) -> dict:
-    """A checkpoint's config, with the keys later versions added, resolved again."""
-    return config_mod.resolve(saved["variant"], config_mod.upgrade(saved))
+def upgrade_config(saved, where: str) -> dict:
+    """A checkpoint's config, checked as flags are (`config.check_saved`), with the keys later versions added,
+    resolved again. Raises UsageError naming `where` when it is not a usable config."""
+    return config_mod.check_saved(saved, where)
 
 
 def check_inputs(cfg: dict, world: int) -> None:
@@ -266,13 +273,19 @@ def resume_run(run: Run, path: str) -> None:
     ckpt = check_resume(run.cfg, path)
     try:
         load_checkpoint(run.model, path, obj=ckpt)
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-    except (CheckpointMismatch, ValueError) as e:
+    except CheckpointMismatch as e:
         raise UsageError(f"--resume: {e}") from None
-    note = set_rng_state(ckpt["rng"])
-    if note:
-        run.notes += (note,)
-    run.source.load_state_dict(ckpt.get("mask_source", {}))
+    parts = (("optimizer state", lambda: run.optimizer.load_state_dict(ckpt["optimizer"])),
+             ("RNG state", lambda: set_rng_state(ckpt["rng"])),
+             ("mask-source state", lambda: run.source.load_state_dict(ckpt.get("mask_source", {}))))
+    for what, load in parts:
+        try:
+            note = load()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise UsageError(f"--resume: {path}: its {what} does not fit this run ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:100] if str(e) else ''}); it is damaged or not ours") from None
+        if isinstance(note, str):
+            run.notes += (note,)
     run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
 
 
@@ -617,8 +630,8 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
     saved = obj.get("config")
     run_cfg = dict(cfg)
-    if saved:
-        run_cfg = upgrade_config(saved)
+    if saved is not None:
+        run_cfg = upgrade_config(saved, f"--eval-only: {path}")
         for key in EVAL_OVERRIDES:
             if key in explicit or key not in run_cfg:
                 run_cfg[key] = cfg[key]
