@@ -169,6 +169,30 @@ def test_official_source_applies_pass_batch_i_to_training_batch_i(small, synth):
     assert src.own_share == own.double().mean().item()
 
 
+@pytest.mark.parametrize("damage", ["one mask fewer", "other shapes", "bits cut", "pass epoch text", "warm-up pass"])
+def test_official_masks_round_trip_and_damaged_masks_are_refused(damage, small, synth):
+    c = cfg(mask_source="official", mask_refresh=3)
+    src = make_source(c, synth)
+    src.start_epoch(small, 2)
+    state = src.state_dict()
+    back = make_source(c, synth)
+    back.load_state_dict(state)
+    assert back.pass_epoch == 2 and all(torch.equal(a, b) for a, b in zip(src.masks, back.masks))
+    bad = {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+    if damage == "one mask fewer":
+        bad["shapes"], bad["bits"] = bad["shapes"][:-1], bad["bits"][:-1]
+    elif damage == "other shapes":
+        bad["shapes"] = [[s[0] // 2, *s[1:]] for s in bad["shapes"]]
+    elif damage == "bits cut":
+        bad["bits"][0] = bad["bits"][0][:10]
+    else:
+        bad["pass_epoch"] = "2" if damage == "pass epoch text" else 1
+    fresh = make_source(c, synth)
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(bad)
+    assert fresh.masks is None
+
+
 def test_official_pass_schedule():
     src = make_source(cfg(mask_source="official", warm_up=4, mask_refresh=3), synthetic(n_train=8, n_test=4))
     assert [e for e in range(5, 15) if src.pass_due(e)] == [5, 7, 10, 13]  # masked epochs 1, 3, 6, 9

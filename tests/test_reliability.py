@@ -264,18 +264,30 @@ def _damage(ckpt, how):
     c = {**ckpt, "config": dict(ckpt["config"]), "model": dict(ckpt["model"])}
     key, _, value = how.partition("=")
     if key == "config":
-        c["config"] = value
+        c["config"] = None if value == "none" else value
     elif key.startswith("config."):
         name = key[len("config."):]
         if value == "DEL":
             del c["config"][name]
         else:
-            c["config"][name] = {"nan": float("nan"), "str": "8/255", "zzz": "zzz"}[value]
+            c["config"][name] = {"nan": float("nan"), "str": "8/255", "zzz": "zzz", "part_t": "part_t", "[]": [],
+                                 "32.0": 32.0, "[32]": [32]}[value]
     elif key == "weight":
         name = next(k for k, v in c["model"].items() if v.is_floating_point())
-        c["model"][name] = 3 if value == "int" else torch.full_like(c["model"][name], float("nan"))
+        c["model"][name] = {"int": 3, "nan": torch.full_like(c["model"][name], float("nan")),
+                            "long": c["model"][name].long()}[value]
+    elif key == "running_var":
+        name = next(k for k in c["model"] if k.endswith("running_var"))
+        c["model"][name] = -c["model"][name]
+    elif key.startswith("optimizer."):
+        c["optimizer"] = {**ckpt["optimizer"], "param_groups": [dict(g) for g in ckpt["optimizer"]["param_groups"]],
+                          "state": {i: dict(s) for i, s in ckpt["optimizer"]["state"].items()}}
+        if key == "optimizer.momentum":
+            c["optimizer"]["param_groups"][0]["momentum"] = 5.0
+        else:
+            c["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3)
     else:
-        c[key] = {"{}": {}, "str": "1", "int": 5, "rng": {"torch": 5}}[value]
+        c[key] = {"{}": {}, "str": "1", "int": 5, "rng": {"torch": 5}, "huge": 10**9, "none": None, "500": 500.0}[value]
     return c
 
 
@@ -284,9 +296,16 @@ DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=
                     ("config=hello", "not a dict"), ("config.epsilon=str", "--epsilon"),
                     ("config.epsilon=nan", "finite"), ("config.low_epsilon=nan", "--low-epsilon"),
                     ("config.eval_epsilon=nan", "--eval-epsilon"), ("config.data=DEL", "lacks the setting 'data'"),
-                    ("config.data=zzz", "--data"), ("weight=int", "not tensors"), ("weight=nan", "non-finite")]
+                    ("config.data=zzz", "--data"), ("weight=int", "not dense tensors"), ("weight=nan", "non-finite"),
+                    ("weight=long", "other dtypes"), ("running_var=neg", "negative variances"),
+                    ("model=none", "not a state dict"), ("config=none", "not a dict"),
+                    ("config.variant=part_t", "(part_t)"), ("config.eval_attacks=[]", "at least one"),
+                    ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size")]
 DAMAGED_FOR_RESUME = DAMAGED_FOR_EVAL + [("optimizer={}", "optimizer state"), ("epoch=str", "no usable epoch"),
-                                         ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20")]
+                                         ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20"),
+                                         ("best_pgd20=500", "best PGD-20"), ("epoch=huge", "no usable epoch"),
+                                         ("optimizer.momentum=5", "momentum 5.0"),
+                                         ("optimizer.buffer=shape", "momentum buffer")]
 
 
 @pytest.mark.parametrize("how,word", DAMAGED_FOR_EVAL)

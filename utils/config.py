@@ -282,6 +282,8 @@ def _value_problem(action: argparse.Action, value) -> str | None:
             return f"must be a list, got {value!r}"
         if isinstance(action.nargs, int) and len(value) != action.nargs:
             return f"must hold {action.nargs} values, got {len(value)}"
+        if action.nargs == "+" and not value:
+            return "must hold at least one value, got none"
     else:
         items = [value]
     for item in items:
@@ -334,8 +336,16 @@ def check_saved(saved, where: str) -> dict:
         if action.dest in saved and action.dest not in _NOT_REUSED:
             problem = _value_problem(action, saved[action.dest])
             if problem:
-                raise UsageError(f"{where}: its stored config has an impossible {action.option_strings[0]} "
-                                 f"({problem})")
+                raise UsageError(f"{where}: its stored config ({variant}) has an impossible "
+                                 f"{action.option_strings[0]} ({problem})")
+    # what training adds to the config: the data's class count and image size (an int, or [height, width])
+    classes, size = saved.get("num_classes"), saved.get("image_size")
+    sizes = [size] if isinstance(size, int) else size if isinstance(size, (list, tuple)) and len(size) == 2 else None
+    if (classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1)) or \
+            (size is not None and (sizes is None or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                                        for s in sizes))):
+        raise UsageError(f"{where}: its stored config has an impossible class count or image size "
+                         f"(num_classes {classes!r}, image_size {size!r})")
     try:
         return resolve(variant, upgrade(saved))
     except KeyError as e:

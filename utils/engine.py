@@ -187,13 +187,14 @@ def check_resume(cfg: dict, path: str) -> dict:
     if not all(k in ckpt for k in ("optimizer", "rng", "epoch", "config")):
         raise UsageError(f"{path} holds model weights only (no optimizer or RNG state): it can be evaluated with "
                          f"--eval-only, but not resumed")
-    epoch = ckpt["epoch"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise UsageError(f"--resume: {path} records no usable epoch (epoch {epoch!r}); it is damaged or not ours")
-    best = ckpt.get("best_pgd20", -1.0)
-    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best):
-        raise UsageError(f"--resume: {path} records no usable best PGD-20 (best_pgd20 {best!r}); it is damaged")
     saved = upgrade_config(ckpt["config"], f"--resume: {path}")
+    epoch = ckpt["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= saved["epochs"]:
+        raise UsageError(f"--resume: {path} records no usable epoch (epoch {epoch!r} of the {saved['epochs']} its "
+                         f"config trains); it is damaged or not ours")
+    best = ckpt.get("best_pgd20", -1.0)
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or not -1 <= best <= 100:
+        raise UsageError(f"--resume: {path} records no usable best PGD-20 (best_pgd20 {best!r}); it is damaged")
     diffs = config_mod.training_differences(saved, cfg, ckpt["epoch"])
     if diffs:
         raise UsageError(f"--resume: {path} was trained with other settings ({'; '.join(diffs)}); resume with the "
@@ -275,7 +276,7 @@ def resume_run(run: Run, path: str) -> None:
         load_checkpoint(run.model, path, obj=ckpt)
     except CheckpointMismatch as e:
         raise UsageError(f"--resume: {e}") from None
-    parts = (("optimizer state", lambda: run.optimizer.load_state_dict(ckpt["optimizer"])),
+    parts = (("optimizer state", lambda: load_optimizer(run.optimizer, ckpt["optimizer"])),
              ("RNG state", lambda: set_rng_state(ckpt["rng"])),
              ("mask-source state", lambda: run.source.load_state_dict(ckpt.get("mask_source", {}))))
     for what, load in parts:
@@ -287,6 +288,26 @@ def resume_run(run: Run, path: str) -> None:
         if isinstance(note, str):
             run.notes += (note,)
     run.start_epoch, run.best, run.last_saved = ckpt["epoch"] + 1, ckpt.get("best_pgd20", -1.0), ckpt["epoch"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved SGD state into `optimizer` (built from this run's config). Raises ValueError, leaving the
+    optimizer as it was, unless the state's settings other than lr are the optimizer's and every momentum buffer
+    is a finite tensor of its parameter's shape."""
+    before = optimizer.state_dict()
+    optimizer.load_state_dict(state)
+    problem = None
+    for group, own in zip(optimizer.param_groups, before["param_groups"]):
+        for key, value in own.items():
+            if key not in ("params", "lr", "initial_lr") and group.get(key) != value:
+                problem = f"{key} {group.get(key)!r} where this run's config sets {value!r}"
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape or not bool(torch.isfinite(buf).all())):
+                problem = f"a momentum buffer that is not a finite tensor of its parameter's shape {tuple(p.shape)}"
+    if problem:
+        optimizer.load_state_dict(before)
+        raise ValueError(problem)
 
 
 def open_folder(run: Run, resumed_from: str | None) -> None:
@@ -630,7 +651,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
     saved = obj.get("config")
     run_cfg = dict(cfg)
-    if saved is not None:
+    if "config" in obj:  # ours (other code's checkpoints have no config entry)
         run_cfg = upgrade_config(saved, f"--eval-only: {path}")
         for key in EVAL_OVERRIDES:
             if key in explicit or key not in run_cfg:

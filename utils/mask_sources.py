@@ -224,12 +224,29 @@ class OfficialSource(MaskSource):
                 "bits": [torch.from_numpy(np.packbits(m.cpu().numpy().reshape(-1))) for m in self.masks]}
 
     def load_state_dict(self, state):
+        """Restore the masks `state_dict` saved. Raises ValueError unless they are one per batch of this run, of
+        its batches' shapes, from a pass of a masked epoch."""
         if not state or self.rank != 0:  # the checkpoint holds rank 0's masks; other ranks recompute theirs
             return
+        c = self.cfg
+        n = train_size(self.data, c["n_train"]) // self.world  # this rank's images per epoch (epoch_permutation)
+        per = c["batch_size"] // self.world
+        _, channels, height, width = self.data.x_train.shape
+        expected = [[min(per, n - s), channels, height, width] for s in range(0, n, per)]
+        shapes, bits, epoch = state["shapes"], state["bits"], state["pass_epoch"]
+        if [list(s) for s in shapes] != expected or len(bits) != len(shapes):
+            raise ValueError(f"{len(shapes)} stored masks of shapes {shapes[:2]}..., where this run's "
+                             f"{len(expected)} batches need {expected[:2]}...")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= c["warm_up"]:
+            raise ValueError(f"the stored masks' pass epoch {epoch!r} is no masked epoch")
         device = self.data.x_train.device
-        self.masks = [torch.from_numpy(np.unpackbits(b.numpy())[:int(np.prod(s))].astype(bool)).reshape(s).to(device)
-                      for b, s in zip(state["bits"], state["shapes"])]
-        self.pass_epoch = state["pass_epoch"]
+        masks = []
+        for b, s in zip(bits, shapes):
+            flat = np.unpackbits(b.numpy())
+            if flat.size < int(np.prod(s)) or flat.size >= int(np.prod(s)) + 8:
+                raise ValueError(f"a stored mask holds {flat.size} bits for a shape of {int(np.prod(s))}")
+            masks.append(torch.from_numpy(flat[:int(np.prod(s))].astype(bool)).reshape(s).to(device))
+        self.masks, self.pass_epoch = masks, epoch
 
 
 class RegionSource(MaskSource):
