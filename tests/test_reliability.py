@@ -301,11 +301,11 @@ DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=
                     ("model=none", "not a state dict"), ("config=none", "not a dict"),
                     ("config.variant=part_t", "(part_t)"), ("config.eval_attacks=[]", "at least one"),
                     ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size")]
-DAMAGED_FOR_RESUME = DAMAGED_FOR_EVAL + [("optimizer={}", "optimizer state"), ("epoch=str", "no usable epoch"),
-                                         ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20"),
-                                         ("best_pgd20=500", "best PGD-20"), ("epoch=huge", "no usable epoch"),
-                                         ("optimizer.momentum=5", "momentum 5.0"),
-                                         ("optimizer.buffer=shape", "momentum buffer")]
+# resume reads the config and weights through the same checks as --eval-only: a few of those, and its own
+DAMAGED_FOR_RESUME = [DAMAGED_FOR_EVAL[i] for i in (0, 2, 4, 7, 10, 12)] + [
+    ("optimizer={}", "optimizer state"), ("epoch=str", "no usable epoch"), ("epoch=huge", "no usable epoch"),
+    ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20"), ("best_pgd20=500", "best PGD-20"),
+    ("optimizer.momentum=5", "momentum 5.0"), ("optimizer.buffer=shape", "momentum buffer")]
 
 
 @pytest.mark.parametrize("how,word", DAMAGED_FOR_EVAL)
