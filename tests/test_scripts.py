@@ -91,6 +91,11 @@ def test_resume_is_exact_with_every_mask_source(source, tmp_path, monkeypatch):
     assert same_weights(weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
     columns = lambda p: [r.split(",")[1:9] for r in (p / "metrics.csv").read_text().splitlines()]  # noqa: E731
     assert columns(tmp_path / "whole") == columns(tmp_path / "cut")  # budgets and own-image shares too
+    if refresh:  # masks stored by another number of processes are of other batches: recomputed, with a note
+        cut["config"]["world_size"] = 2
+        torch.save(cut, tmp_path / "two.pt")
+        assert run("part", tmp_path / "other", *args, "--resume", str(tmp_path / "two.pt")) == 0
+        assert "not restored, recomputed" in (tmp_path / "other" / "log.txt").read_text()
 
 
 @pytest.mark.slow

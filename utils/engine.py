@@ -276,9 +276,15 @@ def resume_run(run: Run, path: str) -> None:
         load_checkpoint(run.model, path, obj=ckpt)
     except CheckpointMismatch as e:
         raise UsageError(f"--resume: {e}") from None
+    mask_state = ckpt.get("mask_source") or {}
+    saved_world = ckpt["config"].get("world_size")
+    if mask_state and saved_world not in (None, run.world):  # its masks are of other batches: recomputed instead
+        run.notes += (f"the checkpoint's mask-source state is of {saved_world} process(es), this run has {run.world}: "
+                      f"not restored, recomputed at the next epoch",)
+        mask_state = {}
     parts = (("optimizer state", lambda: load_optimizer(run.optimizer, ckpt["optimizer"])),
              ("RNG state", lambda: set_rng_state(ckpt["rng"])),
-             ("mask-source state", lambda: run.source.load_state_dict(ckpt.get("mask_source", {}))))
+             ("mask-source state", lambda: run.source.load_state_dict(mask_state)))
     for what, load in parts:
         try:
             note = load()
