@@ -74,8 +74,8 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=
 BUDGET = number(float, 0, 1)
 COUNT = number(int, 0)
 POSITIVE = number(int, 1)
-# 1024 gives a ResNet-18 of 2.8e9 parameters (11 GB in fp32): wider is no model one trains here, and its
-# allocation is refused late or not at all (memory overcommit)
+# 1024 gives a ResNet-18 of 2.86e9 parameters (11.4 GB in fp32; counted on the meta device): wider is no model
+# one trains here, and its allocation is refused late or not at all (memory overcommit)
 MAX_WIDTH = 1024
 SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.data.seed64)
 

@@ -343,6 +343,11 @@ def epoch_permutation(n: int, generator: torch.Generator, rank: int = 0, world: 
     return perm[: (n // world) * world][rank::world]
 
 
+def batch_sizes(n: int, per: int) -> list[int]:
+    """The sizes of the batches of `per` images that n images make, in order (the last one may be smaller)."""
+    return [min(per, n - s) for s in range(0, n, per)]
+
+
 def train_size(data: Dataset, n_train: int = 0) -> int:
     """How many training images an epoch uses: the first n_train (all when 0)."""
     return data.x_train.shape[0] if not n_train else min(n_train, data.x_train.shape[0])
@@ -357,7 +362,7 @@ def train_batches(data: Dataset, batch_size: int, generator: torch.Generator, ra
     perm = epoch_permutation(train_size(data, n_train), generator, rank, world)
     per = batch_size // world
     starts = range(0, perm.numel(), per)
-    draws = [crop_flip_draws(min(per, perm.numel() - s), data.crop_padding, data.flip, generator) for s in starts]
+    draws = [crop_flip_draws(b, data.crop_padding, data.flip, generator) for b in batch_sizes(perm.numel(), per)]
     device = data.x_train.device
     perm = perm.to(device)
     oy, ox, f = (None if d[0] is None else torch.cat(d).to(device) for d in zip(*draws)) if draws else (None,) * 3

@@ -195,7 +195,7 @@ def check_resume(cfg: dict, path: str) -> dict:
     best = ckpt.get("best_pgd20", -1.0)
     if isinstance(best, bool) or not isinstance(best, (int, float)) or not -1 <= best <= 100:
         raise UsageError(f"--resume: {path} records no usable best PGD-20 (best_pgd20 {best!r}); it is damaged")
-    diffs = config_mod.training_differences(saved, cfg, ckpt["epoch"])
+    diffs = config_mod.training_differences(saved, cfg, epoch)
     if diffs:
         raise UsageError(f"--resume: {path} was trained with other settings ({'; '.join(diffs)}); resume with the "
                          f"run's own settings, or start a new run in another --out")
@@ -297,13 +297,13 @@ def resume_run(run: Run, path: str) -> None:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved SGD state into `optimizer` (built from this run's config). Raises ValueError, leaving the
-    optimizer as it was, unless the state's settings other than lr are the optimizer's and every momentum buffer
-    is a finite tensor of its parameter's shape."""
-    before = optimizer.state_dict()
+    """Load a saved SGD state into `optimizer` (built from this run's config). Raises ValueError unless the state's
+    settings other than lr are the optimizer's and every momentum buffer is a finite tensor of its parameter's
+    shape (the run then stops, so the optimizer is not restored)."""
+    before = optimizer.state_dict()["param_groups"]
     optimizer.load_state_dict(state)
     problem = None
-    for group, own in zip(optimizer.param_groups, before["param_groups"]):
+    for group, own in zip(optimizer.param_groups, before):
         for key, value in own.items():
             if key not in ("params", "lr", "initial_lr") and group.get(key) != value:
                 problem = f"{key} {group.get(key)!r} where this run's config sets {value!r}"
@@ -312,7 +312,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
             if buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape or not bool(torch.isfinite(buf).all())):
                 problem = f"a momentum buffer that is not a finite tensor of its parameter's shape {tuple(p.shape)}"
     if problem:
-        optimizer.load_state_dict(before)
         raise ValueError(problem)
 
 

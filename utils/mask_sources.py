@@ -20,7 +20,7 @@ import torch
 
 from .cams import compute_cam, layer_cams
 from .errors import UsageError
-from .data import epoch_generator, epoch_permutation, seed64, train_batches, train_size
+from .data import batch_sizes, epoch_generator, epoch_permutation, seed64, train_batches, train_size
 from .mask_rules import device_copy, mask_from_cam
 
 
@@ -230,9 +230,7 @@ class OfficialSource(MaskSource):
             return
         c = self.cfg
         n = train_size(self.data, c["n_train"]) // self.world  # this rank's images per epoch (epoch_permutation)
-        per = c["batch_size"] // self.world
-        _, channels, height, width = self.data.x_train.shape
-        expected = [[min(per, n - s), channels, height, width] for s in range(0, n, per)]
+        expected = [[b, *self.data.x_train.shape[1:]] for b in batch_sizes(n, c["batch_size"] // self.world)]
         shapes, bits, epoch = state["shapes"], state["bits"], state["pass_epoch"]
         if [list(s) for s in shapes] != expected or len(bits) != len(shapes):
             raise ValueError(f"{len(shapes)} stored masks of shapes {shapes[:2]}..., where this run's "
