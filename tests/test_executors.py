@@ -264,6 +264,14 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
     assert grid.run_all(cmds, jobs=2) == 0
     assert len(calls) == 2 and calls[0][-1] == "--resume" and "--resume" not in calls[1]
     assert "PART-official" in " ".join(calls[1])
+    # a damaged results.json is not a finished run either (the run itself then says what is wrong), and no traceback
+    for text in ("[]", '"text"', '{"config": null}', '{"config": []}', '{"config": {"epochs": "x"}}',
+                 '{"config": {"variant": 3}}', '{"no config": 1}', "{truncated"):
+        with open(os.path.join(at_folder, "results.json"), "w") as f:
+            f.write(text)
+        calls.clear()
+        assert grid.run_all(cmds[:1], jobs=1) == 0
+        assert len(calls) == 1, text
 
 
 # ----------------------------------------------------------------------------------------------------

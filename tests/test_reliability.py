@@ -136,7 +136,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize("variant,argv,code,word", BAD_INPUT, ids=[" ".join(c[1])[:40] for c in BAD_INPUT])
 def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, capsys):
     (tmp_path / "afile").write_text("not a folder")
-    (tmp_path / "garbage.pt").write_bytes(os.urandom(300))
+    (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(300))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     for kind in ("float", "int16", "label999", "long-labels", "empty", "zero-size", "float-labels", "random-bytes",
                  "truncated", "pickled"):
@@ -154,6 +154,25 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     assert "Traceback" not in err
     assert not out.exists()  # found before the first epoch, and a failed start leaves no folder behind
     assert (tmp_path / "afile").is_file() and (tmp_path / "evals" / "eval_last.json").read_text() == "{}"
+
+
+def test_any_damaged_checkpoint_file_is_one_usage_error(tmp_path):
+    """Random bytes (plain and behind a pickle or zip header) and every truncation of a real checkpoint: reading
+    them raises UsageError naming the file, never another exception (unpickling damaged bytes can raise
+    OverflowError, MemoryError and others)."""
+    from utils.errors import UsageError
+    from utils.runs import read_checkpoint, save_checkpoint
+    save_checkpoint(str(tmp_path / "real.pt"), {"model": {"w": torch.zeros(3)}, "epoch": 1})
+    real = (tmp_path / "real.pt").read_bytes()
+    rng = np.random.default_rng(0)
+    blobs = [rng.bytes(int(n)) for n in rng.integers(1, 400, 300)]
+    blobs += [b"\x80\x02" + b for b in blobs[:100]] + [real[:4] + b for b in blobs[100:200]]
+    blobs += [real[:n] for n in range(0, len(real), max(1, len(real) // 100))]
+    path = tmp_path / "damaged.pt"
+    for blob in blobs:
+        path.write_bytes(blob)
+        with pytest.raises(UsageError, match="damaged.pt"):
+            read_checkpoint(str(path))
 
 
 @pytest.mark.slow

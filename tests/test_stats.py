@@ -280,6 +280,30 @@ def test_a_damaged_per_image_record_stops_only_what_needs_it(tmp_path, capsys):
     assert "p2" in capsys.readouterr().err
 
 
+def test_any_damage_to_a_per_image_record_is_one_usage_error(tmp_path):
+    """Bytes overwritten anywhere in a per_image.npz, or the file cut anywhere: reading it either succeeds (a byte
+    the zip does not check) or raises UsageError naming the file, never another exception (a damaged compressed
+    member raises zlib.error, an altered header NotImplementedError)."""
+    from tools.report import load_per_image
+    from utils.errors import UsageError
+    rng = np.random.default_rng(0)
+    folder = image_run(tmp_path, "x", "AT", 1, {"natural": rng.random(300) < 0.6, "pgd20": rng.random(300) < 0.3})
+    rec = json.loads((folder / "results.json").read_text())
+    good = (folder / "per_image.npz").read_bytes()
+    for i in range(300):
+        blob = bytearray(good)
+        if i % 2:
+            blob = blob[:int(rng.integers(len(blob)))]
+        else:
+            for at in rng.integers(len(blob), size=3):
+                blob[at] = int(rng.integers(256))
+        (folder / "per_image.npz").write_bytes(bytes(blob))
+        try:
+            load_per_image(str(folder), rec)
+        except UsageError as e:
+            assert "per_image.npz" in str(e)
+
+
 def test_an_interval_end_near_zero_shows_its_side_of_zero():
     from tools.report import _interval
     assert _interval((0.004834, 2.046)) == "[+0.0048, +2.05]"

@@ -142,11 +142,12 @@ def commands(study, data, models, rows, seeds, root, extra=(), tag=None):
 
 def finished_as_asked(folder: str, argv) -> bool:
     """Whether `folder` holds a finished run of exactly this command's settings (and data file)."""
-    from utils.config import effective, parse, script_constants, upgrade
+    from utils.config import check_saved, effective, parse, script_constants
     from utils.errors import UsageError
     try:
         with open(os.path.join(folder, "results.json")) as f:
-            done = upgrade(json.load(f)["config"])
+            rec = json.load(f)
+        done = check_saved(rec.get("config") if isinstance(rec, dict) else rec, folder)
         variant = script_variant(argv[1])
         asked, _ = parse(variant, script_constants(argv[1]), argv[2:])
     except (OSError, ValueError, KeyError, UsageError):
