@@ -6,7 +6,15 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# pytest-xdist (`-n N`) runs N workers: each gets its share of the cores, and the processes its tests start inherit
+# that share through OMP_NUM_THREADS, so that workers and their children never ask for more threads than there are
+# cores (OpenMP threads that wait for a busy core slow a tiny model several times over).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(min(THREADS, torch.get_num_threads()))
 
 SHARED_NPZ = os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz")
 
@@ -31,16 +39,37 @@ def synth():
 
 
 @pytest.fixture(scope="session")
-def trained(synth):
-    """A width-8 ResNet-18 trained naturally (not robustly) on the synthetic set; returns (model, test acc).
-    The last two epochs run at a tenth of the learning rate: without that, the eval-mode accuracy after a given
-    epoch swings between 15% and 100% with the number of CPU threads (BatchNorm statistics of a tiny set)."""
-    import torch.nn.functional as F
+def trained(synth, tmp_path_factory):
+    """A width-8 ResNet-18 trained naturally (not robustly) on the synthetic set; returns (model, test acc) with
+    the model in eval mode. Under pytest-xdist the first worker to ask trains it and saves the weights beside the
+    workers' temporary folders; the others load them."""
+    from filelock import FileLock
 
     from models import build_model
-    from utils.data import epoch_generator, to_float, train_batches
+    from utils.data import to_float
     torch.manual_seed(0)
     model = build_model("resnet18", 10, width=8)
+    shared = tmp_path_factory.getbasetemp().parent / "trained_width8.pt"
+    with FileLock(str(shared) + ".lock"):
+        if os.environ.get("PYTEST_XDIST_WORKER") and shared.is_file():
+            model.load_state_dict(torch.load(shared, weights_only=True))
+        else:
+            train_naturally(model, synth)
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                torch.save(model.state_dict(), shared)
+    model.eval()
+    with torch.no_grad():
+        acc = (model(to_float(synth.x_test)).argmax(1) == synth.y_test).float().mean().item()
+    return model, acc
+
+
+def train_naturally(model, synth):
+    """Ten epochs of plain cross-entropy training. The last two run at a tenth of the learning rate: without that,
+    the eval-mode accuracy after a given epoch swings between 15% and 100% with the number of CPU threads
+    (BatchNorm statistics of a tiny set)."""
+    import torch.nn.functional as F
+
+    from utils.data import epoch_generator, train_batches
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for epoch in range(10):
         for group in opt.param_groups:
@@ -50,10 +79,6 @@ def trained(synth):
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(to_float(synth.x_test)).argmax(1) == synth.y_test).float().mean().item()
-    return model, acc
 
 
 def tiny_imagenet_folder(root, wnids, per_class, train_value, val_value):
