@@ -274,6 +274,31 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
         assert len(calls) == 1, text
 
 
+def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, monkeypatch):
+    """job.json with a field of another type than the executors write (an unhashable executor, a state that is a
+    list, requeues that are text) or a pid past any real one: read as no record (so neither owner() nor --status
+    raises), and the grid starts the run; a live job's record that is whole still keeps the run from starting."""
+    calls = started(monkeypatch)
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path), ["--epochs", "2"])
+    (folder, argv), = cmds
+    os.makedirs(folder)
+    me = dict(executor="subprocess", job_id=str(os.getpid()), node=socket.gethostname(), state="running")
+    for damage in ({"executor": ["subprocess"]}, {"executor": {"a": 1}}, {"state": ["running"]}, {"requeues": "many"},
+                   {"job_id": 7}, {"starts": "x"}, {"exit_code": "2"}, {"tasks": True}, {"job_id": "9" * 30}):
+        with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
+            json.dump({**me, **damage}, f)
+        if damage == {"job_id": "9" * 30}:
+            assert executors.read_job(folder)["job_id"] == "9" * 30 and not executors.pid_alive(10 ** 30)
+        else:
+            assert executors.read_job(folder) == {}, damage
+        assert executors.owner(folder) is None and grid.run_status(folder, argv)[0] in ("not started", "failed")
+        calls.clear()
+        assert grid.run_all(cmds, jobs=1) == 0 and len(calls) == 1, damage
+    with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
+        json.dump(me, f)
+    assert "owns it" in executors.owner(folder)
+
+
 # ----------------------------------------------------------------------------------------------------
 # --status
 # ----------------------------------------------------------------------------------------------------

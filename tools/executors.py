@@ -59,14 +59,24 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+# the type of each field the executors write into job.json (a record with another type is not one of ours)
+JOB_FIELDS = {"state": str, "executor": str, "job_id": str, "node": str, "log": str, "error": str, "submitted": str,
+              "ended": str, "requeued": str, "requeues": int, "tasks": int, "exit_code": (int, type(None)),
+              "starts": list, "command": list}
+
+
 def read_job(folder: str) -> dict:
-    """The run folder's job record, or {} when it has none (or an unreadable one)."""
+    """The run folder's job record, or {} when it has none, or an unreadable or damaged one (not a JSON object, or
+    a field of another type than JOB_FIELDS gives)."""
     try:
         with open(os.path.join(folder, JOB_FILE)) as f:
             rec = json.load(f)
-        return rec if isinstance(rec, dict) else {}
     except (OSError, ValueError):
         return {}
+    if not isinstance(rec, dict) or any(k in rec and (not isinstance(rec[k], t) or isinstance(rec[k], bool))
+                                        for k, t in JOB_FIELDS.items()):
+        return {}
+    return rec
 
 
 def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: bool = False, **fields) -> dict:
@@ -129,7 +139,7 @@ def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except OSError:
         return True
