@@ -56,7 +56,8 @@ def trained(synth, tmp_path_factory):
         else:
             train_naturally(model, synth)
             if os.environ.get("PYTEST_XDIST_WORKER"):
-                torch.save(model.state_dict(), shared)
+                torch.save(model.state_dict(), str(shared) + ".tmp")
+                os.replace(str(shared) + ".tmp", shared)
     model.eval()
     with torch.no_grad():
         acc = (model(to_float(synth.x_test)).argmax(1) == synth.y_test).float().mean().item()

@@ -266,7 +266,9 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
     assert "PART-official" in " ".join(calls[1])
     # a damaged results.json is not a finished run either (the run itself then says what is wrong), and no traceback
     for text in ("[]", '"text"', '{"config": null}', '{"config": []}', '{"config": {"epochs": "x"}}',
-                 '{"config": {"variant": 3}}', '{"no config": 1}', "{truncated"):
+                 '{"config": {"variant": 3}}', '{"no config": 1}', "{truncated",
+                 json.dumps({"config": {k: v for k, v in parse("part", script_constants(PART), at_argv[2:])[0].items()
+                                        if k != "data_dir"}})):
         with open(os.path.join(at_folder, "results.json"), "w") as f:
             f.write(text)
         calls.clear()
@@ -284,11 +286,12 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
     os.makedirs(folder)
     me = dict(executor="subprocess", job_id=str(os.getpid()), node=socket.gethostname(), state="running")
     for damage in ({"executor": ["subprocess"]}, {"executor": {"a": 1}}, {"state": ["running"]}, {"requeues": "many"},
-                   {"job_id": 7}, {"starts": "x"}, {"exit_code": "2"}, {"tasks": True}, {"job_id": "9" * 30}):
+                   {"job_id": 7}, {"starts": "x"}, {"exit_code": "2"}, {"tasks": True}, {"job_id": "9" * 30},
+                   {"job_id": "\u00b2"}, {"job_id": "9" * 5000}):
         with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
             json.dump({**me, **damage}, f)
-        if damage == {"job_id": "9" * 30}:
-            assert executors.read_job(folder)["job_id"] == "9" * 30 and not executors.pid_alive(10 ** 30)
+        if "job_id" in damage and isinstance(damage["job_id"], str):  # a record of ours, but no pid: not alive
+            assert executors.read_job(folder)["job_id"] == damage["job_id"] and not executors.pid_alive(10 ** 30)
         else:
             assert executors.read_job(folder) == {}, damage
         assert executors.owner(folder) is None and grid.run_status(folder, argv)[0] in ("not started", "failed")

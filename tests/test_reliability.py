@@ -259,6 +259,22 @@ def test_the_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
     assert run("part", tmp_path / "busy", "--epochs", "1", "--eval-attacks", "natural") == 0
 
 
+def test_resume_drops_a_damaged_best_but_not_one_it_lacks_the_memory_to_read(tmp_path, monkeypatch):
+    """drop_later_files: a best.pt whose epoch is not a number is damaged and goes; a best.pt that cannot be read
+    for want of memory stays, and the allocation failure is raised as such (not read as damage)."""
+    from utils.runs import drop_later_files, save_checkpoint
+    save_checkpoint(str(tmp_path / "best.pt"), {"model": {}, "epoch": "x"})
+    assert drop_later_files(str(tmp_path), 3) == ["best.pt"]
+    save_checkpoint(str(tmp_path / "best.pt"), {"model": {"w": torch.zeros(2**19)}, "epoch": 2})  # 2 MiB
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(torch, "load", no_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        drop_later_files(str(tmp_path), 3)
+    assert (tmp_path / "best.pt").is_file()
+
+
 def test_resume_from_an_earlier_checkpoint_rebuilds_metrics_and_drops_later_files(tmp_path, capsys):
     """Resuming from epoch_1.pt of a finished 3-epoch run: a damaged metrics.csv is rebuilt from its readable rows,
     the later epochs' files and the old record go, and the run ends as an uninterrupted one does."""

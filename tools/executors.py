@@ -16,6 +16,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -303,8 +304,8 @@ def _stop_children(running: list, signum: int) -> None:
 
 
 def subprocess_alive(rec: dict) -> bool | None:
-    if not str(rec.get("job_id", "")).isdigit():
-        return False  # never started (a submission that did not happen)
+    if not re.fullmatch(r"[0-9]{1,12}", str(rec.get("job_id", ""))):
+        return False  # never started (a submission that did not happen), or not a pid
     if rec.get("node", socket.gethostname()) != socket.gethostname():
         return None
     return pid_alive(int(rec["job_id"]))

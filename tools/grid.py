@@ -154,7 +154,8 @@ def finished_as_asked(folder: str, argv) -> bool:
         return False  # run it: the run itself says what is wrong
     same = {k: v for k, v in effective(asked).items() if k != "data_fingerprint"} == \
         {k: v for k, v in effective(done).items() if k != "data_fingerprint"}
-    return same and os.path.abspath(asked["data_dir"]) == os.path.abspath(done["data_dir"])
+    return same and isinstance(done.get("data_dir"), str) and \
+        os.path.abspath(asked["data_dir"]) == os.path.abspath(done["data_dir"])
 
 
 def run_all(cmds, jobs=1, executor="subprocess", opts=None) -> int:

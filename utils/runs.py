@@ -95,7 +95,9 @@ def read_checkpoint(path: str) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - unpickling damaged bytes raises almost any type (OverflowError, MemoryError, ...)
+    except Exception as e:  # noqa: BLE001 - unpickling damaged bytes raises almost any type (OverflowError, ...)
+        if out_of_memory(e) and os.path.getsize(path) > 2**20:
+            raise  # a real allocation failure on a sizeable file, not damage: entry_point reports it as such
         raise UsageError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); "
                          f"it is truncated, damaged or not a PyTorch checkpoint") from None
     if not isinstance(obj, dict):
@@ -212,7 +214,8 @@ def drop_later_files(out: str, epoch: int) -> list[str]:
         later = m is not None and int(m.group(1)) > epoch
         if f == "best.pt":
             try:
-                later = read_checkpoint(os.path.join(out, f)).get("epoch", epoch + 1) > epoch
+                saved = read_checkpoint(os.path.join(out, f)).get("epoch", epoch + 1)
+                later = not isinstance(saved, int) or saved > epoch
             except UsageError:
                 later = True
         if later or f in ("results.json", "results.md", "per_image.npz", "mask.png"):
