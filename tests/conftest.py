@@ -43,19 +43,20 @@ def trained(synth, tmp_path_factory):
     """A width-8 ResNet-18 trained naturally (not robustly) on the synthetic set; returns (model, test acc) with
     the model in eval mode. Under pytest-xdist the first worker to ask trains it and saves the weights beside the
     workers' temporary folders; the others load them."""
-    from filelock import FileLock
-
     from models import build_model
     from utils.data import to_float
     torch.manual_seed(0)
     model = build_model("resnet18", 10, width=8)
-    shared = tmp_path_factory.getbasetemp().parent / "trained_width8.pt"
-    with FileLock(str(shared) + ".lock"):
-        if os.environ.get("PYTEST_XDIST_WORKER") and shared.is_file():
-            model.load_state_dict(torch.load(shared, weights_only=True))
-        else:
-            train_naturally(model, synth)
-            if os.environ.get("PYTEST_XDIST_WORKER"):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        train_naturally(model, synth)
+    else:
+        from filelock import FileLock
+        shared = tmp_path_factory.getbasetemp().parent / "trained_width8.pt"  # this session's, shared by its workers
+        with FileLock(str(shared) + ".lock"):
+            if shared.is_file():
+                model.load_state_dict(torch.load(shared, weights_only=True))
+            else:
+                train_naturally(model, synth)
                 torch.save(model.state_dict(), str(shared) + ".tmp")
                 os.replace(str(shared) + ".tmp", shared)
     model.eval()
