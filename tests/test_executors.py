@@ -125,6 +125,18 @@ def test_bad_grid_input_exits_2_with_one_line(argv, word, capsys):
     assert word in refused(capsys, [*GRID, *argv])
 
 
+def test_a_root_that_cannot_be_written_stops_the_grid_before_any_run(tmp_path, capsys, monkeypatch):
+    """--run with a --root that is a file, lies under a file or under a folder that takes no file: exit 2 with one
+    line naming --root, and no run started (each would otherwise start and fail alike)."""
+    calls = started(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    for root, word in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "runs", "which is a file"),
+                       ("/proc/part-runs", "cannot create or write files in /proc")):
+        err = refused(capsys, [*GRID, "--root", str(root), "--run"])
+        assert err.startswith("error: --root ") and word in err, err
+    assert calls == []
+
+
 def test_slurm_without_sbatch_exits_2_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(executors.shutil, "which", lambda name: None)
     root = tmp_path / "runs"

@@ -420,6 +420,13 @@ def main(argv=None):
             p.error(f"--gpus {' '.join(args.gpus)}: this machine shows {len(seen)} GPU(s)"
                     + (f" (0 to {len(seen) - 1})" if seen else ""))
     root = args.root or f"runs/{args.study}"
+    if args.run:
+        from utils.errors import UsageError
+        from utils.runs import check_writable
+        try:
+            check_writable(root, "--root")  # else every run would start and fail alike
+        except UsageError as e:
+            p.error(str(e))
     cmds = commands(args.study, args.data, args.models, rows, args.seeds, root, extra, args.tag)
     if args.status:
         return show_status(cmds)
