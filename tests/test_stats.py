@@ -82,6 +82,29 @@ def test_bootstrap_widens_with_seed_to_seed_noise():
     assert quiet == (0.0, 0.0) and loud[1] - loud[0] > 10
 
 
+def test_bootstrap_over_images_or_seeds_sees_only_that_source():
+    rng = np.random.default_rng(2)
+    x, y, z, w = (rng.random(400) < p for p in (0.3, 0.5, 0.4, 0.6))
+    a = {1: x, 2: y}
+    b, b_swapped = {1: z, 2: w}, {1: w, 2: z}  # same per-image mean over seeds, other per-seed differences
+    img = stats.bootstrap_interval(a, b, 400, seed=1, over="images")
+    assert stats.bootstrap_interval(a, b_swapped, 400, seed=1, over="images") == pytest.approx(img, abs=1e-9)
+    assert stats.bootstrap_interval(a, b_swapped, 400, seed=1) != pytest.approx(stats.bootstrap_interval(a, b, 400,
+                                                                                                         seed=1), abs=1e-9)
+    # seeds only: each run enters through its accuracy alone, so shuffling its images changes nothing
+    shuffled = {s: rng.permutation(v) for s, v in a.items()}
+    seeds = stats.bootstrap_interval(a, b, 400, seed=1, over="seeds")
+    assert stats.bootstrap_interval(shuffled, b, 400, seed=1, over="seeds") == pytest.approx(seeds, abs=1e-9)
+    assert stats.bootstrap_interval(shuffled, b, 400, seed=1, over="images") != pytest.approx(img, abs=1e-9)
+    same_acc = {1: x, 2: rng.permutation(x)}  # every seed the same accuracy: nothing for the seeds to resample
+    assert stats.bootstrap_interval(same_acc, {1: z, 2: z}, 200, over="seeds") == \
+        pytest.approx((100 * (x.mean() - z.mean()),) * 2, abs=1e-9)
+    lo, hi = stats.bootstrap_interval(same_acc, {1: z, 2: z}, 200, over="images")
+    assert hi - lo > 1
+    with pytest.raises(ValueError):
+        stats.bootstrap_interval(a, b, 10, over="tests")
+
+
 def test_mcnemar_exact_p_value():
     a = np.array([True] * 5 + [False] * 15 + [True] * 30 + [False] * 50)
     b = np.array([False] * 5 + [True] * 15 + [True] * 30 + [False] * 50)
@@ -128,7 +151,7 @@ def test_report_json_intervals_plan_and_bootstrap(tmp_path, capsys):
     assert (d["a"], d["b"], d["paired"], d["n"]) == ("PART", "AT", True, 3)
     assert d["mean"] == pytest.approx(np.mean(diffs)) and d["ci95"] == pytest.approx([iv.lo, iv.hi])
     lo, hi = d["bootstrap_ci95"]
-    assert lo < d["mean"] < hi
+    assert lo < d["mean"] < hi and doc["bootstrap_over"] == "both"
     assert diff_cells(out, "PART − AT", "Natural")[:2] == [f"{d['mean']:+.2f}", f"[{iv.lo:+.2f}, {iv.hi:+.2f}]"]
     plan = [p for p in doc["plan"] if p["column"] == "natural"]
     sd = np.std(diffs, ddof=1)
@@ -137,6 +160,14 @@ def test_report_json_intervals_plan_and_bootstrap(tmp_path, capsys):
     assert plan[0]["resolvable"] == pytest.approx(stats.resolvable_delta(sd, 3)) and plan[0]["sd"] == pytest.approx(sd)
     g = next(g for g in doc["groups"] if g["label"] == "AT")
     assert g["columns"]["natural"]["n"] == 3 and g["seeds"] == [1, 2, 3]
+    for over in ("images", "seeds"):
+        assert report.main([str(tmp_path), "--bootstrap", "300", "--bootstrap-over", over, "--json", str(path)]) == 0
+        assert {"images": "resampling test images only", "seeds": "resampling seeds only"}[over] in \
+            capsys.readouterr().out
+        doc = json.loads(path.read_text())
+        part = next(x for x in doc["differences"] if x["column"] == "natural")
+        assert doc["bootstrap_over"] == over and part["mean"] == d["mean"]
+        assert part["bootstrap_ci95"] != [lo, hi] and part["bootstrap_ci95"][1] - part["bootstrap_ci95"][0] < hi - lo
 
 
 def test_plan_needs_two_pairs(tmp_path, capsys):
@@ -183,7 +214,8 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
 
 
 @pytest.mark.parametrize("argv", [["--plan", "0"], ["--plan", "-1"], ["--bootstrap", "0"], ["--power", "1"],
-                                  ["--alpha", "0"]])
+                                  ["--alpha", "0"], ["--bootstrap-over", "images"],
+                                  ["--bootstrap-over", "tests", "--bootstrap", "10"]])
 def test_bad_statistics_flags_exit_2(argv, tmp_path, capsys):
     grid_of_runs(tmp_path, seeds=(1, 2))
     assert report.main([str(tmp_path), *argv]) == 2

@@ -25,7 +25,8 @@ does not match its run stops the report (exit 2).
 
 --plan DELTA gives, per difference and column, the seeds the paired t-test needs to detect DELTA points with
 --power at two-sided --alpha, and the smallest difference the current seeds resolve. --bootstrap N adds a
-percentile bootstrap interval that resamples test images and seeds together, from the runs' per_image.npz.
+percentile bootstrap interval that resamples test images and seeds together, from the runs' per_image.npz;
+--bootstrap-over images (or seeds) resamples only that one, which shows where the interval's width comes from.
 """
 import argparse
 import csv
@@ -402,9 +403,21 @@ def check_same_images(groups, col) -> None:
                          f"be paired (evaluate both on the same test set)")
 
 
-def difference(a, b, col, bootstrap=0, boot_seed=0) -> dict | None:
+BOOTSTRAP_NOTE = {
+    "both": "Bootstrap: {n} percentile replicates resampling test images and seeds together (one draw of images "
+            "shared by all runs; seeds paired where the rows share them); unlike the t-interval, which holds the "
+            "test set fixed, it also counts which test images were drawn.",
+    "images": "Bootstrap: {n} percentile replicates resampling test images only (one draw shared by all runs; "
+              "every seed kept once): the spread that the draw of the test set alone gives.",
+    "seeds": "Bootstrap: {n} percentile replicates resampling seeds only (paired where the rows share them; "
+             "every test image kept once): like the t-interval, it holds the test set fixed.",
+}
+
+
+def difference(a, b, col, bootstrap=0, boot_seed=0, boot_over="both") -> dict | None:
     """A - B on `col`: the mean (paired over shared seeds, else of the rows' means), its 95% interval, and with
-    `bootstrap` > 0 the per-image bootstrap interval (None where a run has no per-image record). None when a
+    `bootstrap` > 0 the per-image bootstrap interval over `boot_over` (see stats.bootstrap_interval; None where a
+    run has no per-image record). None when a
     row has no value."""
     iv = stats.difference_interval(seed_values(a, col), seed_values(b, col))
     if iv is None:
@@ -414,7 +427,7 @@ def difference(a, b, col, bootstrap=0, boot_seed=0) -> dict | None:
         va, vb = per_image_values(a, col), per_image_values(b, col)
         if va and vb:
             check_same_images([a, b], col)
-            boot = list(stats.bootstrap_interval(va, vb, bootstrap, boot_seed))
+            boot = list(stats.bootstrap_interval(va, vb, bootstrap, boot_seed, over=boot_over))
     return {"a": a.label, "b": b.label, "column": col, "mean": iv.mean,
             "ci95": None if iv.lo is None else [iv.lo, iv.hi], "n": iv.n, "paired": iv.paired,
             "n_a": iv.n_a if not iv.paired else None, "n_b": iv.n_b if not iv.paired else None, "test": iv.test,
@@ -544,7 +557,7 @@ def recorded(runs) -> str:
     return "Recorded, not grouped by: " + "; ".join(parts) + "."
 
 
-def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boot_seed=0) -> dict:
+def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boot_seed=0, boot_over="both") -> dict:
     """{(data, model): {'columns', 'pairs': [(A, B, [difference or None per column])], 'plan': [...], 'first_diff'}}
     for the comparisons of each table (see `comparisons`); a difference is None where a row or a value is missing,
     and pairs[first_diff:] are the --diff ones."""
@@ -554,7 +567,7 @@ def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boo
         pairs, plans = [], []
         for a, b in comparisons(groups, diffs):
             complete = isinstance(a, Group) and isinstance(b, Group)
-            pairs.append((*pair_names(a, b), [difference(a, b, c, bootstrap, boot_seed) if complete else None
+            pairs.append((*pair_names(a, b), [difference(a, b, c, bootstrap, boot_seed, boot_over) if complete else None
                                               for c in cols]))
             if complete and deltas:
                 plans += [row for c in cols for row in plan(a, b, c, deltas, power, alpha)]
@@ -580,7 +593,7 @@ def _reference_cell(ref):
 
 
 def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysis=None, bootstrap=0, diffs=(),
-             marks=(), times=False):
+             marks=(), times=False, boot_over="both"):
     """The report as markdown: per (data, model) the table of rows, the differences with their intervals (and,
     for each --diff, the `marks` reference values beside them), the noise scale, the seed plan (when `analysis`
     has one), with `per_seed`, every run and the paired per-seed differences, and with `times` every run's
@@ -680,16 +693,14 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                "(Welch t, n runs + n runs); n/a where too few runs give no interval. The pooled std is the "
                "within-row seed-to-seed noise over the rows with two or more runs.")
     if bootstrap:
-        out.append(f"Bootstrap: {bootstrap} percentile replicates resampling test images and seeds together (one "
-                   "draw of images shared by all runs; seeds paired where the rows share them); unlike the "
-                   "t-interval, which holds the test set fixed, it also counts which test images were drawn.")
+        out.append(BOOTSTRAP_NOTE[boot_over].format(n=bootstrap))
     if unfinished:
         out.append("\nRun folders without results.json (unfinished or crashed), counted as missing:")
         out.extend(f"- {f}" for f in unfinished)
     return "\n".join(out) + "\n"
 
 
-def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=()) -> dict:
+def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_over="both") -> dict:
     """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n),
     differences and plan (lists of flat rows; see `difference` and `plan`; the rows of a --diff pair on a `marks`
     column carry `reference` and `reference_inside`), unfinished folders."""
@@ -713,7 +724,7 @@ def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=()) -> dict:
                 differences.append(row)
         plans += [{"data": data, "model": model, **r} for r in analysis[(data, model)]["plan"]]
     return {"groups": groups, "differences": differences, "plan": plans, "bootstrap": bootstrap or None,
-            "unfinished": list(unfinished)}
+            "bootstrap_over": boot_over if bootstrap else None, "unfinished": list(unfinished)}
 
 
 def write_csv(path, tables):
@@ -873,6 +884,9 @@ def report(argv=None) -> None:
                         "(needs the runs' per_image.npz)")
     p.add_argument("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
                    help="seed of the bootstrap (default: 0)")
+    p.add_argument("--bootstrap-over", choices=stats.BOOTSTRAP_OVER, default="both",
+                   help="what the bootstrap resamples: test images and seeds (both, the default), or only one of "
+                        "them, to see which the interval's width comes from")
     p.add_argument("--json", metavar="PATH", type=nonempty, help="also write the whole report as JSON here")
     p.add_argument("--plot-diff", metavar="PNG", type=nonempty,
                    help="plot each --diff A B: the per-seed differences of every column with their mean and 95%% "
@@ -904,6 +918,8 @@ def report(argv=None) -> None:
         raise UsageError(f"--mark names {', '.join(twice)} more than once; give one reference value per column")
     if args.mark and not args.diff:
         raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
+    if args.bootstrap_over != "both" and not args.bootstrap:
+        raise UsageError(f"--bootstrap-over {args.bootstrap_over} chooses what --bootstrap N resamples; give --bootstrap")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
                          or args.csv or args.per_seed or args.times):
         raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
@@ -933,12 +949,13 @@ def report(argv=None) -> None:
     if unknown:
         raise UsageError(f"--mark {', '.join(unknown)}: no such column in these runs (they have "
                          f"{', '.join(sorted(known))})")
-    analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed)
+    analysis = analyse(tables, args.diff, args.plan or (), args.power, args.alpha, args.bootstrap, args.bootstrap_seed,
+                       args.bootstrap_over)
     panels = diff_panels(tables, args.diff, analysis, args.mark) if args.plot_diff else None
     if args.plot_diff and not panels:
         raise UsageError("--plot-diff: no --diff A B with paired seeds to plot")
     print(markdown(tables, unfinished, args.seeds, args.per_seed, analysis, args.bootstrap, args.diff, args.mark,
-                   args.times), end="")
+                   args.times, args.bootstrap_over), end="")
     if skipped:
         print("\nFiles left out (unreadable or malformed):")
         print("\n".join(f"- {path}: {why}" for path, why in skipped))
@@ -947,7 +964,7 @@ def report(argv=None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         write_csv(args.csv, tables)
     if args.json:
-        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, args.mark))
+        write_json(args.json, report_json(tables, analysis, unfinished, args.bootstrap, args.mark, args.bootstrap_over))
     if args.plot_diff:
         from utils.figures import save_paired_differences
         os.makedirs(os.path.dirname(os.path.abspath(args.plot_diff)), exist_ok=True)

@@ -121,14 +121,21 @@ def resolvable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05)
 # ----------------------------------------------------------------------------------------------------
 # per-image statistics
 # ----------------------------------------------------------------------------------------------------
+BOOTSTRAP_OVER = ("both", "images", "seeds")
+
+
 def bootstrap_interval(a: dict, b: dict, n_boot: int, seed: int = 0, confidence: float = 0.95,
-                       chunk: int = 500) -> tuple[float, float]:
+                       chunk: int = 500, over: str = "both") -> tuple[float, float]:
     """Percentile bootstrap interval of A - B (accuracy points) from per-image records {seed: bool array (N,)}
     of the same N test images. Each replicate resamples the test images (one draw, shared by every run) and the
     seeds: the shared seeds as pairs when the rows share any (the statistic is the mean paired difference),
-    else each row's seeds on their own (the difference of the rows' means). Deterministic for a given `seed`."""
+    else each row's seeds on their own (the difference of the rows' means). `over` "images" keeps every seed
+    once (the interval then depends on the runs only through each image's mean over seeds), "seeds" keeps every
+    image once (it depends only on each run's accuracy). Deterministic for a given `seed` and `over`."""
     if n_boot < 1:
         raise ValueError("n_boot must be at least 1")
+    if over not in BOOTSTRAP_OVER:
+        raise ValueError(f"over must be one of {', '.join(BOOTSTRAP_OVER)}, not {over!r}")
     shared = sorted(a.keys() & b.keys())
     rows = ([np.stack([a[s] for s in shared]).astype(np.float64) - np.stack([b[s] for s in shared])]
             if shared else [np.stack(list(a.values())).astype(np.float64), np.stack(list(b.values())).astype(np.float64)])
@@ -137,10 +144,12 @@ def bootstrap_interval(a: dict, b: dict, n_boot: int, seed: int = 0, confidence:
     reps = []
     for start in range(0, n_boot, chunk):
         k = min(chunk, n_boot - start)
-        img_w = rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=k).T / n_img  # (N, k), columns sum to 1
+        img_w = (np.full((n_img, k), 1 / n_img) if over == "seeds" else  # (N, k), columns sum to 1
+                 rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=k).T / n_img)
         parts = []
         for m in rows:
-            seed_w = rng.multinomial(m.shape[0], np.full(m.shape[0], 1 / m.shape[0]), size=k).T / m.shape[0]
+            seed_w = (np.full((m.shape[0], k), 1 / m.shape[0]) if over == "images" else
+                      rng.multinomial(m.shape[0], np.full(m.shape[0], 1 / m.shape[0]), size=k).T / m.shape[0])
             parts.append(((m @ img_w) * seed_w).sum(0))  # (k,): weighted mean over seeds and images
         reps.append(parts[0] if shared else parts[0] - parts[1])
     reps = 100.0 * np.concatenate(reps)
