@@ -417,8 +417,7 @@ BOOTSTRAP_NOTE = {
 def difference(a, b, col, bootstrap=0, boot_seed=0, boot_over="both") -> dict | None:
     """A - B on `col`: the mean (paired over shared seeds, else of the rows' means), its 95% interval, and with
     `bootstrap` > 0 the per-image bootstrap interval over `boot_over` (see stats.bootstrap_interval; None where a
-    run has no per-image record). None when a
-    row has no value."""
+    run has no per-image record). None when a row has no value."""
     iv = stats.difference_interval(seed_values(a, col), seed_values(b, col))
     if iv is None:
         return None
