@@ -591,6 +591,29 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("where", ["opening the folder", "after config.json"])
+def test_interrupted_while_starting_says_what_is_left(where, tmp_path, capsys, monkeypatch):
+    """Ctrl-C between the run folder's creation and the first epoch: before config.json the new folder is removed
+    and the message is the plain one; after it the folder stays, its log says so, and the hint is to start again."""
+    import utils.engine
+    target = "save_json" if where == "opening the folder" else "prepare_training"
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.engine, target, interrupt)
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "r")], capsys)
+    assert code == 130 and "Traceback" not in err, err
+    if where == "opening the folder":
+        assert err.strip() == "interrupted (Ctrl-C)" and not (tmp_path / "r").exists(), err
+    else:
+        assert "start again" in err and "--resume" not in err, err
+        assert "interrupted (Ctrl-C)" in (tmp_path / "r" / "log.txt").read_text()
+        assert (tmp_path / "r" / "config.json").exists()
+    monkeypatch.undo()
+    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+
+
 @pytest.mark.slow
 def test_interrupted_before_the_first_checkpoint_says_start_again(tmp_path):
     out = tmp_path / "r"

@@ -349,10 +349,10 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
         run.tb = SummaryWriter(os.path.join(out, "tb"))
 
 
-def setup(cfg: dict) -> Run:
-    """Everything before the first epoch. Bad input of any kind (the run folder, the data, the CAM layer, the
-    CIFAR-10-C folder, the checkpoint to resume, a model too large for memory) is found here, before a folder
-    is created or a batch trained; a failed start leaves no new folder behind."""
+def setup(cfg: dict) -> tuple[Run, str | None]:
+    """Everything before the run folder is touched: (the run, the checkpoint it resumes from or None). Bad input
+    of any kind (the run folder, the data, the CAM layer, the CIFAR-10-C folder, the checkpoint to resume, a model
+    too large for memory) is found here, before a folder is created or a batch trained."""
     rank, world, local = setup_distributed(cfg["device"])
     cfg["world_size"] = world
     device = pick_device(cfg["device"], local)
@@ -363,16 +363,21 @@ def setup(cfg: dict) -> Run:
     if cfg.get("resume"):
         path = os.path.join(run.out, "last.pt") if cfg["resume"] == "last" else cfg["resume"]
         resume_run(run, path)
-    if rank == 0:
-        open_folder(run, path)
+    return run, path
+
+
+def start(run: Run, resumed_from: str | None) -> None:
+    """The rest of the start, which `train` runs where an interrupt is reported with its hint: the run folder
+    (rank 0; a failure while opening it leaves no new folder behind) and the training modules."""
+    if run.rank == 0:
+        open_folder(run, resumed_from)
     else:
         run.log.setLevel("WARNING")
-    barrier(world)
+    barrier(run.world)
     prepare_training(run)
     if run.compile_time_s is not None:
         run.log.info("torch.compile: %.1f s before epoch %d (not counted in its time)", run.compile_time_s,
                      run.start_epoch)
-    return run
 
 
 def prepare_training(run: Run) -> None:
@@ -584,8 +589,9 @@ def ranks_identical(model: torch.nn.Module) -> bool:
 
 def train(cfg: dict) -> dict:
     """Train and evaluate as configured; returns the results record (rank 0) or {}."""
-    run = setup(cfg)
+    run, resumed_from = setup(cfg)
     try:
+        start(run, resumed_from)
         run_epochs(run)
         extra = {"compile_time_s": run.compile_time_s} if run.compile_time_s is not None else {}
         if run.world > 1:  # rank 0 evaluates alone; the others leave now rather than wait out a long AutoAttack
@@ -602,6 +608,8 @@ def train(cfg: dict) -> dict:
             write_mask_figure(run)
         return record
     except (KeyboardInterrupt, Terminated) as e:
+        if run.rank == 0 and (run.folder is None or run.folder.fd is None):
+            raise  # before the folder was opened, or it was abandoned: nothing to resume or start again from
         code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
         if run.last_saved == cfg["epochs"]:
             hint = ("training had finished (last.pt holds the last epoch): the same command plus --resume runs the "
