@@ -608,7 +608,7 @@ def train(cfg: dict) -> dict:
             write_mask_figure(run)
         return record
     except (KeyboardInterrupt, Terminated) as e:
-        if run.rank == 0 and (run.folder is None or run.folder.fd is None):
+        if run.rank == 0 and not (run.folder and run.folder.held):
             raise  # before the folder was opened, or it was abandoned: nothing to resume or start again from
         code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
         if run.last_saved == cfg["epochs"]:

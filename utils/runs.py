@@ -243,6 +243,11 @@ class RunFolder:
             raise UsageError(f"another process is using the run folder {out} (it holds the lock on "
                              f"{os.path.join(out, LOCK)}); wait for it or choose another --out") from None
 
+    @property
+    def held(self) -> bool:
+        """Whether this process still holds the lock (not yet released or abandoned)."""
+        return self.fd is not None
+
     def release(self) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
