@@ -250,15 +250,25 @@ def test_resume_refuses_a_checkpoint_trained_without_official_starts(tmp_path, c
 
 @pytest.mark.parametrize("variant", list(METHODS))
 def test_as_published_sets_and_records_the_official_settings(variant):
-    cfg, explicit = parse(variant, constants(SCRIPTS[variant]), ["--as-published", "--eval-attacks", "natural"])
+    cfg, explicit = parse(variant, constants(SCRIPTS[variant]), ["--as-published", "--n-eval", "10"])
     trades = METHODS[variant].trades_forward
     assert (cfg["mask_source"], cfg["official_starts"], cfg["official_trades_forward"]) == ("official", True, trades)
-    assert cfg["eval_attacks"] == ["natural", "aa-official"] and "eval_attacks" in explicit
+    default, _ = parse(variant, constants(SCRIPTS[variant]), [])
+    assert cfg["eval_attacks"] == default["eval_attacks"] + ["aa-official"] and "eval_attacks" in explicit
     published = {"mask_source": "official", "official_starts": True, "eval_attacks": cfg["eval_attacks"]}
     assert cfg["as_published"] == {**published, **({"official_trades_forward": True} if trades else {})}
     plain, _ = parse(variant, constants(SCRIPTS[variant]), ["--mask-source", "official", "--official-starts",
+                                                            "--n-eval", "10", "--eval-attacks", *cfg["eval_attacks"],
                                                             *(["--official-trades-forward"] if trades else [])])
     assert effective(plain) == effective(cfg) and not training_differences(cfg, plain, 1)
+
+
+@pytest.mark.parametrize("variant", list(METHODS))
+def test_as_published_takes_an_explicit_evaluation_as_given(variant):
+    """A study evaluates its as-published rows like the others: an explicit --eval-attacks gains no aa-official."""
+    cfg, _ = parse(variant, constants(SCRIPTS[variant]), ["--as-published", "--eval-attacks", "natural", "pgd20"])
+    assert cfg["eval_attacks"] == ["natural", "pgd20"] and cfg["mask_source"] == "official"
+    assert "eval_attacks" not in cfg["as_published"] and cfg["as_published"]["official_starts"] is True
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -244,7 +244,8 @@ def build_parser(variant: str, constants: dict) -> Parser:
              "official code does (same loss and gradient; BatchNorm running statistics differ)")
     add(o, "--as-published", action="store_true",
         help="preset: --mask-source official --official-starts (--official-trades-forward for TRADES) and adds "
-             "aa-official to --eval-attacks; config.json records what it set")
+             "aa-official to the default --eval-attacks (an explicit --eval-attacks is used as given); config.json "
+             "records what it set")
     return p
 
 
@@ -395,14 +396,15 @@ def validate(cfg: dict) -> None:
 
 
 # what --as-published sets (official_trades_forward only where the method has a TRADES loss); it also adds
-# aa-official to the evaluation
+# aa-official to the default evaluation
 AS_PUBLISHED = {"mask_source": "official", "official_starts": True, "official_trades_forward": True}
 
 
 def apply_as_published(variant: str, args: dict, explicit: set) -> None:
     """With --as-published, set the official settings in `args` (parsed flags) and record them under
-    'as_published' as {key: value}; `explicit` gains eval_attacks. Raises UsageError where an explicit flag asks
-    for something else (e.g. --mask-source cam)."""
+    'as_published' as {key: value}. Unless --eval-attacks is explicit (then it is used as given, so a study can
+    evaluate every row alike), aa-official joins the default attacks and `explicit` gains eval_attacks. Raises
+    UsageError where an explicit flag asks for something else (e.g. --mask-source cam)."""
     if not args.get("as_published"):
         return
     preset = {k: v for k, v in AS_PUBLISHED.items()
@@ -412,6 +414,9 @@ def apply_as_published(variant: str, args: dict, explicit: set) -> None:
             raise UsageError(f"--as-published sets --{key.replace('_', '-')} {_shown(value)}, which contradicts "
                              f"--{key.replace('_', '-')} {_shown(args[key])}; drop one of them")
     args.update(preset)
+    if "eval_attacks" in explicit:
+        args["as_published"] = preset
+        return
     args["eval_attacks"] = list(args["eval_attacks"]) + [a for a in ("aa-official",) if a not in args["eval_attacks"]]
     args["as_published"] = {**preset, "eval_attacks": args["eval_attacks"]}
     explicit.add("eval_attacks")
