@@ -237,36 +237,54 @@ def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters, c
     return out
 
 
-def benchmark(argv=None) -> dict:
-    """The tool: parse and check the flags and --json, time, print, write the record; returns the record."""
+def build_parser() -> Parser:
+    """The tool's command line (tools/flags.py documents it from here)."""
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="synthetic", choices=list(DATASETS), help="data set (default: synthetic)")
-    p.add_argument("--data-dir", default="data", type=nonempty, help="data-set root, or the .npz file for cifar10-npz")
-    p.add_argument("--models", nargs="+", default=["resnet18"], choices=list(MODELS), help="models (default: resnet18)")
+    p.add_argument("--data", default="synthetic", choices=list(DATASETS), help="data set to time on (default: synthetic, built in)")
+    p.add_argument("--data-dir", default="data", type=nonempty,
+                   help="where --data is: its root folder, or for cifar10-npz the .npz file (default: data)")
+    p.add_argument("--models", nargs="+", default=["resnet18"], choices=list(MODELS), help="models to time, one after the other (default: resnet18)")
     p.add_argument("--width", type=number(int, 1, MAX_WIDTH, optional=True), default=None,
-                   help="shrink the models (CPU runs); default: standard width")
+                   help="ResNet-18's first-stage channels (standard 64) or the WRN's widen factor (standard 10), "
+                        "smaller for CPU runs; none: the standard models (default: none)")
     p.add_argument("--settings", nargs="+", default=None, type=_setting_name,
                    help="speed settings: presets fp32, tf32, bf16, fast, fast-bf16 or '+'-joined flags channels_last, "
                         "tf32, bf16, torch-cam, compile (default: fp32 and fast on CPU; fp32, fast, fast-bf16 on CUDA)")
     p.add_argument("--epoch", action="store_true",
-                   help="time real epochs (AT and PART) through the training loop instead of repeated batches")
+                   help="time real epochs (an AT and a PART epoch) through the training loop instead of one repeated "
+                        "batch")
     p.add_argument("--n-train", type=number(int, 0), default=0,
-                   help="--epoch: training images per epoch (0: all of --data); epoch_s is scaled to 50,000")
-    p.add_argument("--batch-size", type=POSITIVE, default=128, help="training batch (default: 128)")
-    p.add_argument("--warmup", type=POSITIVE, default=2, help="untimed calls before timing, at least 1 (default: 2)")
-    p.add_argument("--iters", type=POSITIVE, default=5, help="timed calls (default: 5)")
-    p.add_argument("--eval", action="store_true", help="time the evaluation attacks instead of training steps")
+                   help="--epoch: training images per timed epoch (0: all of --data); epoch_s is the time scaled to "
+                        "50,000 images (default: 0)")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, help="training batch in images (default: 128)")
+    p.add_argument("--warmup", type=POSITIVE, default=2,
+                   help="untimed calls of each step (with --eval: of each attack) before its timing, which pay for "
+                        "allocation, cuDNN autotuning and lazy imports; at least 1 (default: 2)")
+    p.add_argument("--iters", type=POSITIVE, default=5,
+                   help="timed calls of each step, whose mean gives ms per batch; with --eval, timed rounds of every "
+                        "attack, whose median is reported (default: 5)")
+    p.add_argument("--eval", action="store_true",
+                   help="time the evaluation attacks (in fp32, as the evaluation runs them) instead of training steps")
     p.add_argument("--eval-batch-size", type=POSITIVE, default=256,
                    help="test images per evaluation attack (default: 256)")
     p.add_argument("--eval-attacks", nargs="+", type=eval_attack, default=list(EVAL_ATTACKS),
                    help="attacks to time with --eval (default: natural pgd20 pgd50 pgd100 mma cw part-pgd; add aa if "
                         "you can wait)")
-    p.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", type=device_name,
+                   help="device to time on: auto (the first CUDA GPU if present, else the CPU), cpu, cuda or cuda:N "
+                        "(default: auto)")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
-                   help="wall time, or this process's CPU time (for a shared CPU; default: wall)")
+                   help="wall: wall-clock time; cpu: this process's CPU time, which other processes on a shared CPU "
+                        "do not stretch (default: wall)")
     p.add_argument("--json", default="runs/benchmark.json", type=nonempty,
-                   help="where to write the record (default: runs/benchmark.json)")
-    args = p.parse_args(argv)
+                   help="where to write the JSON record (device, versions, settings, timings); checked before any "
+                        "timing (default: runs/benchmark.json)")
+    return p
+
+
+def benchmark(argv=None) -> dict:
+    """The tool: parse and check the flags and --json, time, print, write the record; returns the record."""
+    args = build_parser().parse_args(argv)
     for flag, values in (("--models", args.models), ("--settings", args.settings or []),
                          ("--eval-attacks", args.eval_attacks)):
         twice = sorted({v for v in values if values.count(v) > 1})

@@ -394,13 +394,20 @@ def main(argv=None) -> int:
 
 def device_check(argv=None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p.add_argument("--quick", action="store_true", help="reduced sizes (about 2 minutes on 2 CPU cores)")
-    p.add_argument("--data-dir", type=nonempty, help="the real CIFAR-10 subset (.npz) for section 4 (default: synthetic)")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="the device to check (against the CPU in section 1) and to time: auto (the first CUDA GPU if "
+                        "present, else the CPU), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced sizes, to try the check itself (about 2 minutes on 2 CPU cores; off: paper-scale sizes)")
+    p.add_argument("--data-dir", type=nonempty,
+                   help="the real CIFAR-10 subset (.npz, e.g. ../shared/data/cifar10_subset.npz) for section 4's "
+                        "bf16-vs-fp32 training (default: synthetic data)")
     p.add_argument("--sections", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
-                   help="the sections to run (default: all)")
+                   help="the sections to run: 1 cpu-vs-device, 2 determinism, 3 speed, 4 bf16-vs-fp32, 5 processes "
+                        "(default: all)")
     p.add_argument("--json", default="runs/device_check.json", type=nonempty,
-                   help="the record (default: runs/device_check.json)")
+                   help="where to write the JSON record (device, versions, checks, speed rows, goals); checked before "
+                        "any check runs (default: runs/device_check.json)")
     args = p.parse_args(argv)
     check_writable(args.json, "--json", folder=False)  # bad input stops here, before any check
     if args.data_dir:

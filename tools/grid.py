@@ -319,16 +319,17 @@ def _mem(gb: float) -> str:
 
 # --slurm-X flag -> (submitit SlurmExecutor parameter, type, help)
 SLURM_FLAGS = {
-    "partition": ("partition", str, "partition (queue)"),
+    "partition": ("partition", str, "partition (queue); unset: the cluster's default"),
     "time": ("time", "positive", "time limit of each run's job in minutes (default 1440); a run that reaches it is "
                                  "requeued and resumes"),
-    "gpus_per_node": ("gpus_per_node", "count", "GPUs per node; one task (DDP process) per GPU"),
-    "nodes": ("nodes", "positive", "nodes per run (multi-node DDP)"),
-    "cpus_per_task": ("cpus_per_task", "positive", "CPUs per task"),
-    "mem_gb": ("mem", "mem", "memory per node in GB"),
-    "account": ("account", str, "account to charge"),
-    "qos": ("qos", str, "quality of service"),
-    "constraint": ("constraint", str, "node features, e.g. a100"),
+    "gpus_per_node": ("gpus_per_node", "count", "GPUs per node; one task (DDP process) per GPU (unset: none asked "
+                                                "for, one task)"),
+    "nodes": ("nodes", "positive", "nodes per run, for multi-node DDP (unset: Slurm's default, one)"),
+    "cpus_per_task": ("cpus_per_task", "positive", "CPUs per task (unset: the cluster's default)"),
+    "mem_gb": ("mem", "mem", "memory per node in GB, fractions allowed (unset: the cluster's default)"),
+    "account": ("account", str, "account to charge (unset: your default account)"),
+    "qos": ("qos", str, "quality of service (unset: the cluster's default)"),
+    "constraint": ("constraint", str, "node features, e.g. a100 (unset: any node)"),
     "array_parallelism": ("array_parallelism", "positive", "runs of the array at a time (default: all)"),
 }
 
@@ -346,15 +347,16 @@ def build_parser():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")
     p.add_argument("--data", nargs="+", choices=list(DATASETS), default=["cifar10", "svhn", "tinyimagenet"],
-                   help="data sets (default: cifar10 svhn tinyimagenet)")
+                   help="data sets, each with every model, row and seed (default: cifar10 svhn tinyimagenet)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models (default: all)")
     p.add_argument("--methods", nargs="+", metavar="ROW",
                    help="rows of the study to include (default: all of it; for main: AT PART TRADES PART-T MART PART-M)")
     p.add_argument("--seeds", nargs="+", type=SPEC["SEED"].kwargs["type"], default=[1, 2, 3],
-                   help="seeds (default: 1 2 3)")
+                   help="training seeds, one run each (default: 1 2 3)")
     p.add_argument("--root", type=nonempty, help="folder of the run folders (default: runs/<study>)")
     p.add_argument("--tag", type=folder_tag,
-                   help="names the folder of runs with the flags after --; default: made from those flags")
+                   help="the <tag> of the runs' folder <root>/<data>-<model>-<tag> (default: made from the flags "
+                        "after --; \"\" drops it)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--run", action="store_true", help="run the commands (skipping finished runs and runs another "
                                                          "live job owns, resuming interrupted ones)")
@@ -364,7 +366,7 @@ def build_parser():
     e.add_argument("--executor", choices=list(EXECUTORS), default="subprocess",
                    help="subprocess: child processes here (default); local: submitit on this machine; slurm: one "
                         "Slurm job array through submitit (without --run: print its sbatch script)")
-    e.add_argument("--jobs", type=int, default=1, metavar="N", help="subprocess: runs at a time (default: 1)")
+    e.add_argument("--jobs", type=int, default=1, metavar="N", help="subprocess: runs at a time, at least 1 (default: 1)")
     e.add_argument("--gpus", nargs="+", metavar="ID", type=_gpu_id, help="subprocess: the GPUs the jobs share, one per job at a time "
                    "(CUDA_VISIBLE_DEVICES values; default with --jobs > 1: every visible GPU)")
     e.add_argument("--tasks-per-node", type=POSITIVE, metavar="T", help="local, slurm: DDP processes per node of "

@@ -43,19 +43,32 @@ def corrupt_all(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def build_parser() -> Parser:
+    """The tool's command line (tools/flags.py documents it from here)."""
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="cifar10", choices=list(DATASETS),
+                   help="data set whose test split is corrupted (default: cifar10)")
+    p.add_argument("--data-dir", default="data", type=nonempty,
+                   help="where --data is: its root folder, or for cifar10-npz the .npz file, e.g. "
+                        "../shared/data/cifar10_subset.npz (default: data)")
+    p.add_argument("--out", required=True, type=nonempty,
+                   help="folder to write, new or empty: <corruption>.npy and labels.npy, which appear only when all "
+                        "are written")
+    p.add_argument("--n", type=COUNT, default=0, help="corrupt the first N test images (default 0: all)")
+    p.add_argument("--corruptions", nargs="+", default=list(CIFAR10C), metavar="NAME",
+                   help="imagecorruptions' corruption names to write, one <name>.npy each with severities 1 to 5 "
+                        "(default: the 15 of CIFAR-10-C)")
+    p.add_argument("--seed", type=number(int, 0, SEED_MAX), default=0,
+                   help="seed of the random corruptions: severity s draws from numpy's generator seeded with "
+                        "seed * 100 + s, so one seed always gives the same files (default: 0)")
+    return p
+
+
 def make(argv=None) -> int:
     """The tool: check the flags, --out (a new or empty folder), the data and the package, then write every
     corruption into a temporary folder beside --out that becomes --out only when complete (an interrupted or
     failed run leaves nothing). Returns 0, or 1 when no corruption could be made."""
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="cifar10", choices=list(DATASETS), help="test set to corrupt (default: cifar10)")
-    p.add_argument("--data-dir", default="data", type=nonempty, help="data-set root, or the .npz file for cifar10-npz")
-    p.add_argument("--out", required=True, type=nonempty, help="folder to write (new, or empty)")
-    p.add_argument("--n", type=COUNT, default=0, help="first N test images (default 0: all)")
-    p.add_argument("--corruptions", nargs="+", default=list(CIFAR10C), help="default: the 15 of CIFAR-10-C")
-    p.add_argument("--seed", type=number(int, 0, SEED_MAX), default=0,
-                   help="seed of the random corruptions (default: 0)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     check_writable(args.out, "--out")
     if os.path.isdir(args.out) and os.listdir(args.out):
         raise UsageError(f"--out {args.out} already holds files; give a new or empty folder (nothing is overwritten)")

@@ -857,11 +857,13 @@ def check_plot_path(path: str, flag: str = "--plot") -> None:
 def report(argv=None) -> None:
     """The tool: parse, check the output paths, read the runs, print the tables, write --csv and --plot."""
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="*", type=nonempty, help="run folders, or folders holding them")
-    p.add_argument("--csv", metavar="PATH", type=nonempty, help="also write the table as CSV here")
-    p.add_argument("--seeds", type=SEED, nargs="*", help="seeds every row should have (flags the missing ones)")
+    p.add_argument("paths", nargs="*", type=nonempty, help="run folders, or folders holding them (searched below)")
+    p.add_argument("--csv", metavar="PATH", type=nonempty, help="also write the tables as CSV to this file")
+    p.add_argument("--seeds", type=SEED, nargs="*",
+                   help="seeds every row should have; the missing ones are flagged (default: no check)")
     p.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
-                   help="also show row A minus row B (labels, or a part of one that names a single row)")
+                   help="also show row A minus row B with its 95%% interval (labels, or a part of one that names a "
+                        "single row); may be given several times")
     p.add_argument("--per-seed", action="store_true",
                    help="also list every run's values, and each difference as the mean ± std of its per-seed "
                         "differences over the seeds both rows have")
@@ -875,18 +877,18 @@ def report(argv=None) -> None:
                    help="seed plan: seeds the paired t-test needs to detect each DELTA (accuracy points), and the "
                         "smallest difference the current seeds resolve")
     p.add_argument("--power", type=number(float, lo=0, hi=1, lo_open=True, hi_open=True), default=0.8,
-                   help="power of the seed plan (default: 0.8)")
+                   help="power of the seed plan: the chance to detect a true difference of DELTA (default: 0.8)")
     p.add_argument("--alpha", type=number(float, lo=0, hi=1, lo_open=True, hi_open=True), default=0.05,
-                   help="two-sided level of the seed plan (default: 0.05)")
+                   help="two-sided significance level of the seed plan (default: 0.05)")
     p.add_argument("--bootstrap", type=number(int, lo=1), metavar="N", default=0,
                    help="add a percentile bootstrap interval from N replicates resampling test images and seeds "
-                        "(needs the runs' per_image.npz)")
+                        "(needs the runs' per_image.npz; default: no bootstrap)")
     p.add_argument("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
-                   help="seed of the bootstrap (default: 0)")
+                   help="seed of the bootstrap's resampling (default: 0)")
     p.add_argument("--bootstrap-over", choices=stats.BOOTSTRAP_OVER, default="both",
                    help="what the bootstrap resamples: test images and seeds (both, the default), or only one of "
                         "them, to see which the interval's width comes from")
-    p.add_argument("--json", metavar="PATH", type=nonempty, help="also write the whole report as JSON here")
+    p.add_argument("--json", metavar="PATH", type=nonempty, help="also write the whole report as JSON to this file")
     p.add_argument("--plot-diff", metavar="PNG", type=nonempty,
                    help="plot each --diff A B: the per-seed differences of every column with their mean and 95%% "
                         "interval")

@@ -68,7 +68,20 @@ def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=
             raise argparse.ArgumentTypeError(f"must be {what} {where}, got {text}")
         return v
     parse.__name__ = kind.__name__
+    parse.describe = _describe(kind, lo, hi, lo_open, hi_open, optional)
     return parse
+
+
+def _describe(kind, lo, hi, lo_open, hi_open, optional) -> str:
+    """What a `number` flag takes, in words (for tools/flags.py's reference): e.g. 'number in [0, 1]'."""
+    text = "whole number" if kind is int else "number"
+    if lo is not None and hi is not None:
+        text += f" in {'(' if lo_open else '['}{fraction_text(lo)}, {fraction_text(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        text += f" {'>' if lo_open else '>='} {fraction_text(lo)}"
+    elif hi is not None:
+        text += f" {'<' if hi_open else '<='} {fraction_text(hi)}"
+    return text + (", or none" if optional else "")
 
 
 BUDGET = number(float, 0, 1)
@@ -118,35 +131,54 @@ class Flag:
 
 # constant name -> its flag
 SPEC = {
-    "DATA": Flag(dict(choices=list(DATASETS)), "data set"),
-    "DATA_DIR": Flag(dict(type=nonempty), "data-set root folder (for cifar10-npz: the .npz file)"),
-    "MODEL": Flag(dict(choices=list(MODELS)), "architecture"),
+    "DATA": Flag(dict(choices=list(DATASETS)),
+                 "data set: cifar10, svhn and tinyimagenet are read from --data-dir (--download fetches the first "
+                 "two), cifar10-npz is the .npz file --data-dir names, synthetic is built in (for tests)"),
+    "DATA_DIR": Flag(dict(type=nonempty),
+                     "data-set root folder, holding cifar-10-batches-py/, SVHN's *_32x32.mat or tiny-imagenet-200/ "
+                     "(for cifar10-npz: the .npz file)"),
+    "MODEL": Flag(dict(choices=list(MODELS)), "architecture: resnet18 (ResNet-18) or wrn34-10 (WideResNet-34-10)"),
     "WIDTH": Flag(dict(type=number(int, 1, MAX_WIDTH, optional=True)),
-                  "none: the standard model; else ResNet-18's first-stage channels (64) or the WRN's widen factor (10)"),
-    "EPOCHS": Flag(dict(type=POSITIVE), "total epochs, warm-up included"),
-    "WARM_UP": Flag(dict(type=COUNT), "epochs of the plain method at full eps before masks are used"),
-    "BATCH_SIZE": Flag(dict(type=POSITIVE), "global batch size (split across torchrun processes)"),
-    "LR": Flag(dict(type=number(float, 0, lo_open=True)), "initial learning rate (SGD)"),
-    "LR_MILESTONES": Flag(dict(type=POSITIVE, nargs="*"),
-                          "global epochs from which lr is x0.1, x0.01, ...; default: the last epoch"),
+                  "none: the standard model; else ResNet-18's first-stage channels (standard 64) or the WRN's widen "
+                  "factor (standard 10), smaller for quick CPU runs"),
+    "EPOCHS": Flag(dict(type=POSITIVE), "total training epochs, warm-up included"),
+    "WARM_UP": Flag(dict(type=COUNT), "epochs of the plain method (AT, TRADES or MART) at the full --epsilon before "
+                                      "masks are used; at most --epochs"),
+    "BATCH_SIZE": Flag(dict(type=POSITIVE), "global training batch in images (split evenly across torchrun processes)"),
+    "LR": Flag(dict(type=number(float, 0, lo_open=True)), "initial SGD learning rate"),
+    "LR_MILESTONES": Flag(dict(type=POSITIVE, nargs="*", metavar="EPOCH"),
+                          "global epochs (1-based) from which lr is x0.1, x0.01, ...; none: the last epoch only (the "
+                          "official schedule at 80 epochs); given with no epoch: a constant lr. config.json records "
+                          "the resolved list"),
     "MOMENTUM": Flag(dict(type=number(float, 0, 1, hi_open=True)), "SGD momentum"),
-    "WEIGHT_DECAY": Flag(dict(type=number(float, 0, optional=True)), "none: the data set's (2e-4; 3.5e-3 on SVHN)"),
-    "EPSILON": Flag(dict(type=BUDGET), "L-inf budget of important pixels, and of warm-up and baselines"),
-    "LOW_EPSILON": Flag(dict(type=BUDGET), "L-inf budget of the other pixels (at most --epsilon)"),
+    "WEIGHT_DECAY": Flag(dict(type=number(float, 0, optional=True)),
+                         "SGD weight decay; none: the data set's (2e-4; 3.5e-3 on SVHN)"),
+    "EPSILON": Flag(dict(type=BUDGET), "L-inf budget (pixels in [0, 1]) of the important pixels, and of the warm-up "
+                                       "and the --no-mask baseline"),
+    "LOW_EPSILON": Flag(dict(type=BUDGET), "L-inf budget of the other pixels; at most --epsilon"),
     "STEP_SIZE": Flag(dict(type=number(float, 0, 1, lo_open=True, optional=True)),
-                      "attack step size; none: the data set's (2/255; 1/255 on SVHN)"),
-    "NUM_STEPS": Flag(dict(type=COUNT), "attack steps in training"),
+                      "step size of the training and evaluation attacks; none: the data set's (2/255; 1/255 on SVHN)"),
+    "NUM_STEPS": Flag(dict(type=COUNT), "steps of the training attack (the evaluation's attacks have their own)"),
     "BETA": Flag(dict(type=number(float, 0)), "TRADES / MART regularisation weight"),
-    "ATTACK": Flag(dict(), "training attack"),
-    "CAM": Flag(dict(choices=list(CAMS)), "class activation map method"),
-    "MASK_RULE": Flag(dict(choices=list(RULES)), "how a CAM becomes budgets (README: official vs monotonic)"),
-    "MASK_SOURCE": Flag(dict(choices=list(MASK_SOURCES)), "where the budgets come from after warm-up (README: "
-                        "cam, official, permuted, regions)"),
-    "MASK_REFRESH": Flag(dict(type=POSITIVE), "official source: recompute the masks every N epochs"),
+    "ATTACK": Flag(dict(), "training attack: pgd, or mma (minimum-margin attack, k = 3)"),
+    "CAM": Flag(dict(choices=list(CAMS)), "class activation map method that ranks the pixels"),
+    "MASK_RULE": Flag(dict(choices=list(RULES)),
+                      "how a CAM becomes budgets: official (the official code's jet-coloured, per-channel rule) or "
+                      "monotonic (the paper's text: pixels over one std above the mean keep --epsilon); "
+                      "utils/mask_rules.py"),
+    "MASK_SOURCE": Flag(dict(choices=list(MASK_SOURCES)),
+                        "where the budgets come from after warm-up: cam (each batch's own CAM masks), official (the "
+                        "official code's separate mask pass), permuted (own masks on the wrong images: the control), "
+                        "regions (fixed quadrant budgets, no CAM); utils/mask_sources.py"),
+    "MASK_REFRESH": Flag(dict(type=POSITIVE), "official source: recompute the masks every N epochs (the official "
+                                              "code's --save-weights)"),
     "REGION_EPS": Flag(dict(type=BUDGET, nargs=4, metavar=("UL", "UR", "BR", "BL")),
-                       "regions source: the budget of each quadrant (may exceed --epsilon)"),
-    "MASK": Flag(dict(action=argparse.BooleanOptionalAction), "--no-mask trains the plain baseline with the same code"),
-    "SEED": Flag(dict(type=SEED), "seeds the model, the data order, augmentation and attacks"),
+                       "regions source: the budget of the upper-left, upper-right, bottom-right and bottom-left "
+                       "quadrant (may exceed --epsilon)"),
+    "MASK": Flag(dict(action=argparse.BooleanOptionalAction),
+                 "--no-mask trains the plain baseline (AT, TRADES or MART) with the same code"),
+    "SEED": Flag(dict(type=SEED), "seeds the model's initialisation, the data order, augmentation and attacks (the "
+                                  "per-epoch seeds derived from it wrap into torch's range)"),
 }
 
 
@@ -171,7 +203,8 @@ def _shown(default) -> str:
 def build_parser(variant: str, constants: dict) -> Parser:
     method = METHODS[variant]
     name, baseline = method.names[method.attacks[0]]
-    p = Parser(description=f"{name}: train with a {baseline} warm-up then pixel-reweighted {baseline}, then "
+    article = "an" if baseline[0] in "AEIOU" else "a"
+    p = Parser(description=f"{name}: train with {article} {baseline} warm-up then pixel-reweighted {baseline}, then "
                            f"evaluate (natural, PGD-20, MMA, AutoAttack). Flags override the constants at the top "
                            f"of the script; budgets may be given as fractions (8/255).")
     p.flags = []  # every action added, so that `explicit_flags` can suppress their defaults
@@ -191,25 +224,34 @@ def build_parser(variant: str, constants: dict) -> Parser:
         add(g, "--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
                        help=f"{SPEC[const].help} (default: {_shown(default)})", **kwargs)
     r = p.add_argument_group("run")
-    add(r, "--out", type=nonempty, help="run folder (default: runs/<method>-<data>-<model>-seed<N>, e.g. runs/at-cifar10-resnet18-seed1)")
+    add(r, "--out", type=nonempty, help="run folder, where config.json, metrics.csv, results.json and the checkpoints "
+                                        "go (default: runs/<method>-<data>-<model>-seed<N>, e.g. "
+                                        "runs/at-cifar10-resnet18-seed1)")
     add(r, "--resume", nargs="?", const="last", metavar="CKPT", type=nonempty,
                    help="continue the run in --out from CKPT, or from <out>/last.pt when no path is given; the "
                         "training settings must equal the checkpoint's (--epochs may grow)")
     add(r, "--overwrite", action="store_true",
                    help="start a fresh run in an --out that holds another run, deleting that run's files")
-    add(r, "--eval-only", metavar="CKPT", type=nonempty, help="evaluate a saved checkpoint (its config is read back)")
-    add(r, "--download", action="store_true", help="let torchvision download CIFAR-10 / SVHN")
-    add(r, "--device", type=device_name, default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    add(r, "--eval-only", metavar="CKPT", type=nonempty,
+        help="train nothing: evaluate the checkpoint CKPT with the training settings its config holds")
+    add(r, "--download", action="store_true",
+        help="let torchvision download CIFAR-10 / SVHN into --data-dir when missing (off: missing data stops the run)")
+    add(r, "--device", type=device_name, default="auto",
+        help="auto (the first CUDA GPU if present, else the CPU; under torchrun each process's own GPU), cpu, cuda or "
+             "cuda:N")
     add(r, "--n-train", type=COUNT, default=0, help="train on the first N training images (0: all)")
-    add(r, "--save-freq", type=COUNT, default=10, help="keep epoch_N.pt every N epochs (0: never)")
+    add(r, "--save-freq", type=COUNT, default=10,
+        help="also keep the checkpoint epoch_N.pt every N epochs (0: never); last.pt and best.pt (best per-epoch "
+             "PGD-20) are written regardless")
     add(r, "--log-interval", type=POSITIVE, default=50,
                    help="batches between updates of the progress bar's loss")
     add(r, "--cam-layer", default=None, type=nonempty,
-                   help="dotted name of the CAM target layer (default: layer4 for ResNet-18, block3 for the WRN)")
+                   help="dotted module name of the CAM target layer, for other models (default: layer4 for ResNet-18, "
+                        "block3 for the WRN)")
     add(r, "--mask-figure", action=argparse.BooleanOptionalAction, default=True,
-                   help="save mask.png (images, CAMs, budgets) at the end")
+                   help="save mask.png in the run folder at the end: images, their CAMs and budgets")
     add(r, "--tensorboard", action="store_true",
-                   help="also write per-epoch scalars for TensorBoard into <out>/tb (needs the tensorboard package)")
+                   help="also write per-epoch scalars for TensorBoard into <out>/tb (needs pip install tensorboard)")
     e = p.add_argument_group("evaluation")
     add(e, "--n-eval", type=COUNT, default=0, help="test images in the final evaluation (0: all)")
     add(e, "--n-eval-aa", type=COUNT, default=0, help="test images for AutoAttack (0: the --n-eval images)")
@@ -219,22 +261,32 @@ def build_parser(variant: str, constants: dict) -> Parser:
                    metavar="ATTACK", help="what the final evaluation runs: natural, pgdN (PGD with N steps, e.g. "
                    "pgd20 pgd50 pgd100), mma, cw, part-pgd, aa, aa-official "
                    "(default: natural pgd20 mma aa)")
-    add(e, "--eval-epsilon", type=BUDGET, default=8 / 255, help="evaluation L-inf budget (default: 8/255)")
-    add(e, "--eval-batch-size", type=POSITIVE, default=256, help="evaluation batch size (default: 256)")
+    add(e, "--eval-epsilon", type=BUDGET, default=8 / 255,
+        help="L-inf budget of the evaluation attacks (default: 8/255)")
+    add(e, "--eval-batch-size", type=POSITIVE, default=256,
+        help="test images per batch of the per-epoch check and final evaluation (default: 256)")
     add(e, "--eval-corruptions", metavar="DIR", type=nonempty,
-                   help="also evaluate CIFAR-10-C from DIR (<name>.npy per corruption, labels.npy)")
+                   help="also evaluate natural accuracy on CIFAR-10-C from DIR (<name>.npy per corruption, labels.npy; "
+                        "tools.make_cifar10c writes one)")
     s = p.add_argument_group("speed (defaults are faithful fp32)")
     add(s, "--amp", choices=("none", "bf16"), default="none",
-        help="bf16 autocast of attacks and loss (meant for CUDA; default: none)")
-    add(s, "--channels-last", action="store_true", help="channels_last memory format")
-    add(s, "--tf32", action="store_true", help="allow TF32 matmuls and convolutions on CUDA")
+        help="bf16: autocast the training attacks and loss to bfloat16 (meant for CUDA; the attacks' losses, MMA's "
+             "margins and the evaluation stay fp32); none: fp32 (default: none)")
+    add(s, "--channels-last", action="store_true",
+        help="channels_last memory format for the model and batches (the same arithmetic, scheduled otherwise)")
+    add(s, "--tf32", action="store_true",
+        help="allow TF32 matmuls and convolutions on CUDA (off: true fp32); changes the arithmetic, so runs with and "
+             "without it are kept apart")
     add(s, "--cam-backend", choices=CAM_BACKENDS, default="grad-cam",
-                   help="torch: the same CAMs computed on the device, no host copies (matches grad-cam to 1e-4; "
-                        "default: grad-cam)")
+                   help="grad-cam: the pytorch-grad-cam package; torch: the same CAMs computed on the device, no host "
+                        "copies (matches grad-cam to 1e-4; default: grad-cam)")
     add(s, "--compile", action="store_true",
-        help="torch.compile the model the training attacks and the loss run (experimental; compile time logged apart)")
+        help="torch.compile the model the training attacks and the loss run (experimental; CAMs and the evaluation "
+             "run the plain model); the compile time is kept apart, as compile_time_s in results.json")
     add(s, "--deterministic", action="store_true",
-        help="deterministic cuDNN / cuBLAS algorithms, no autotuning: bit-identical reruns on a GPU (slower)")
+        help="deterministic cuDNN / cuBLAS algorithms (CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set) and no cuDNN "
+             "autotuning: reruns and resumes on a GPU give bit-identical weights (slower; warns where torch has no "
+             "deterministic op)")
     o = p.add_argument_group("as published (the official code's behaviour; README: Deviations from the official code)")
     add(o, "--official-starts", action="store_true",
         help="attack starts as the official code draws them: PGD / MMA uniform at the scalar --epsilon, clipped to "
