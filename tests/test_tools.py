@@ -344,6 +344,20 @@ def test_report_finds_runs_below_a_folder_that_holds_a_config(tmp_path, capsys):
     assert row_cells(capsys.readouterr().out, "AT")[0] == "80.00 [1]"
 
 
+def test_one_reader_of_a_runs_record_returns_it_checked_or_one_error_naming_the_file(tmp_path):
+    """utils/records.read_record, which the report, the grid and the device check share: the record with its
+    seed and settings, or RecordError (a ValueError) saying which file and what is wrong, a missing one too."""
+    from utils.records import RecordError, read_record
+    rec = read_record(fake_run(tmp_path, "good", "AT", 1, 80.0, 50.0))
+    assert rec["seed"] == 1 and rec["settings"] == {"method": "AT"} and rec["natural"] == 80.0
+    (fake_run(tmp_path, "cut", "AT", 1, 80.0, 50.0) / "results.json").write_text('{"method": "AT", "se')
+    for folder, why in [("cut", "not valid JSON"), ("none", "cannot be read")]:
+        with pytest.raises(RecordError) as e:
+            read_record(tmp_path / folder)
+        assert isinstance(e.value, ValueError) and why in e.value.why
+        assert e.value.path == str(tmp_path / folder / "results.json") and str(e.value).startswith(e.value.path)
+
+
 def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     good = fake_run(tmp_path, "good", "AT", 1, 80.0, 50.0)
     (good / "metrics.csv").write_text("epoch,phase,natural,pgd20,budget_mean,eps_share\n1,plain,70,30,8,1\n"
