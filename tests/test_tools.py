@@ -156,8 +156,11 @@ def test_report_budget_columns_skip_a_blank_cell(tmp_path, capsys):
 def test_report_curves_say_when_they_come_from_some_of_a_rows_runs(tmp_path):
     real_run(tmp_path, "a", [], 80.0)
     (real_run(tmp_path, "b", [], 82.0, seed=2) / "metrics.csv").unlink()
-    runs, _ = report.load_runs(report.find_runs([str(tmp_path)]))
-    drawn = report.curves(report.group_runs(runs, print))
+    from tools.reporting.groups import group_runs
+    from tools.reporting.panels import curves
+    from tools.reporting.records import find_runs, load_runs
+    runs, _ = load_runs(find_runs([str(tmp_path)]))
+    drawn = curves(group_runs(runs, print))
     assert list(drawn) == ["PART [curves of 1 of its 2 runs]"] and drawn[list(drawn)[0]]["natural"][0] == [70.0, 80.0]
 
 
