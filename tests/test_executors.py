@@ -269,8 +269,8 @@ def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
         cfg, _ = parse("part", script_constants(PART), argv[2:])
         if folder == official_folder:
             cfg["lr"] = 0.1  # a finished run, but of other settings: not skipped (the run itself will refuse it)
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"config": cfg}, f)
+        with open(os.path.join(folder, "results.json"), "w") as f:  # a record as training writes it (utils/records.py)
+            json.dump({"method": cfg["method"], "seed": cfg["seed"], "config": cfg}, f)
     os.makedirs(cam_folder)
     open(os.path.join(cam_folder, "last.pt"), "w").close()
     assert grid.run_all(cmds, jobs=2) == 0

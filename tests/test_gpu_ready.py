@@ -122,8 +122,8 @@ def test_run_identity_amp_and_tf32_split_the_rest_is_recorded(tmp_path, capsys):
 
 
 def test_a_setting_older_records_lack_reads_not_recorded_unless_its_old_value_is_certain():
-    from tools import report
-    line = report.recorded([{"config": {"world_size": 1}}, {"config": {}}])  # the second predates both keys
+    from tools.reporting.tables import recorded
+    line = recorded([{"config": {"world_size": 1}}, {"config": {}}])  # the second predates both keys
     assert "world_size 1 [1], not recorded [1]" in line  # an older run may have used torchrun
     assert "deterministic False [2]" in line  # older code had no --deterministic
 

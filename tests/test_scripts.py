@@ -129,7 +129,7 @@ def test_eval_only_reproduces_the_final_record(tmp_path):
     for key in ("natural", "pgd20", "mma", "aa", "n_eval"):
         assert again[key] == rec[key], key
     # both evaluations leave per-image records that match their JSON records and each other
-    from tools.report import load_per_image
+    from tools.reporting.records import load_per_image
     first, second = load_per_image(tmp_path / "r", rec), load_per_image(tmp_path / "r", again, "eval_last")
     assert again["per_image_file"] == "eval_last_per_image.npz" and set(first["columns"]) == {"natural", "pgd20", "mma"}
     for col in first["columns"]:

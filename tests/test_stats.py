@@ -316,7 +316,7 @@ def test_any_damage_to_a_per_image_record_is_one_usage_error(tmp_path):
     """Bytes overwritten anywhere in a per_image.npz, or the file cut anywhere: reading it either succeeds (a byte
     the zip does not check) or raises UsageError naming the file, never another exception (a damaged compressed
     member raises zlib.error, an altered header NotImplementedError)."""
-    from tools.report import load_per_image
+    from tools.reporting.records import load_per_image
     from utils.errors import UsageError
     rng = np.random.default_rng(0)
     folder = image_run(tmp_path, "x", "AT", 1, {"natural": rng.random(300) < 0.6, "pgd20": rng.random(300) < 0.3})
@@ -337,7 +337,7 @@ def test_any_damage_to_a_per_image_record_is_one_usage_error(tmp_path):
 
 
 def test_an_interval_end_near_zero_shows_its_side_of_zero():
-    from tools.report import _interval
+    from tools.reporting.tables import _interval
     assert _interval((0.004834, 2.046)) == "[+0.0048, +2.05]"
     assert _interval((-0.0031, 1.0)) == "[-0.0031, +1.00]"
     assert _interval((0.0, 0.005)) == "[+0.00, +0.01]" and _interval(None) == "n/a"

@@ -156,8 +156,11 @@ def test_report_budget_columns_skip_a_blank_cell(tmp_path, capsys):
 def test_report_curves_say_when_they_come_from_some_of_a_rows_runs(tmp_path):
     real_run(tmp_path, "a", [], 80.0)
     (real_run(tmp_path, "b", [], 82.0, seed=2) / "metrics.csv").unlink()
-    runs, _ = report.load_runs(report.find_runs([str(tmp_path)]))
-    drawn = report.curves(report.group_runs(runs, print))
+    from tools.reporting.groups import group_runs
+    from tools.reporting.panels import curves
+    from tools.reporting.records import find_runs, load_runs
+    runs, _ = load_runs(find_runs([str(tmp_path)]))
+    drawn = curves(group_runs(runs, print))
     assert list(drawn) == ["PART [curves of 1 of its 2 runs]"] and drawn[list(drawn)[0]]["natural"][0] == [70.0, 80.0]
 
 
@@ -342,6 +345,20 @@ def test_report_finds_runs_below_a_folder_that_holds_a_config(tmp_path, capsys):
     fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0)
     assert report.main([str(tmp_path)]) == 0
     assert row_cells(capsys.readouterr().out, "AT")[0] == "80.00 [1]"
+
+
+def test_one_reader_of_a_runs_record_returns_it_checked_or_one_error_naming_the_file(tmp_path):
+    """utils/records.read_record, which the report, the grid and the device check share: the record with its
+    seed and settings, or RecordError (a ValueError) saying which file and what is wrong, a missing one too."""
+    from utils.records import RecordError, read_record
+    rec = read_record(fake_run(tmp_path, "good", "AT", 1, 80.0, 50.0))
+    assert rec["seed"] == 1 and rec["settings"] == {"method": "AT"} and rec["natural"] == 80.0
+    (fake_run(tmp_path, "cut", "AT", 1, 80.0, 50.0) / "results.json").write_text('{"method": "AT", "se')
+    for folder, why in [("cut", "not valid JSON"), ("none", "cannot be read")]:
+        with pytest.raises(RecordError) as e:
+            read_record(tmp_path / folder)
+        assert isinstance(e.value, ValueError) and why in e.value.why
+        assert e.value.path == str(tmp_path / folder / "results.json") and str(e.value).startswith(e.value.path)
 
 
 def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):

@@ -44,6 +44,7 @@ from utils.data import Dataset, load_dataset, synthetic, to_float
 from utils.engine import configure_backends, main as engine_main, pick_device
 from utils.errors import entry_point
 from utils.evaluate import library_versions, provenance
+from utils.records import read_record
 from utils.runs import check_writable
 
 # section 1: what "agrees" means between the CPU and the device (fp32, TF32 off)
@@ -240,8 +241,7 @@ def section_bf16(rep: Report, device: torch.device, size: dict, work: str, data_
         for amp in ("none", "bf16"):
             folder = os.path.join(work, f"amp-{amp}")
             _train(args + ["--amp", amp, "--out", folder])
-            with open(os.path.join(folder, "results.json")) as f:
-                res[amp] = json.load(f)
+            res[amp] = read_record(folder)
         a, b = res["none"], res["bf16"]
         return "pass", (f"fp32 natural {a['natural']:.2f} PGD-20 {a['pgd20']:.2f}; bf16 natural {b['natural']:.2f} "
                         f"PGD-20 {b['pgd20']:.2f} ({a['n_eval']} test images of {on}; no threshold)"), ""
@@ -367,8 +367,7 @@ def section_processes(rep: Report, device: torch.device, size: dict, work: str) 
         if proc.returncode != 0:
             lines = [line for line in proc.stderr.splitlines() if line.strip()]
             return "fail", "", f"torchrun exit code {proc.returncode}: {lines[-1][:200] if lines else ''}"
-        with open(os.path.join(out, "results.json")) as f:
-            same = json.load(f).get("ranks_identical")
+        same = read_record(out).get("ranks_identical")
         return ("pass" if same else "fail"), \
             f"2 ranks ({backend} on {where}): {'identical' if same else 'different'} weights", \
             "" if gpus >= 2 else "fewer than 2 GPUs: the CPU run"

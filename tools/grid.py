@@ -144,10 +144,9 @@ def finished_as_asked(folder: str, argv) -> bool:
     """Whether `folder` holds a finished run of exactly this command's settings (and data file)."""
     from utils.config import check_saved, effective, parse, script_constants
     from utils.errors import UsageError
+    from utils.records import read_record
     try:
-        with open(os.path.join(folder, "results.json")) as f:
-            rec = json.load(f)
-        done = check_saved(rec.get("config") if isinstance(rec, dict) else rec, folder)
+        done = check_saved(read_record(folder).get("config"), folder)
         variant = script_variant(argv[1])
         asked, _ = parse(variant, script_constants(argv[1]), argv[2:])
     except (OSError, ValueError, KeyError, UsageError):

@@ -316,6 +316,8 @@ def record_columns(record: dict) -> list[str]:
 
 
 def column_value(record: dict, name: str):
+    """A record's value of column `name`: the accuracy, the 'mean' of an entry that is a dict (CIFAR-10-C), or None
+    where the record has none. The one reader of a column's value (the report's tables use it too)."""
     v = record.get(name)
     return v.get("mean") if isinstance(v, dict) else v
 

@@ -1,5 +1,5 @@
-"""The statistics of the report: confidence intervals of differences, a seed plan from the paired t-test's
-power, a bootstrap over test images and seeds, and McNemar's exact test. Distributions come from scipy.stats;
+"""The statistics of the report: mean and standard deviation over seeds, confidence intervals of differences, a
+seed plan from the paired t-test's power, a bootstrap over test images and seeds, and McNemar's exact test. Distributions come from scipy.stats;
 each function states what it returns for the edge cases (too few values, no variance).
 
 Accuracies are in percent throughout; a "difference" is row A minus row B.
@@ -9,6 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation, n) over the values that are not None: (None, None, 0) when there are
+    none, std None with one value."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    m = sum(vals) / len(vals)
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return m, s, len(vals)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""The runs a report reads: finding run folders, and loading each run's checked record (utils/records.py), its
+metrics.csv and its per-image file; the numbers read from them (accuracy columns, budget, compute time)."""
+import csv
+import math
+import os
+
+import numpy as np
+
+from utils.errors import UsageError
+from utils.evaluate import AA_NAMES, column_value, per_image_name, record_columns
+from utils.records import RecordError, read_record
+from utils.runs import read_metrics
+
+
+def find_runs(paths):
+    """Run folders among `paths` and below them: any folder holding config.json or results.json (a run folder's
+    subfolders are searched too, so a stray config.json in a root hides nothing)."""
+    found = []
+    for p in paths:
+        for root, dirs, files in os.walk(p):
+            if "config.json" in files or "results.json" in files:
+                found.append(root)
+    return sorted(set(found))
+
+
+METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "epoch_time_s", "eval_time_s")
+
+
+def _number_or_blank(v) -> bool:
+    if v in (None, ""):
+        return True
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def read_run_metrics(folder):
+    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, one per epoch (the last
+    row of a repeated epoch) in epoch order, a note on what was left out or None)."""
+    path = os.path.join(folder, "metrics.csv")
+    if not os.path.exists(path):
+        return [], None
+    try:
+        rows = read_metrics(path)
+        with open(path, newline="", errors="replace") as f:  # every row, to count those read_metrics skips
+            reader = csv.DictReader(f)
+            total = sum(1 for _ in reader)
+    except (csv.Error, OSError, UnicodeError) as e:
+        return [], f"cannot be read ({type(e).__name__}: {e}); left out of the budget columns and curves"
+    if reader.fieldnames and "epoch" not in reader.fieldnames:
+        return [], "has no epoch column (not a metrics.csv); left out of the budget columns and curves"
+    good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
+    bad = total - len(good)
+    last = {r["epoch"]: r for r in good}  # as a resume trims it: one row per epoch, the last one seen
+    repeated = len(good) - len(last)
+    notes = [f"{bad} malformed row(s) left out of the budget columns and curves"] if bad else []
+    if repeated:
+        notes.append(f"{repeated} repeated epoch row(s); the last row of each epoch is used")
+    return sorted(last.values(), key=lambda r: r["epoch"]), "; ".join(notes) or None
+
+
+def load_runs(folders, skipped=None, per_image=False):
+    """(runs, unfinished folders). A run is its results.json content plus 'folder', 'metrics' (the rows of
+    metrics.csv) and 'settings' (its configuration). A results.json that cannot be used leaves its run out, and
+    malformed rows of a metrics.csv are left out; each such file is appended to `skipped` as (path, why)."""
+    runs, unfinished = [], []
+    skipped = [] if skipped is None else skipped
+    for f in folders:
+        path = os.path.join(f, "results.json")
+        if not os.path.isfile(path):
+            unfinished.append(f)
+            continue
+        try:
+            rec = read_record(f)
+        except RecordError as e:
+            skipped.append((e.path, e.why))
+            continue
+        rec["folder"], rec["mtime"] = f, os.path.getmtime(path)
+        rec["metrics"], note = read_run_metrics(f)
+        if note:
+            skipped.append((os.path.join(f, "metrics.csv"), note))
+        rec["per_image"] = load_per_image(f, rec) if per_image else None
+        runs.append(rec)
+    return runs, unfinished
+
+
+def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None:
+    """The run's per-image record (see utils.evaluate.per_image_arrays) as {'columns': {col: bool array},
+    'test_set': {col: identity of the images}}, or None when the run has none. Raises UsageError when the file
+    is unreadable or does not match its record (another length, or another accuracy than results.json says)."""
+    path = os.path.join(folder, rec.get("per_image_file") or per_image_name(name))
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - a damaged zip member raises zlib.error, NotImplementedError, ...
+        raise UsageError(f"{path} is not a readable per-image record ({type(e).__name__})") from None
+    out = {"columns": {}, "test_set": {}}
+    fingerprint = str(arrays.get("data_fingerprint", ""))
+    labels, n_test = arrays.get("labels"), arrays.get("n_test", np.int64(-1))
+    if labels is not None and labels.ndim != 1 or np.ndim(n_test) != 0 or n_test.dtype.kind not in "iu":
+        raise UsageError(f"{path} is not a per-image record (its labels are not a vector or its n_test not a count)")
+    for col in record_columns(rec):
+        if col not in arrays or col == "corruptions":
+            continue
+        bits, index = arrays[col], arrays.get(f"{col}_index")
+        size = rec.get("n_eval_aa") if col in AA_NAMES else rec.get("n_eval")
+        acc = column_value(rec, col)
+        if (bits.dtype != bool or bits.ndim != 1 or index is None or index.shape != bits.shape or labels is None
+                or index.dtype.kind not in "iu" or (len(index) and not 0 <= index.min() <= index.max() < len(labels))):
+            raise UsageError(f"{path}: '{col}' is not a per-image record (bool vector with its test indices)")
+        if (size is not None and len(bits) != size) or acc is None or abs(100.0 * bits.mean() - acc) > 1e-6:
+            raise UsageError(f"{path} does not match {os.path.join(folder, 'results.json')}: {col} has "
+                             f"{len(bits)} images at {100.0 * bits.mean():.2f}%, the record {size} at {acc}")
+        out["columns"][col] = bits
+        out["test_set"][col] = (fingerprint, int(n_test), index.tobytes(), labels[index].tobytes())
+    return out
+
+
+def columns(runs) -> list[str]:
+    """Accuracy columns present in any run, in evaluation order (natural, pgdN, mma, cw, part-pgd, aa, aa-official,
+    CIFAR-10-C)."""
+    seen = []
+    for r in runs:
+        for c in record_columns(r):
+            if c not in seen and (r.get(c) is not None or c not in ("natural", "pgd20", "mma", "aa")):
+                seen.append(c)
+    rank = {"natural": 0, "mma": 2, "cw": 3, "part-pgd": 4, "aa": 5, "aa-official": 5.5, "corruptions": 6}
+    return sorted(seen, key=lambda c: (rank.get(c, 1), int(c[3:]) if c.startswith("pgd") and c[3:].isdigit() else 0))
+
+
+def budget_stats(run) -> dict:
+    """Mean budget (1/255) and share at eps over the epochs after warm-up (all epochs if none) that record each,
+    from metrics.csv."""
+    rows = [r for r in run["metrics"] if r.get("budget_mean") not in (None, "")]
+    after = [r for r in rows if r.get("phase") != "warm-up"] or rows
+    out = {}
+    for k in ("budget_mean", "eps_share"):
+        vals = [float(r[k]) for r in after if r.get(k) not in (None, "")]
+        out[k] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def run_times(run) -> list[str]:
+    """[epochs, training seconds, min-max seconds per epoch, seconds of per-epoch checks, seconds of final
+    evaluation] of a run, from its metrics.csv (epoch_time_s, eval_time_s) and results.json (eval_time_s); "-"
+    where the record has none. A resumed run counts the epochs of every part."""
+    rows = run["metrics"]
+    train = [float(r["epoch_time_s"]) for r in rows if r.get("epoch_time_s") not in (None, "")]
+    check = [float(r["eval_time_s"]) for r in rows if r.get("eval_time_s") not in (None, "")]
+    final = run.get("eval_time_s")
+    return [str(len(rows)) if rows else "-", f"{sum(train):.0f}" if train else "-",
+            f"{min(train):.0f}–{max(train):.0f}" if train else "-", f"{sum(check):.0f}" if check else "-",
+            f"{final:.0f}" if isinstance(final, (int, float)) else "-"]

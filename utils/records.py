@@ -1,0 +1,76 @@
+"""A run's record (the results.json that utils/evaluate.py writes), read back and checked: the one reader of it
+for every tool (the report, the grid, the device check)."""
+import json
+import math
+import os
+
+from .config import effective, upgrade
+from .evaluate import column_value, record_columns
+from .methods import METHODS
+
+
+class RecordError(ValueError):
+    """A results.json that cannot be used. `path` is the file, `why` what is wrong with it; str() says both."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def record_settings(rec: dict) -> dict:
+    """The configuration a record's numbers come from: the effective settings of its config (every training and
+    evaluation setting; see utils.config.effective) with the test-set sizes actually used (0 means all in the
+    config). Records without a config (made by hand or by other code) are told apart by method alone."""
+    cfg = rec.get("config")
+    if not cfg or "variant" not in cfg:
+        return {"method": rec.get("method")}
+    eff = effective(upgrade(cfg))
+    for k in ("n_eval", "n_eval_aa"):
+        eff[k] = rec.get(k)
+    return eff
+
+
+def read_record(folder: str) -> dict:
+    """The results.json of a run folder, checked: UTF-8 JSON holding an object with a method name and an integer
+    seed (or one in its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can
+    be read and whose method, variant, data set, model and seed are the record's. Sets 'seed' and adds 'settings'
+    (`record_settings`). Raises RecordError (a ValueError) naming the file and saying what is wrong, also when
+    the file is missing or unreadable."""
+    path = os.path.join(folder, "results.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rec = json.load(fh)
+    except UnicodeDecodeError:
+        raise RecordError(path, "not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise RecordError(path, f"not valid JSON ({e.msg}, line {e.lineno}): truncated or damaged") from None
+    except OSError as e:
+        raise RecordError(path, f"cannot be read ({e.strerror})") from None
+    if not isinstance(rec, dict):
+        raise RecordError(path, f"holds a JSON {type(rec).__name__}, not a run's record")
+    cfg = rec.get("config")
+    if cfg is not None and not isinstance(cfg, dict):
+        raise RecordError(path, "its 'config' is not a JSON object")
+    if not isinstance(rec.get("method"), str):
+        raise RecordError(path, "names no method")
+    seed = rec.get("seed", (cfg or {}).get("seed"))
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecordError(path, f"has no whole-number seed (found {seed!r})")
+    rec["seed"] = seed
+    for key in ("method", "variant", "data", "model", "seed"):  # written from the config: they differ if edited
+        if cfg and key in cfg and key in rec and rec[key] != cfg[key]:
+            raise RecordError(path, f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
+    if cfg and "variant" in cfg and (not isinstance(cfg["variant"], str) or cfg["variant"] not in METHODS):
+        raise RecordError(path, f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
+    try:
+        rec["settings"] = record_settings(rec)
+        cols = record_columns(rec)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise RecordError(path, f"its config cannot be read ({type(e).__name__}: {e})") from None
+    for c in cols:
+        v = column_value(rec, c)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise RecordError(path, f"its {c} is {v!r}, not a number")
+        if v is not None and not 0 <= v <= 100:
+            raise RecordError(path, f"its {c} is {v!r}, not an accuracy in percent (0 to 100)")
+    return rec
