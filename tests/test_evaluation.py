@@ -178,3 +178,11 @@ def test_make_cifar10c_writes_the_published_layout(tmp_path, trained):
     assert a.shape == (30, 32, 32, 3) and a.dtype == np.uint8 and np.load(out / "labels.npy").shape == (30,)
     res = evaluate_corruptions(trained[0], str(out))
     assert len(res["contrast"]) == 5 and 0 <= res["mean"] <= 100
+
+
+def test_versions_name_the_cpu_and_the_kernels_it_runs():
+    """Records carry the CPU and the instruction set torch's kernels use: the same library versions on two CPUs
+    can round differently, and a reproduction check must be able to tell the machines apart."""
+    from utils.evaluate import library_versions
+    cpu = library_versions(torch.device("cpu"))["cpu"]
+    assert cpu.endswith(", " + torch.backends.cpu.get_cpu_capability()) and len(cpu) > len(", AVX2")

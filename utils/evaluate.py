@@ -94,7 +94,21 @@ def library_versions(device: torch.device | None = None) -> dict:
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    out["cpu"] = cpu_description()
     return out
+
+
+def cpu_description() -> str:
+    """The host CPU's model name and the instruction set torch's CPU kernels use (e.g. 'Intel(R) Xeon(R)
+    Processor, AVX512'): two machines with the same library versions can still round differently when these
+    differ, since MKL and oneDNN pick their kernels by CPU."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def provenance() -> dict:
