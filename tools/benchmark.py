@@ -39,8 +39,9 @@ from models import MODELS
 from utils.cams import find_target_layer, unwrap
 from utils.config import MAX_WIDTH, POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
 from utils.data import DATASETS, load_dataset, to_float
-from utils.engine import (autocast, build_run, configure_backends, peak_memory_mb, pick_device, prepare_model,
-                          prepare_training, reset_peak_memory, train_epoch)
+from utils import ROOT
+from utils.devices import autocast, configure_backends, peak_memory_mb, pick_device, reset_peak_memory
+from utils.engine import build_run, prepare_model, prepare_training, train_epoch
 from utils.errors import UsageError, entry_point
 from utils.evaluate import evaluate, library_versions
 from utils.runs import check_writable, save_json
@@ -130,7 +131,6 @@ def bench_epochs(model_name, width, setting, data, device, batch, n_train, log_e
     return rows
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_ATTACKS = ("natural", "pgd20", "pgd50", "pgd100", "mma", "cw", "part-pgd")
 
 

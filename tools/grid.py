@@ -39,10 +39,9 @@ import shlex  # noqa: E402
 from models import MODELS  # noqa: E402
 from tools.executors import (EXECUTORS, LIVE_STATES, Options, Signalled, lock_holder, owner, read_job,  # noqa: E402
                              script_variant, slurm_script, visible_gpus)
+from utils import ROOT  # noqa: E402
 from utils.data import DATASETS  # noqa: E402
 from utils.methods import METHODS, labels  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = {v: m.script for v, m in METHODS.items()}
 
