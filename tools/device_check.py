@@ -61,10 +61,10 @@ GOALS = {"part_epoch_tf32_s": 10.0, "part_epoch_bf16_s": 5.0, "part_over_at": 1.
 OFFICIAL_IMAGES = 512
 WRN_FRACTION = 0.05
 
-FULL = dict(width=None, n=64, run_width="16", run_train="512", run_batch="128", steps="3", epochs_bf16="5",
+FULL = dict(width=None, n=64, run_width=16, run_train=512, run_batch=128, steps=3, epochs_bf16=5,
             speed_images=50000, speed_batch=128, settings=("fp32", "tf32", "fast", "bf16"), official=OFFICIAL_IMAGES,
             wrn_images=int(50000 * WRN_FRACTION), wrn_width=None, wrn_settings=("tf32",), timeout=600)
-QUICK = dict(width=8, n=16, run_width="4", run_train="64", run_batch="32", steps="2", epochs_bf16="2",
+QUICK = dict(width=8, n=16, run_width=4, run_train=64, run_batch=32, steps=2, epochs_bf16=2,
              speed_images=64, speed_batch=32, settings=("fp32",), official=4, wrn_images=16, wrn_width=1,
              wrn_settings=("fp32",), timeout=300)
 
@@ -172,8 +172,32 @@ def _has(module: str) -> bool:
 # ----------------------------------------------------------------------------------------------------
 # 2. determinism and resume; 4. bf16 against fp32 (tiny runs of the real scripts, in this process)
 # ----------------------------------------------------------------------------------------------------
-def _train(argv: list) -> None:
-    """Run train_eval_part.py's engine with argv, quietly; raises RuntimeError with its last line on failure."""
+def to_argv(settings: dict) -> list:
+    """The training script's command line for `settings` {flag name without '--': value}: True is a bare switch,
+    None or False leaves the flag out, a list or tuple gives several values."""
+    argv = []
+    for flag, value in settings.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + flag)
+        if value is not True:
+            argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return argv
+
+
+def tiny_run(size: dict, device) -> dict:
+    """The settings of the tiny run that sections 2, 4 and 5 vary: a 2-epoch PART run (1 warm-up epoch) on
+    synthetic data with its natural accuracy evaluated."""
+    return {"data": "synthetic", "width": size["run_width"], "n-train": size["run_train"],
+            "batch-size": size["run_batch"], "num-steps": size["steps"], "epochs": 2, "warm-up": 1, "lr-milestones": 2,
+            "n-eval": 32, "n-eval-epoch": 32, "eval-attacks": ["natural"], "eval-batch-size": 32, "no-mask-figure": True,
+            "device": str(device)}
+
+
+def _train(settings: dict) -> None:
+    """Run train_eval_part.py's engine with `settings` (see `to_argv`), quietly; raises RuntimeError with its last
+    line on failure."""
+    argv = to_argv(settings)
     code, text = _quiet(engine_main, "part", script_constants(os.path.join(ROOT, "train_eval_part.py")), argv)
     if code != 0:
         lines = [line for line in text.splitlines() if line.strip()]
@@ -188,21 +212,14 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def tiny_args(size: dict, device: torch.device) -> list:
-    return ["--data", "synthetic", "--width", size["run_width"], "--n-train", size["run_train"], "--batch-size",
-            size["run_batch"], "--num-steps", size["steps"], "--epochs", "2", "--warm-up", "1", "--lr-milestones", "2",
-            "--n-eval", "32", "--n-eval-epoch", "32", "--eval-attacks", "natural", "--eval-batch-size", "32",
-            "--no-mask-figure", "--device", str(device)]
-
-
 def section_determinism(rep: Report, device: torch.device, size: dict, work: str) -> None:
-    args = tiny_args(size, device) + ["--deterministic"]
+    run = {**tiny_run(size, device), "deterministic": True}
     out = {k: os.path.join(work, f"det-{k}") for k in ("a", "b", "cut")}
     done = {}
 
     def twice():
-        _train(args + ["--out", out["a"]])
-        _train(args + ["--out", out["b"]])
+        _train({**run, "out": out["a"]})
+        _train({**run, "out": out["b"]})
         done["a"] = True
         same = _same(_weights(out["a"]), _weights(out["b"]))
         return ("pass" if same else "fail"), "bit-identical weights" if same else "the weights differ", ""
@@ -211,10 +228,8 @@ def section_determinism(rep: Report, device: torch.device, size: dict, work: str
     def resumed():
         if not done:
             return "skipped", "", "the uninterrupted run failed"
-        short = list(args)
-        short[short.index("--epochs") + 1] = "1"
-        _train(short + ["--out", out["cut"]])
-        _train(args + ["--out", out["cut"], "--resume"])
+        _train({**run, "epochs": 1, "out": out["cut"]})
+        _train({**run, "out": out["cut"], "resume": True})
         same = _same(_weights(out["a"]), _weights(out["cut"]))
         return ("pass" if same else "fail"), "bit-identical to the uninterrupted run" if same else "the weights differ", ""
     rep.guard(2, "stopped after epoch 1, resumed", resumed)
@@ -225,23 +240,19 @@ def section_bf16(rep: Report, device: torch.device, size: dict, work: str, data_
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         rep.add(4, "bf16 against fp32", "skipped", reason="this GPU does not support bf16")
         return
-    args = tiny_args(size, device)
-    args[args.index("--epochs") + 1], args[args.index("--lr-milestones") + 1] = size["epochs_bf16"], size["epochs_bf16"]
-    args[args.index("--eval-attacks") + 1:args.index("--eval-attacks") + 2] = ["natural", "pgd20"]
+    run = {**tiny_run(size, device), "epochs": size["epochs_bf16"], "lr-milestones": size["epochs_bf16"],
+           "eval-attacks": ["natural", "pgd20"]}
     on = "synthetic"
     if data_dir:
-        args[1:2], on = ["cifar10-npz", "--data-dir", data_dir], "the subset"
+        run, on = {**run, "data": "cifar10-npz", "data-dir": data_dir}, "the subset"
     if not size["width"]:  # the full check: full-width model, all training images, 1000 test images
-        args[args.index("--width"):args.index("--width") + 2] = []
-        args[args.index("--n-train") + 1], args[args.index("--n-eval") + 1] = "0", "1000"
-        args[args.index("--eval-batch-size") + 1] = "500"
-        args[args.index("--num-steps") + 1] = "10"
+        run.update({"width": None, "n-train": 0, "n-eval": 1000, "eval-batch-size": 500, "num-steps": 10})
 
     def check():
         res = {}
         for amp in ("none", "bf16"):
             folder = os.path.join(work, f"amp-{amp}")
-            _train(args + ["--amp", amp, "--out", folder])
+            _train({**run, "amp": amp, "out": folder})
             with open(os.path.join(folder, "results.json")) as f:
                 res[amp] = json.load(f)
         a, b = res["none"], res["bf16"]
@@ -351,10 +362,9 @@ def _free_port() -> int:
 
 
 def _torchrun(n: int, device: str, out: str, size: dict) -> subprocess.CompletedProcess:
-    args = tiny_args(size, torch.device("cpu"))
-    args[args.index("--device") + 1] = device
+    argv = to_argv({**tiny_run(size, device), "out": out})
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", f"--master-port={_free_port()}",
-           os.path.join(ROOT, "train_eval_part.py"), *args, "--out", out]
+           os.path.join(ROOT, "train_eval_part.py"), *argv]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=size["timeout"], env=env, cwd=ROOT)
 
