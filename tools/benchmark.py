@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from attacks import pgd
 from models import MODELS
 from utils.cams import find_target_layer, unwrap
-from utils.config import MAX_WIDTH, POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
+from utils.config import MAX_WIDTH, POSITIVE, Parser, eval_attack, nonempty, number, parse, script_constants
 from utils.data import DATASETS, load_dataset, to_float
 from utils import ROOT
-from utils.devices import autocast, configure_backends, peak_memory_mb, pick_device, reset_peak_memory
+from utils.devices import autocast, configure_backends, device_name, peak_memory_mb, pick_device, reset_peak_memory
 from utils.engine import build_run, prepare_model, prepare_training, train_epoch
 from utils.errors import UsageError, entry_point
 from utils.evaluate import evaluate, library_versions

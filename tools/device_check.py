@@ -40,9 +40,9 @@ if __name__ == "__main__":  # run as a file (python tools/device_check.py): put 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tools.benchmark import bench_epochs, official_image_pass, speed_setting
 from utils import ROOT
-from utils.config import Parser, device_name, nonempty, script_constants
+from utils.config import Parser, nonempty, script_constants
 from utils.data import Dataset, load_dataset, synthetic, to_float
-from utils.devices import configure_backends, pick_device
+from utils.devices import configure_backends, device_name, pick_device
 from utils.entry import main as engine_main
 from utils.errors import entry_point
 from utils.evaluate import library_versions, provenance

@@ -10,12 +10,11 @@ import math
 import sys
 from dataclasses import dataclass
 
-import torch
-
 from models import MODELS
 
 from .cams import CAM_BACKENDS, CAMS
 from .data import DATASETS
+from .devices import device_name
 from .errors import UsageError
 from .evaluate import DEFAULT_EVAL_ATTACKS, check_eval_attack
 from .mask_rules import RULES
@@ -84,22 +83,6 @@ def nonempty(text: str) -> str:
     """An argparse type for paths and names: any text but the empty string (which would mean the current folder)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-def device_name(text: str) -> str:
-    """auto, cpu, cuda or cuda:N (one that exists here), or another torch device name."""
-    if text == "auto":
-        return text
-    try:
-        d = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but CUDA is not available here")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     return text
 
 
