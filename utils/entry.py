@@ -1,5 +1,6 @@
-"""The scripts' command line (`main`: parse the flags, train or evaluate, return the exit code) and --eval-only
-(`eval_only`: evaluate a saved checkpoint with the config stored in it)."""
+"""The scripts' command line (`main`: parse the flags, train or evaluate, return the exit code; `run_script`: the
+same work for a tool that trains in its own process) and --eval-only (`eval_only`: evaluate a saved checkpoint with
+the config stored in it)."""
 import os
 
 from models import CheckpointMismatch, load_checkpoint
@@ -79,6 +80,14 @@ def _what_exists(out: str) -> str:
         except UsageError:
             return f"{path} exists but cannot be read"
     return f"no checkpoint was written to {out}"
+
+
+def run_script(variant: str, constants: dict, argv=None) -> dict:
+    """Parse argv and train or evaluate as the script of `variant` does, raising what `main` turns into exit codes
+    (UsageError, NonFinite, OSError, Interrupted, KeyboardInterrupt, Terminated): for a tool that trains in its own
+    process and must tell a failed run from an interrupt. Returns the results record."""
+    cfg, explicit = config_mod.parse(variant, constants, argv)
+    return eval_only(cfg, explicit) if cfg.get("eval_only") else train(cfg)
 
 
 def main(variant: str, constants: dict, argv=None, handle_sigterm: bool = True) -> int:

@@ -1,19 +1,15 @@
 """A training run from start to end (`train`): everything checked before the run folder is touched (`setup`), the
 folder opened and the training modules prepared (`start`), the epochs (utils.engine), the final evaluation
-(utils.records); Ctrl-C or SIGTERM ends it with what to do next (`Interrupted`)."""
+(utils.records); Ctrl-C or SIGTERM ends it with what to do next (utils.errors.Interrupted)."""
 import os
 
 from .checks import check_inputs
 from .devices import barrier, configure_backends, pick_device, ranks_identical, setup_distributed
 from .engine import Run, build_run, prepare_training, run_epochs
-from .errors import Stop, Terminated, UsageError
+from .errors import Interrupted, Terminated, UsageError, interruption
 from .records import write_evaluation, write_mask_figure
 from .resume import resume_run
 from .runs import RunFolder, clear_run, drop_later_files, make_logger, save_json, truncate_metrics
-
-
-class Interrupted(Stop):
-    """A run stopped by Ctrl-C or SIGTERM after it started: the exit code and what to do next."""
 
 
 def setup(cfg: dict) -> tuple[Run, str | None]:
@@ -104,7 +100,7 @@ def train(cfg: dict) -> dict:
     except (KeyboardInterrupt, Terminated) as e:
         if run.rank == 0 and not (run.folder and run.folder.held):
             raise  # before the folder was opened, or it was abandoned: nothing to resume or start again from
-        code, what = (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
+        code, what = interruption(e)
         if run.last_saved == cfg["epochs"]:
             hint = ("training had finished (last.pt holds the last epoch): the same command plus --resume runs the "
                     "evaluation again")
