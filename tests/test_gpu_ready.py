@@ -12,7 +12,7 @@ from tests.test_scripts import SCRIPTS, constants, run, same_weights, weights
 from utils import mask_rules
 from utils.config import effective, parse, training_differences, upgrade
 from utils.data import synthetic, to_float
-from utils.engine import configure_backends
+from utils.devices import configure_backends
 from utils.methods import mart_attack, trades_attack
 from utils.runs import rng_state, set_rng_state
 

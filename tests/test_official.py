@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models import build_model
 from tests.test_scripts import SCRIPTS, constants, run
 from utils.config import effective, parse, training_differences, upgrade
-from utils.engine import main
+from utils.entry import main
 from utils.methods import METHODS
 
 EPS, LOW, STEP, STEPS = 8 / 255, 7 / 255, 2 / 255, 3

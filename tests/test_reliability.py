@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.test_scripts import SCRIPTS, TINY, constants, run, same_weights, weights
-from utils.engine import main
+from utils.entry import main
 from utils.runs import RunFolder, atomic_write, save_json, truncate_metrics
 
 
@@ -595,13 +595,13 @@ def test_ctrl_c_during_start_up_prints_one_line(tmp_path):
 def test_interrupted_while_starting_says_what_is_left(where, tmp_path, capsys, monkeypatch):
     """Ctrl-C between the run folder's creation and the first epoch: before config.json the new folder is removed
     and the message is the plain one; after it the folder stays, its log says so, and the hint is to start again."""
-    import utils.engine
+    import utils.lifecycle
     target = "save_json" if where == "opening the folder" else "prepare_training"
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.engine, target, interrupt)
+    monkeypatch.setattr(utils.lifecycle, target, interrupt)
     code, err = call("part", [*TINY, "--out", str(tmp_path / "r")], capsys)
     assert code == 130 and "Traceback" not in err, err
     if where == "opening the folder":

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import ROOT
 from utils.config import script_constants
-from utils.engine import main
+from utils.entry import main
 
 TINY = ["--data", "synthetic", "--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32",
         "--n-train", "64", "--num-steps", "2", "--n-eval", "32", "--n-eval-epoch", "32",

@@ -22,7 +22,8 @@ and aa when asked for), the median of --iters rounds, with its cost relative to 
 --clock cpu times with the process's CPU time instead of wall time: on a CPU shared with other runs (and with
 OMP_NUM_THREADS=1) it measures the work done, which the other processes do not stretch.
 Every timing follows at least one warm-up call. A JSON record (device, versions, settings, figures) goes to --json,
-whose path is checked before any timing. Bad input exits 2 with one line.
+whose path is checked before any timing. Bad input exits 2 with one line. Ctrl-C or SIGTERM while timing stops the
+benchmark (exit 130 / 143) and writes the record of the timings done so far, its `interrupted` naming the signal.
 """
 import argparse
 import os
@@ -36,12 +37,15 @@ import torch.nn.functional as F
 
 from attacks import pgd
 from models import MODELS
+from utils import ROOT
 from utils.cams import find_target_layer, unwrap
-from utils.config import MAX_WIDTH, POSITIVE, Parser, device_name, eval_attack, nonempty, number, parse, script_constants
+from utils.config import MAX_WIDTH, eval_attack, parse, script_constants
+from utils.cli import POSITIVE, Parser, nonempty, number
 from utils.data import DATASETS, load_dataset, to_float
-from utils.engine import (autocast, build_run, configure_backends, peak_memory_mb, pick_device, prepare_model,
-                          prepare_training, reset_peak_memory, train_epoch)
-from utils.errors import UsageError, entry_point
+from utils.devices import (autocast, configure_backends, device_name, peak_memory_mb, pick_device, reset_peak_memory,
+                           synchronize)
+from utils.engine import build_run, prepare_model, prepare_training, train_epoch
+from utils.errors import Interrupted, Terminated, UsageError, entry_point, interruption
 from utils.evaluate import evaluate, library_versions
 from utils.runs import check_writable, save_json
 from utils.mask_rules import mask_from_cam
@@ -117,11 +121,11 @@ def bench_epochs(model_name, width, setting, data, device, batch, n_train, log_e
     cfg["n_train"] = n
     rows = []
     for method, masked in (("AT", False), ("PART", True)):
-        _sync(device)
+        synchronize(device)
         reset_peak_memory(device)
         t = clock()
         train_epoch(run, 1, masked)
-        _sync(device)
+        synchronize(device)
         sec = clock() - t
         rows.append({"model": model_name, "method": method, "setting": setting, "images": n,
                      "measured_s": round(sec, 2), "epoch_s": round(sec * 50000 / n, 1),
@@ -130,13 +134,7 @@ def bench_epochs(model_name, width, setting, data, device, batch, n_train, log_e
     return rows
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_ATTACKS = ("natural", "pgd20", "pgd50", "pgd100", "mma", "cw", "part-pgd")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -145,11 +143,11 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 def time_it(fn, device, warmup, iters, clock=time.perf_counter):
     for _ in range(max(1, warmup)):  # first calls pay for allocation, cudnn autotuning, lazy imports
         fn()
-    _sync(device)
+    synchronize(device)
     t = clock()
     for _ in range(iters):
         fn()
-    _sync(device)
+    synchronize(device)
     return (clock() - t) / iters
 
 
@@ -225,10 +223,10 @@ def bench_eval(model_name, width, data, device, batch, attacks, warmup, iters, c
     times = {name: [] for name in attacks}
     for _ in range(iters):
         for name in attacks:
-            _sync(device)
+            synchronize(device)
             t = clock()
             evaluate(model, data, attacks=(name,), n_eval=batch, batch_size=batch, cfg=cfg)
-            _sync(device)
+            synchronize(device)
             times[name].append(clock() - t)
     out = {name: {"s": round(sorted(v)[len(v) // 2], 3), "runs_s": [round(t, 3) for t in v]} for name, v in times.items()}
     base = out.get("pgd20", {}).get("s")
@@ -317,9 +315,31 @@ def benchmark(argv=None) -> dict:
                          f"of {args.data} (a batch of each is timed): images/s would count images never used; give at "
                          f"most {min(n_train, n_test)}")
     record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,
-              "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {}}
+              "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {},
+              "interrupted": None}
     print(f"device: {record['device']} ({device}), data {args.data}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.clock} clock")
+    try:
+        time_all(args, device, data, record)
+    except (KeyboardInterrupt, Terminated, Interrupted) as e:  # what was timed is kept, and the record says so
+        code, what = interruption(e)
+        record["interrupted"] = what
+        _write(args.json, record)
+        raise Interrupted(code, f"\n{what}: the benchmark stopped; {args.json} records the timings done before") \
+            from None
+    _write(args.json, record)
+    return record
+
+
+def _write(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_json(path, record)
+    print(f"wrote {path}")
+
+
+def time_all(args, device, data, record: dict) -> None:
+    """The timings of the mode `args` asks for (--epoch, --eval or training steps), printed and added to `record`
+    as each is done."""
     if args.epoch:
         data = data.to(device)
         settings = args.settings or (["fp32", "fast", "fast-bf16"] if device.type == "cuda" else ["fp32", "fast"])
@@ -361,10 +381,6 @@ def benchmark(argv=None) -> dict:
                           f"{r[step]['images_per_s']:>10.1f}")
                 print(f"{model_name:<10} {setting:<10} PART/AT step ratio {r['part_over_at']:.3f}; "
                       f"a 50k-image PART epoch ~ {r['cifar10_epoch_s']:.0f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    save_json(args.json, record)
-    print(f"wrote {args.json}")
-    return record
 
 
 def main(argv=None) -> int:

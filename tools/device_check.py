@@ -11,23 +11,26 @@ Sections (each check is {"name", "section", "status": pass | fail | skipped, "fi
                     random start; each against the tolerance in TOLERANCES. Skipped without an accelerator.
   2 determinism     a tiny run done twice with --deterministic gives bit-identical weights; stopped after its first
                     epoch and resumed, it gives the weights of the uninterrupted run.
-  3 speed           AT and PART epochs through the real training loop on a synthetic CIFAR-shaped set of 50,000
-                    images (full-width ResNet-18, batch 128) under fp32, tf32, fast and bf16, with peak memory; the
-                    official pipeline's per-image mask pass on OFFICIAL_IMAGES images, scaled to 50,000; WRN-34-10 on
-                    WRN_FRACTION of an epoch. The goals (GOALS) are reported, never failed.
+  3 speed           (tools.device_speed) AT and PART epochs through the real training loop on a synthetic
+                    CIFAR-shaped set of 50,000 images (full-width ResNet-18, batch 128) under fp32, tf32, fast and
+                    bf16, with peak memory; the official pipeline's per-image mask pass on OFFICIAL_IMAGES images,
+                    scaled to 50,000; WRN-34-10 on WRN_FRACTION of an epoch. The goals (GOALS) are reported, never
+                    failed; a goal the device cannot measure (peak memory on a CPU, where the figure is the process's
+                    maximum RSS) or whose setting was not timed (--quick times fp32 only) is `skipped` with its reason.
   4 bf16-vs-fp32    the same short training in fp32 and in bf16 (the real subset when --data-dir names a .npz,
                     synthetic otherwise): natural and PGD-20 accuracy of both, no threshold.
   5 processes       a 2-process torchrun run (NCCL with two or more GPUs, else gloo on the CPU) whose ranks must end
                     with identical weights; on a GPU box, more processes than GPUs must stop with exit code 2.
-A section whose requirements are absent is `skipped` with its reason. Exit code 0 when no check fails, 1 when
-one does, 2 on bad input. The JSON record (--json) holds the device, library versions, commit, checks, speed rows
-{model, method, setting, images, measured_s, epoch_s, images_per_s, peak_mem_mb} and goals.
+A section whose requirements are absent is `skipped` with its reason. --sections names each section once. Exit
+code 0 when no check fails, 1 when one does, 2 on bad input (one line); Ctrl-C or SIGTERM stops the check (exit
+130 / 143), writes the record of what ran, marked interrupted, and removes the temporary run folders. The JSON
+record (--json) holds the device, library versions, commit, checks, speed rows {model, method, setting, images,
+measured_s, epoch_s, images_per_s, peak_mem_mb}, goals {name, goal, figure, status: met | not met | skipped, met,
+reason} and `interrupted` (null, or {"by", "section", "check"}).
 """
 import argparse
-import contextlib
-import io
-import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -38,14 +41,17 @@ import torch
 
 if __name__ == "__main__":  # run as a file (python tools/device_check.py): put the repository root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tools.benchmark import ROOT, bench_epochs, official_image_pass, speed_setting
-from utils.config import Parser, device_name, nonempty, script_constants
-from utils.data import Dataset, load_dataset, synthetic, to_float
-from utils.engine import configure_backends, main as engine_main, pick_device
-from utils.errors import entry_point
+from tools.device_speed import OFFICIAL_IMAGES, SETTINGS, WRN_FRACTION, quiet, section_speed
+from utils import ROOT
+from utils.config import script_constants
+from utils.cli import Parser, nonempty
+from utils.data import load_dataset, synthetic, to_float
+from utils.devices import configure_backends, device_name, pick_device
+from utils.entry import run_script
+from utils.errors import Interrupted, Terminated, UsageError, entry_point, interruption
 from utils.evaluate import library_versions, provenance
 from utils.records import read_record
-from utils.runs import check_writable
+from utils.runs import check_writable, make_logger, save_json
 
 # section 1: what "agrees" means between the CPU and the device (fp32, TF32 off)
 TOLERANCES = {
@@ -54,16 +60,11 @@ TOLERANCES = {
     "mask": 0.99,            # least share of equal budget elements (elements at the threshold may flip)
     "pgd20": 3.0,            # most percentage points between the two robust accuracies
 }
-# section 3's goals on one H100/H200 (reported with their figures, never failed)
-GOALS = {"part_epoch_tf32_s": 10.0, "part_epoch_bf16_s": 5.0, "part_over_at": 1.15, "peak_part_over_at": 1.2,
-         "over_official": 10.0}
-OFFICIAL_IMAGES = 512
-WRN_FRACTION = 0.05
-
-FULL = dict(width=None, n=64, run_width="16", run_train="512", run_batch="128", steps="3", epochs_bf16="5",
-            speed_images=50000, speed_batch=128, settings=("fp32", "tf32", "fast", "bf16"), official=OFFICIAL_IMAGES,
+# the sizes of each section, full and --quick
+FULL = dict(width=None, n=64, run_width=16, run_train=512, run_batch=128, steps=3, epochs_bf16=5,
+            speed_images=50000, speed_batch=128, settings=SETTINGS, official=OFFICIAL_IMAGES,
             wrn_images=int(50000 * WRN_FRACTION), wrn_width=None, wrn_settings=("tf32",), timeout=600)
-QUICK = dict(width=8, n=16, run_width="4", run_train="64", run_batch="32", steps="2", epochs_bf16="2",
+QUICK = dict(width=8, n=16, run_width=4, run_train=64, run_batch=32, steps=2, epochs_bf16=2,
              speed_images=64, speed_batch=32, settings=("fp32",), official=4, wrn_images=16, wrn_width=1,
              wrn_settings=("fp32",), timeout=300)
 
@@ -73,30 +74,23 @@ class Report:
 
     def __init__(self):
         self.checks, self.speed, self.goals = [], [], []
+        self.running = None  # (section, name) of the check in progress
 
     def add(self, section, name, status, figure="", reason=""):
         self.checks.append({"name": name, "section": section, "status": status, "figure": figure, "reason": reason})
         print(f"[{section}] {name:<34} {status:<8} {figure}{'  (' + reason + ')' if reason else ''}", flush=True)
 
     def guard(self, section, name, fn):
-        """Run fn() -> (status, figure, reason); an exception is a failed check, told in one line."""
+        """Run fn() -> (status, figure, reason); an exception is a failed check, told in one line. Ctrl-C and
+        SIGTERM are no Exception (KeyboardInterrupt, Terminated, Interrupted): they stop the device check."""
+        self.running = (section, name)
         try:
             self.add(section, name, *fn())
         except Exception as e:  # noqa: BLE001 - a check that crashes is a failed check, not a crashed command
             self.add(section, name, "fail", "", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+        self.running = None
 
 
-def _quiet(fn, *args):
-    """fn(*args) with its stdout and stderr kept: (result, captured text)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        out = fn(*args)
-    return out, buf.getvalue()
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,12 +165,38 @@ def _has(module: str) -> bool:
 # ----------------------------------------------------------------------------------------------------
 # 2. determinism and resume; 4. bf16 against fp32 (tiny runs of the real scripts, in this process)
 # ----------------------------------------------------------------------------------------------------
-def _train(argv: list) -> None:
-    """Run train_eval_part.py's engine with argv, quietly; raises RuntimeError with its last line on failure."""
-    code, text = _quiet(engine_main, "part", script_constants(os.path.join(ROOT, "train_eval_part.py")), argv)
-    if code != 0:
-        lines = [line for line in text.splitlines() if line.strip()]
-        raise RuntimeError(f"exit code {code}: {lines[-1] if lines else ''}")
+def to_argv(settings: dict) -> list:
+    """The training script's command line for `settings` {flag name without '--': value}: True is a bare switch,
+    None or False leaves the flag out, a list or tuple gives several values."""
+    argv = []
+    for flag, value in settings.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + flag)
+        if value is not True:
+            argv.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return argv
+
+
+def tiny_run(size: dict, device) -> dict:
+    """The settings of the tiny run that sections 2, 4 and 5 vary: a 2-epoch PART run (1 warm-up epoch) on
+    synthetic data with its natural accuracy evaluated."""
+    return {"data": "synthetic", "width": size["run_width"], "n-train": size["run_train"],
+            "batch-size": size["run_batch"], "num-steps": size["steps"], "epochs": 2, "warm-up": 1, "lr-milestones": 2,
+            "n-eval": 32, "n-eval-epoch": 32, "eval-attacks": ["natural"], "eval-batch-size": 32, "no-mask-figure": True,
+            "device": str(device)}
+
+
+def _train(settings: dict) -> None:
+    """Run train_eval_part.py's training with `settings` (see `to_argv`) in this process, quietly. A failed run
+    raises its error (UsageError, NonFinite, ...: the check fails with its line); Ctrl-C or SIGTERM raise
+    KeyboardInterrupt, Terminated or Interrupted, which stop the device check (`utils.entry.run_script`)."""
+    constants = script_constants(os.path.join(ROOT, "train_eval_part.py"))
+
+    def run():
+        make_logger(None)  # the run's log lines go to the captured output
+        run_script("part", constants, to_argv(settings))
+    quiet(run)
 
 
 def _weights(folder: str) -> dict:
@@ -187,21 +207,14 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def tiny_args(size: dict, device: torch.device) -> list:
-    return ["--data", "synthetic", "--width", size["run_width"], "--n-train", size["run_train"], "--batch-size",
-            size["run_batch"], "--num-steps", size["steps"], "--epochs", "2", "--warm-up", "1", "--lr-milestones", "2",
-            "--n-eval", "32", "--n-eval-epoch", "32", "--eval-attacks", "natural", "--eval-batch-size", "32",
-            "--no-mask-figure", "--device", str(device)]
-
-
 def section_determinism(rep: Report, device: torch.device, size: dict, work: str) -> None:
-    args = tiny_args(size, device) + ["--deterministic"]
+    run = {**tiny_run(size, device), "deterministic": True}
     out = {k: os.path.join(work, f"det-{k}") for k in ("a", "b", "cut")}
     done = {}
 
     def twice():
-        _train(args + ["--out", out["a"]])
-        _train(args + ["--out", out["b"]])
+        _train({**run, "out": out["a"]})
+        _train({**run, "out": out["b"]})
         done["a"] = True
         same = _same(_weights(out["a"]), _weights(out["b"]))
         return ("pass" if same else "fail"), "bit-identical weights" if same else "the weights differ", ""
@@ -210,10 +223,8 @@ def section_determinism(rep: Report, device: torch.device, size: dict, work: str
     def resumed():
         if not done:
             return "skipped", "", "the uninterrupted run failed"
-        short = list(args)
-        short[short.index("--epochs") + 1] = "1"
-        _train(short + ["--out", out["cut"]])
-        _train(args + ["--out", out["cut"], "--resume"])
+        _train({**run, "epochs": 1, "out": out["cut"]})
+        _train({**run, "out": out["cut"], "resume": True})
         same = _same(_weights(out["a"]), _weights(out["cut"]))
         return ("pass" if same else "fail"), "bit-identical to the uninterrupted run" if same else "the weights differ", ""
     rep.guard(2, "stopped after epoch 1, resumed", resumed)
@@ -224,119 +235,24 @@ def section_bf16(rep: Report, device: torch.device, size: dict, work: str, data_
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         rep.add(4, "bf16 against fp32", "skipped", reason="this GPU does not support bf16")
         return
-    args = tiny_args(size, device)
-    args[args.index("--epochs") + 1], args[args.index("--lr-milestones") + 1] = size["epochs_bf16"], size["epochs_bf16"]
-    args[args.index("--eval-attacks") + 1:args.index("--eval-attacks") + 2] = ["natural", "pgd20"]
+    run = {**tiny_run(size, device), "epochs": size["epochs_bf16"], "lr-milestones": size["epochs_bf16"],
+           "eval-attacks": ["natural", "pgd20"]}
     on = "synthetic"
     if data_dir:
-        args[1:2], on = ["cifar10-npz", "--data-dir", data_dir], "the subset"
+        run, on = {**run, "data": "cifar10-npz", "data-dir": data_dir}, "the subset"
     if not size["width"]:  # the full check: full-width model, all training images, 1000 test images
-        args[args.index("--width"):args.index("--width") + 2] = []
-        args[args.index("--n-train") + 1], args[args.index("--n-eval") + 1] = "0", "1000"
-        args[args.index("--eval-batch-size") + 1] = "500"
-        args[args.index("--num-steps") + 1] = "10"
+        run.update({"width": None, "n-train": 0, "n-eval": 1000, "eval-batch-size": 500, "num-steps": 10})
 
     def check():
         res = {}
         for amp in ("none", "bf16"):
             folder = os.path.join(work, f"amp-{amp}")
-            _train(args + ["--amp", amp, "--out", folder])
+            _train({**run, "amp": amp, "out": folder})
             res[amp] = read_record(folder)
         a, b = res["none"], res["bf16"]
         return "pass", (f"fp32 natural {a['natural']:.2f} PGD-20 {a['pgd20']:.2f}; bf16 natural {b['natural']:.2f} "
                         f"PGD-20 {b['pgd20']:.2f} ({a['n_eval']} test images of {on}; no threshold)"), ""
     rep.guard(4, "bf16 against fp32", check)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 3. speed
-# ----------------------------------------------------------------------------------------------------
-def cifar_shaped(n: int, n_test: int = 256, seed: int = 0) -> Dataset:
-    """n random CIFAR-shaped uint8 images (crop and flip on, as CIFAR-10), 10 classes: for timing only."""
-    g = torch.Generator().manual_seed(seed)
-    return Dataset("synthetic", torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                   torch.randint(0, 10, (n,), generator=g), torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8,
-                                                                          generator=g),
-                   torch.randint(0, 10, (n_test,), generator=g), 10, crop_padding=4, flip=True)
-
-
-def section_speed(rep: Report, device: torch.device, size: dict) -> None:
-    data = cifar_shaped(size["speed_images"]).to(device)
-    width = size["width"]
-    for setting in size["settings"]:
-        name = f"resnet18 {setting} epochs"
-        if speed_setting(setting)["amp"] == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            rep.add(3, name, "skipped", reason="this GPU does not support bf16")
-            continue
-
-        def check(setting=setting):
-            rows, _ = _quiet(bench_epochs, "resnet18", width, setting, data, device, size["speed_batch"],
-                             size["speed_images"])
-            rep.speed.extend(rows)
-            at, part = rows
-            return "pass", (f"AT {at['epoch_s']:.1f} s, PART {part['epoch_s']:.1f} s per 50k-image epoch "
-                            f"(x{part['epoch_s'] / at['epoch_s']:.2f}); peak {at['peak_mem_mb']:.0f} / "
-                            f"{part['peak_mem_mb']:.0f} MiB"), f"{at['images']} images timed"
-        rep.guard(3, name, check)
-
-    def official():
-        from models import build_model
-        torch.manual_seed(0)
-        model = build_model("resnet18", 10, width).to(device)
-        x = to_float(data.x_train[:size["official"]])
-        official_image_pass(model, x[:2], 8 / 255, 7 / 255)  # warm-up
-        _sync(device)
-        t = time.perf_counter()
-        _, by = official_image_pass(model, x, 8 / 255, 7 / 255)
-        _sync(device)
-        sec = time.perf_counter() - t
-        n = x.shape[0]
-        rep.speed.append({"model": "resnet18", "method": "official mask pass", "setting": f"fp32 ({by})",
-                          "images": n, "measured_s": round(sec, 2), "epoch_s": round(sec * 50000 / n, 1),
-                          "images_per_s": round(n / sec, 1), "peak_mem_mb": None})
-        return "pass", f"{sec * 50000 / n:.1f} s per 50k images, one image at a time ({by})", f"{n} images timed"
-    rep.guard(3, "official per-image mask pass", official)
-
-    for setting in size["wrn_settings"]:
-        def wrn(setting=setting):
-            rows, _ = _quiet(bench_epochs, "wrn34-10", size["wrn_width"], setting, data, device, size["speed_batch"],
-                             size["wrn_images"])
-            rep.speed.extend(rows)
-            at, part = rows
-            return "pass", (f"AT {at['epoch_s']:.1f} s, PART {part['epoch_s']:.1f} s per 50k-image epoch, scaled "
-                            f"from {at['images']} images"), f"{at['images'] / 50000:.1%} of an epoch timed"
-        rep.guard(3, f"wrn34-10 {setting} epochs", wrn)
-    rep.goals = goals(rep.speed)
-
-
-def goals(rows: list) -> list:
-    """The goals of GOALS that the speed rows can answer: {name, goal, figure, met}."""
-    def row(method, setting, model="resnet18"):
-        return next((r for r in rows if (r["model"], r["method"], r["setting"]) == (model, method, setting)), None)
-    out = []
-
-    def add(name, goal, figure, met):
-        out.append({"name": name, "goal": goal, "figure": None if figure is None else round(figure, 3), "met": met})
-    for setting, key in (("tf32", "part_epoch_tf32_s"), ("bf16", "part_epoch_bf16_s")):
-        r = row("PART", setting)
-        if r:
-            add(f"PART epoch, {setting} (s)", GOALS[key], r["epoch_s"], r["epoch_s"] <= GOALS[key])
-    for setting in ("fp32", "tf32", "fast", "bf16"):
-        at, part = row("AT", setting), row("PART", setting)
-        if at and part:
-            add(f"PART / AT epoch, {setting}", GOALS["part_over_at"], part["epoch_s"] / at["epoch_s"],
-                part["epoch_s"] / at["epoch_s"] <= GOALS["part_over_at"])
-            if at["peak_mem_mb"] and part["peak_mem_mb"]:
-                q = part["peak_mem_mb"] / at["peak_mem_mb"]
-                add(f"PART / AT peak memory, {setting}", GOALS["peak_part_over_at"], q, q <= GOALS["peak_part_over_at"])
-    official = next((r for r in rows if r["method"] == "official mask pass"), None)
-    fp32_at = row("AT", "fp32")
-    best = min((r["epoch_s"] for r in rows if r["model"] == "resnet18" and r["method"] == "PART"), default=None)
-    if official and fp32_at and best:
-        # the official pipeline's epoch: its per-image mask pass plus an fp32 training epoch (ours, as its stand-in)
-        q = (official["epoch_s"] + fp32_at["epoch_s"]) / best
-        add("official pipeline epoch / our fastest PART epoch", GOALS["over_official"], q, q >= GOALS["over_official"])
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,12 +265,29 @@ def _free_port() -> int:
 
 
 def _torchrun(n: int, device: str, out: str, size: dict) -> subprocess.CompletedProcess:
-    args = tiny_args(size, torch.device("cpu"))
-    args[args.index("--device") + 1] = device
+    """A torchrun run of n processes, in a process group of its own: a timeout, Ctrl-C or SIGTERM here ends torchrun
+    and its workers (SIGTERM, then SIGKILL after 10 s) before the exception goes on, so that none is left running in
+    the temporary folder."""
+    argv = to_argv({**tiny_run(size, device), "out": out})
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", f"--master-port={_free_port()}",
-           os.path.join(ROOT, "train_eval_part.py"), *args, "--out", out]
+           os.path.join(ROOT, "train_eval_part.py"), *argv]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=size["timeout"], env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out_text, err_text = proc.communicate(timeout=size["timeout"])
+    except BaseException:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.communicate(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out_text, err_text)
 
 
 def section_processes(rep: Report, device: torch.device, size: dict, work: str) -> None:
@@ -402,12 +335,15 @@ def device_check(argv=None) -> int:
                    help="the real CIFAR-10 subset (.npz, e.g. ../shared/data/cifar10_subset.npz) for section 4's "
                         "bf16-vs-fp32 training (default: synthetic data)")
     p.add_argument("--sections", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
-                   help="the sections to run: 1 cpu-vs-device, 2 determinism, 3 speed, 4 bf16-vs-fp32, 5 processes "
-                        "(default: all)")
+                   help="the sections to run, each named once (a repeated one is refused): 1 cpu-vs-device, "
+                        "2 determinism, 3 speed, 4 bf16-vs-fp32, 5 processes (default: all)")
     p.add_argument("--json", default="runs/device_check.json", type=nonempty,
                    help="where to write the JSON record (device, versions, checks, speed rows, goals); checked before "
                         "any check runs (default: runs/device_check.json)")
     args = p.parse_args(argv)
+    twice = sorted({s for s in args.sections if args.sections.count(s) > 1})
+    if twice:  # a section run twice would add its checks twice to the record
+        raise UsageError(f"--sections names {', '.join(map(str, twice))} more than once; name each section once")
     check_writable(args.json, "--json", folder=False)  # bad input stops here, before any check
     if args.data_dir:
         load_dataset("cifar10-npz", args.data_dir)
@@ -419,18 +355,19 @@ def device_check(argv=None) -> int:
     print(f"device check on {device} ({versions['device']}), torch {torch.__version__}, "
           f"{'quick' if args.quick else 'full'} sizes", flush=True)
     rep, t0 = Report(), time.time()
-    with tempfile.TemporaryDirectory(prefix="device_check_") as work:
-        for section in sorted(args.sections):
-            if section == 1:
-                section_agreement(rep, device, size)
-            elif section == 2:
-                section_determinism(rep, device, size, work)
-            elif section == 3:
-                section_speed(rep, device, size)
-            elif section == 4:
-                section_bf16(rep, device, size, work, args.data_dir)
-            else:
-                section_processes(rep, device, size, work)
+    sections = {1: lambda work: section_agreement(rep, device, size),
+                2: lambda work: section_determinism(rep, device, size, work),
+                3: lambda work: section_speed(rep, device, size),
+                4: lambda work: section_bf16(rep, device, size, work, args.data_dir),
+                5: lambda work: section_processes(rep, device, size, work)}
+    stopped, section = None, None
+    try:  # the temporary folder goes whatever happens; an interrupt stops the sections, and the record is written
+        with tempfile.TemporaryDirectory(prefix="device_check_") as work:
+            for section in sorted(args.sections):
+                sections[section](work)
+    except (KeyboardInterrupt, Terminated, Interrupted) as e:
+        code, what = interruption(e)
+        stopped = (code, what, {"by": what, "section": section, "check": rep.running[1] if rep.running else None})
     if rep.speed:
         print(f"\n{'model':<10} {'method':<20} {'setting':<22} {'images':>7} {'s':>8} {'50k-epoch s':>12} "
               f"{'images/s':>9} {'peak MiB':>9}")
@@ -439,17 +376,22 @@ def device_check(argv=None) -> int:
             print(f"{r['model']:<10} {r['method']:<20} {r['setting']:<22} {r['images']:>7} {r['measured_s']:>8.1f} "
                   f"{r['epoch_s']:>12.1f} {r['images_per_s']:>9.1f} {peak:>9}")
     for g in rep.goals:
-        print(f"goal {g['name']}: {g['figure']} against {g['goal']} ({'met' if g['met'] else 'not met'})")
+        print(f"goal {g['name']}: " + (f"skipped ({g['reason']})" if g["status"] == "skipped" else
+                                       f"{g['figure']} against {g['goal']} ({g['status']})"))
     failed = [c for c in rep.checks if c["status"] == "fail"]
     record = {"device": versions["device"], "torch_device": str(device), "quick": args.quick, "versions": versions,
               **provenance(), "time_s": round(time.time() - t0, 1), "tolerances": TOLERANCES, "checks": rep.checks,
-              "speed": rep.speed, "goals": rep.goals}
+              "speed": rep.speed, "goals": rep.goals, "interrupted": stopped[2] if stopped else None}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:  # an OSError here is one line and exit 2 (entry_point)
-        json.dump(record, f, indent=2, default=str)
+    save_json(args.json, record)  # an OSError here is one line and exit 2 (entry_point)
     counts = {s: sum(c["status"] == s for c in rep.checks) for s in ("pass", "fail", "skipped")}
     print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['skipped']} skipped in {record['time_s']:.0f} s; "
           f"wrote {args.json}")
+    if stopped:
+        code, what, where = stopped
+        during = f"section {where['section']}" + (f", check '{where['check']}'" if where["check"] else "")
+        raise Interrupted(code, f"\n{what} during {during}: the check stopped; {args.json} records the "
+                                f"{len(rep.checks)} check(s) done before")
     return 1 if failed else 0
 
 

@@ -29,12 +29,13 @@ from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from typing import Callable
 
+from utils import ROOT
+
 try:
     from submitit.helpers import Checkpointable
 except ImportError:  # only the local and slurm executors need submitit; they say so when it is missing
     Checkpointable = object
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_FILE = "job.json"
 LIVE_STATES = ("queued", "running", "requeued")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local executor ends a job after this long; runs need no limit here
@@ -356,7 +357,7 @@ class GridTask(Checkpointable):
             update_job(self.folder, self._started, executor=self.executor, job_id=env.job_id, node=env.hostname,
                        tasks=env.num_tasks, log=str(env.paths.stderr))
         from utils.config import script_constants
-        from utils.engine import main
+        from utils.entry import main
         script = os.path.join(ROOT, os.path.basename(self.argv[1]))
         variant = script_variant(script)
         saved_argv, saved_err = sys.argv, sys.stderr

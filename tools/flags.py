@@ -30,7 +30,7 @@ TOOL_ORDER = ("grid", "report", "benchmark", "device_check", "make_cifar10_subse
 
 
 def build_parser():
-    from utils.config import Parser, nonempty
+    from utils.cli import Parser, nonempty
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=nonempty, metavar="PATH",
                    help="the reference to write, or with --check the one to compare (default: docs/flags.md of "

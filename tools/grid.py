@@ -39,10 +39,9 @@ import shlex  # noqa: E402
 from models import MODELS  # noqa: E402
 from tools.executors import (EXECUTORS, LIVE_STATES, Options, Signalled, lock_holder, owner, read_job,  # noqa: E402
                              script_variant, slurm_script, visible_gpus)
+from utils import ROOT  # noqa: E402
 from utils.data import DATASETS  # noqa: E402
 from utils.methods import METHODS, labels  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = {v: m.script for v, m in METHODS.items()}
 
@@ -341,7 +340,8 @@ def _gpu_id(text: str) -> str:
 
 
 def build_parser():
-    from utils.config import COUNT, POSITIVE, SPEC, nonempty, number
+    from utils.config import SPEC
+    from utils.cli import COUNT, POSITIVE, nonempty, number
     types = {"positive": POSITIVE, "count": COUNT, "mem": number(float, 0, lo_open=True)}
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")

@@ -27,7 +27,7 @@ if __name__ == "__main__":  # run as a file (python tools/make_cifar10_subset.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
-from utils.config import POSITIVE, Parser, nonempty
+from utils.cli import POSITIVE, Parser, nonempty
 from utils.errors import UsageError, entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

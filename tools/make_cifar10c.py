@@ -22,7 +22,7 @@ if __name__ == "__main__":  # run as a file (python tools/make_cifar10c.py): put
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
-from utils.config import COUNT, Parser, nonempty, number
+from utils.cli import COUNT, Parser, nonempty, number
 from utils.data import DATASETS, load_dataset
 from utils.errors import UsageError, entry_point
 from utils.runs import check_writable

@@ -42,7 +42,7 @@ from tools.reporting.panels import curves, diff_panels
 from tools.reporting.records import columns, find_runs, load_runs
 from tools.reporting.tables import markdown, mcnemar_markdown, report_json, write_csv
 from utils import stats
-from utils.config import SEED, Parser, nonempty, number
+from utils.cli import SEED, Parser, nonempty, number
 from utils.errors import UsageError, entry_point
 from utils.runs import check_writable, save_json
 

@@ -1,17 +1,21 @@
 """Shared code of the three scripts. `main` is their entry point; it imports the engine lazily so that
-Ctrl-C or SIGTERM during the (slow) start-up ends with one line instead of a traceback."""
+Ctrl-C or SIGTERM during the (slow) start-up ends with one line instead of a traceback. `ROOT` is the repository's
+root folder (the scripts' and tools' one definition of it)."""
+import os
 import signal
 import sys
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def main(variant: str, constants: dict, argv=None) -> int:
-    """Run a script (see utils.engine.main) and return its exit code."""
+    """Run a script (see utils.entry.main) and return its exit code."""
     def on_term(signum, frame):
         raise SystemExit(143)
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        from .engine import main as engine_main
+        from .entry import main as entry_main
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C) during start-up", file=sys.stderr)
         return 130
@@ -20,4 +24,4 @@ def main(variant: str, constants: dict, argv=None) -> int:
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return engine_main(variant, constants, argv)
+    return entry_main(variant, constants, argv)

@@ -6,22 +6,21 @@ their defaults are in `build_parser`. Every value is range-checked where it is p
 UsageError with one line naming the flag, which the scripts print before exiting with code 2.
 """
 import argparse
-import math
 import sys
 from dataclasses import dataclass
-
-import torch
 
 from models import MODELS
 
 from .cams import CAM_BACKENDS, CAMS
 from .data import DATASETS
+from .devices import device_name
+from .cli import BUDGET, COUNT, POSITIVE, SEED, Parser, nonempty, number
 from .errors import UsageError
 from .evaluate import DEFAULT_EVAL_ATTACKS, check_eval_attack
 from .mask_rules import RULES
 from .mask_sources import MASK_SOURCES
 from .methods import METHODS
-from .units import fraction_text, parse_fraction
+from .units import fraction_text
 
 # Run identity, the one rule (README, "Run identity"): every key of a run's config is part of the configuration
 # that resume checks and the report groups by, except RUN_CONTROL_KEYS, which do not change how the weights are
@@ -45,75 +44,9 @@ def lr_at(cfg: dict, epoch: int) -> float:
     return cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["lr_milestones"])
 
 
-def number(kind=float, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
-    """An argparse type: a finite number of `kind` (fractions accepted for floats) within [lo, hi] (open ends
-    where asked); 'none' gives None when `optional`. Every numeric flag of the scripts and tools is one of these."""
-    def parse(text):
-        if optional and text.lower() in ("none", "default"):
-            return None
-        if kind is int:
-            try:
-                v = int(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        else:
-            v = parse_fraction(text)
-        if not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo))) or \
-                (hi is not None and (v > hi or (hi_open and v == hi))):
-            lo_s = "" if lo is None else ("(" if lo_open else "[") + fraction_text(lo)
-            hi_s = "" if hi is None else fraction_text(hi) + (")" if hi_open else "]")
-            where = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else \
-                (f"{'>' if lo_open else '>='} {lo}" if lo is not None else f"<= {hi}")
-            what = "a whole number" if kind is int else "a finite number"
-            raise argparse.ArgumentTypeError(f"must be {what} {where}, got {text}")
-        return v
-    parse.__name__ = kind.__name__
-    parse.describe = _describe(kind, lo, hi, lo_open, hi_open, optional)
-    return parse
-
-
-def _describe(kind, lo, hi, lo_open, hi_open, optional) -> str:
-    """What a `number` flag takes, in words (for tools/flags.py's reference): e.g. 'number in [0, 1]'."""
-    text = "whole number" if kind is int else "number"
-    if lo is not None and hi is not None:
-        text += f" in {'(' if lo_open else '['}{fraction_text(lo)}, {fraction_text(hi)}{')' if hi_open else ']'}"
-    elif lo is not None:
-        text += f" {'>' if lo_open else '>='} {fraction_text(lo)}"
-    elif hi is not None:
-        text += f" {'<' if hi_open else '<='} {fraction_text(hi)}"
-    return text + (", or none" if optional else "")
-
-
-BUDGET = number(float, 0, 1)
-COUNT = number(int, 0)
-POSITIVE = number(int, 1)
 # 1024 gives a ResNet-18 of 2.86e9 parameters (11.4 GB in fp32; counted on the meta device): wider is no model
 # one trains here, and its allocation is refused late or not at all (memory overcommit)
 MAX_WIDTH = 1024
-SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.data.seed64)
-
-
-def nonempty(text: str) -> str:
-    """An argparse type for paths and names: any text but the empty string (which would mean the current folder)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return text
-
-
-def device_name(text: str) -> str:
-    """auto, cpu, cuda or cuda:N (one that exists here), or another torch device name."""
-    if text == "auto":
-        return text
-    try:
-        d = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but CUDA is not available here")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
-    return text
 
 
 def eval_attack(text: str) -> str:
@@ -180,18 +113,6 @@ SPEC = {
     "SEED": Flag(dict(type=SEED), "seeds the model's initialisation, the data order, augmentation and attacks (the "
                                   "per-epoch seeds derived from it wrap into torch's range)"),
 }
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise UsageError (one line, exit code 2 in the scripts), and which takes
-    whole flag names only (no prefix matching: `--see 5` is not `--seed 5`)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        raise UsageError(f"{message} (see --help)")
 
 
 def _shown(default) -> str:

@@ -6,6 +6,7 @@ and a shuffling order that is a pure function of (seed, epoch), which makes resu
 """
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -202,6 +203,21 @@ def _tinyimagenet(root: str, download: bool = False) -> Dataset:
     return Dataset("tinyimagenet", d["x_train"], d["y_train"], d["x_test"], d["y_test"], classes)
 
 
+def _not_npz(path: str) -> str:
+    """What a file that is no zip archive (as an .npz is) holds, as far as its first bytes tell."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "it holds one array (np.save's .npy), not an archive of arrays"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it holds JSON text, not arrays"
+    if head.startswith(b"\x80"):
+        return "it is a pickle, not an archive of arrays"
+    return "it is no zip archive (an .npz is one): another kind of file, or a damaged one"
+
+
 def _cifar10_npz(path: str, download: bool = False) -> Dataset:
     """A CIFAR-10-style .npz: x_train, x_test uint8 (N, H, W, 3) with N, H, W > 0 and the same H, W; y_train, y_test
     1-D integer labels in [0, 10) of the same lengths. Anything else raises UsageError naming the key."""
@@ -209,6 +225,9 @@ def _cifar10_npz(path: str, download: bool = False) -> Dataset:
         raise DataNotFound(
             f"cifar10-npz needs --data-dir to be a .npz file with x_train, y_train, x_test, y_test; "
             f"{os.path.abspath(path)} is not a file.")
+    if not zipfile.is_zipfile(path):  # else np.load reads it as a pickle and calls any file "pickled (object) data"
+        raise UsageError(f"{path} is not a readable .npz file: {_not_npz(path)}; cifar10-npz reads an np.savez archive "
+                         f"with x_train, y_train, x_test, y_test")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]

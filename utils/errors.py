@@ -15,8 +15,7 @@ class DataNotFound(UsageError):
 
 
 class Stop(Exception):
-    """Stop with exit code `code` and the one line `message` (printed as it is: an interrupted run, a
-    non-finite loss)."""
+    """Stop with exit code `code` and the one line `message` (printed as it is: a non-finite loss)."""
 
     def __init__(self, code: int, message: str):
         super().__init__(message)
@@ -25,6 +24,23 @@ class Stop(Exception):
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM after a command started its work: the exit code (130 / 143) and the one line that says what
+    was left (printed as it is). A BaseException, as KeyboardInterrupt is, so that no `except Exception` (a check
+    that records a crash as a failure and goes on) takes an interrupt for a failure."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def interruption(e: BaseException) -> tuple[int, str]:
+    """(exit code, what happened) of an interrupt: KeyboardInterrupt (Ctrl-C), Terminated (SIGTERM) or Interrupted."""
+    if isinstance(e, Interrupted):
+        return e.code, "terminated (SIGTERM)" if e.code == 143 else "interrupted (Ctrl-C)"
+    return (143, "terminated (SIGTERM)") if isinstance(e, Terminated) else (130, "interrupted (Ctrl-C)")
 
 
 def out_of_memory(e: BaseException) -> str | None:
@@ -44,8 +60,8 @@ def out_of_memory(e: BaseException) -> str | None:
 
 def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
     """Run `body()` as a command-line entry point and return the process exit code: body's own (None: 0);
-    2 and one line for a UsageError, a failed write (OSError) or out-of-memory; a Stop's code and line;
-    130 for Ctrl-C and 143 for SIGTERM (one line each). `where()` adds context to the failed-write and
+    2 and one line for a UsageError, a failed write (OSError) or out-of-memory; a Stop's or an Interrupted's code
+    and line; 130 for Ctrl-C and 143 for SIGTERM (one line each). `where()` adds context to the failed-write and
     out-of-memory lines (e.g. which checkpoint is the last good one). Anything else is a bug and raises.
     `handle_sigterm=False` leaves SIGTERM's handler alone (a scheduler's task that handles it itself)."""
     def on_term(signum, frame):
@@ -58,7 +74,7 @@ def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Stop as e:
+    except (Stop, Interrupted) as e:
         print(str(e), file=sys.stderr)
         return e.code
     except OSError as e:
@@ -72,8 +88,9 @@ def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
         print(f"error: {what}: use a smaller --batch-size, --eval-batch-size or --width{where()}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
-        print("\n" + ("terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"), file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        code, what = interruption(e)
+        print("\n" + what, file=sys.stderr)
+        return code
     finally:
         if handle_sigterm:
             signal.signal(signal.SIGTERM, previous)

@@ -24,6 +24,7 @@ import torch
 
 from attacks import autoattack, autoattack_official, autoattack_version, cw, frozen, mma, pgd, torchattacks_version
 
+from . import ROOT
 from .data import Dataset, eval_batches, to_float
 from .errors import UsageError
 from .mask_sources import epsilon_mask
@@ -113,13 +114,12 @@ def cpu_description() -> str:
 
 def provenance() -> dict:
     """The code's git commit, whether tracked files differ from it, and the exact command line."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {"commit": None, "dirty": None, "command": [sys.executable, *sys.argv]}
     try:
-        out["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+        out["commit"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
                                        timeout=10).stdout.strip() or None
         if out["commit"]:
-            status = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            status = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True, timeout=10).stdout
             out["dirty"] = bool(status.strip())
     except (OSError, subprocess.SubprocessError):

@@ -1,0 +1,117 @@
+"""The scripts' command line (`main`: parse the flags, train or evaluate, return the exit code; `run_script`: the
+same work for a tool that trains in its own process) and --eval-only (`eval_only`: evaluate a saved checkpoint with
+the config stored in it)."""
+import os
+
+from models import CheckpointMismatch, load_checkpoint
+
+from . import config as config_mod
+from .checks import check_cam_layer, check_fits, check_packages, upgrade_config
+from .data import load_dataset
+from .devices import configure_backends, pick_device
+from .engine import NonFinite, prepare_model
+from .errors import Stop, UsageError, entry_point
+from .evaluate import corruption_files
+from .lifecycle import train
+from .outputs import write_evaluation
+from .runs import check_out_path, check_writable, make_logger, read_checkpoint
+
+
+EVAL_OVERRIDES = ("data", "data_dir", "download", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
+                  "eval_epsilon", "eval_corruptions", "cam_backend")
+
+
+def eval_only(cfg: dict, explicit: set) -> dict:
+    """Evaluate a checkpoint with the config stored in it; the flags given on the command line for the data,
+    device and evaluation take precedence (other data must have the classes and image size the model was trained
+    on). A checkpoint of other code (TRADES, MART, official PART) takes everything from the flags. Writes
+    eval_<checkpoint>.json/.md beside the checkpoint (or in --out), whose writability is checked first."""
+    path = cfg["eval_only"]
+    obj = read_checkpoint(path)
+    out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
+    if "out" in explicit:
+        check_out_path(out)
+    else:
+        check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
+    saved = obj.get("config")
+    run_cfg = dict(cfg)
+    if "config" in obj:  # ours (other code's checkpoints have no config entry)
+        run_cfg = upgrade_config(saved, f"--eval-only: {path}")
+        for key in EVAL_OVERRIDES:
+            if key in explicit or key not in run_cfg:
+                run_cfg[key] = cfg[key]
+        run_cfg["device"] = cfg["device"]  # where this evaluation runs, not where training ran
+        run_cfg = config_mod.resolve(run_cfg["variant"], run_cfg)
+        check_fits(saved, run_cfg["data"], run_cfg["num_classes"])
+    check_packages(run_cfg)
+    device = pick_device(run_cfg["device"], 0)
+    configure_backends(run_cfg, device)
+    data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))
+    run_cfg["data_fingerprint"] = data.fingerprint()
+    run_cfg["num_classes"], run_cfg["image_size"] = data.num_classes, data.image_size
+    if saved and (run_cfg["data"], run_cfg["data_fingerprint"]) != (saved["data"], saved.get("data_fingerprint")):
+        # evaluated on other data than it was trained on: it must fit the model, and the record names both
+        check_fits(saved, run_cfg["data"], data.num_classes, data.image_size)
+        run_cfg["trained_on"] = {"data": saved["data"], "data_dir": saved.get("data_dir"),
+                                 "data_fingerprint": saved.get("data_fingerprint")}
+    if run_cfg.get("eval_corruptions"):
+        corruption_files(run_cfg["eval_corruptions"], data.num_classes, data.image_size)
+    data = data.to(device)
+    model = prepare_model(run_cfg, data.num_classes, device)
+    try:
+        load_checkpoint(model, path, obj=obj)
+    except CheckpointMismatch as e:
+        raise UsageError(f"{e} (model {run_cfg['model']}, width {run_cfg.get('width')}, "
+                         f"{data.num_classes} classes)") from None
+    if "part-pgd" in run_cfg["eval_attacks"]:
+        check_cam_layer(model, run_cfg, data.image_size)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+    return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path, epoch)
+
+
+def _what_exists(out: str) -> str:
+    path = os.path.join(out, "last.pt")
+    if os.path.isfile(path):
+        try:
+            epoch = read_checkpoint(path).get("epoch")
+            return f"the last good checkpoint is {path} (epoch {epoch})"
+        except UsageError:
+            return f"{path} exists but cannot be read"
+    return f"no checkpoint was written to {out}"
+
+
+def run_script(variant: str, constants: dict, argv=None) -> dict:
+    """Parse argv and train or evaluate as the script of `variant` does, raising what `main` turns into exit codes
+    (UsageError, NonFinite, OSError, Interrupted, KeyboardInterrupt, Terminated): for a tool that trains in its own
+    process and must tell a failed run from an interrupt. Returns the results record."""
+    cfg, explicit = config_mod.parse(variant, constants, argv)
+    return eval_only(cfg, explicit) if cfg.get("eval_only") else train(cfg)
+
+
+def main(variant: str, constants: dict, argv=None, handle_sigterm: bool = True) -> int:
+    """Entry point of the three scripts. Returns the process exit code: 0 done, 2 bad input (or a failed
+    write, or out of memory), 3 non-finite loss or weights, 130 Ctrl-C, 143 SIGTERM (`utils.errors.entry_point`).
+    `handle_sigterm=False` leaves SIGTERM to a caller that handles it itself (a scheduler's task, which is signalled
+    before it is requeued)."""
+    make_logger(None)
+    state = {}
+
+    def body():
+        cfg, explicit = config_mod.parse(variant, constants, argv)
+        state["cfg"] = cfg
+        try:
+            if cfg.get("eval_only"):
+                eval_only(cfg, explicit)
+            else:
+                train(cfg)
+        except NonFinite as e:
+            raise Stop(3, f"error: training stopped: {e}; {_what_exists(cfg['out'])}. Try a lower --lr or check "
+                          f"the data.") from None
+
+    def where():
+        cfg = state.get("cfg")
+        return f" ({_what_exists(cfg['out'])})" if cfg and not cfg.get("eval_only") and os.path.isdir(cfg["out"]) else ""
+
+    return entry_point(body, where, handle_sigterm)

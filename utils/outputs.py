@@ -1,0 +1,47 @@
+"""What a run or an evaluation writes at its end: the evaluation record (`write_evaluation`: <name>.json and .md, the
+per-image arrays, AutoAttack's log) and the mask figure (`write_mask_figure`)."""
+import os
+import time
+
+import torch
+
+from .data import Dataset, to_float
+from .engine import Run
+from .evaluate import evaluate, evaluate_corruptions, make_record, markdown_table, per_image_arrays, per_image_name
+from .figures import save_mask_figure
+from .runs import save_json, save_npz, save_text
+
+
+def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
+                     checkpoint: str | None, epoch: int | None, extra: dict | None = None) -> dict:
+    """Run the evaluation suite as configured and write <folder>/<name>.json (with `extra`'s fields) and .md, the
+    per-image record (`per_image_name(name)`) and, with AutoAttack, aa_log.txt. `epoch`: the epoch the checkpoint
+    holds."""
+    t = time.time()
+    res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
+                   step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
+                   batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg,
+                   aa_log=os.path.join(folder, "aa_log.txt"), log=log, progress=True)
+    if cfg.get("eval_corruptions"):
+        res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
+                                                  cfg["eval_batch_size"], log)
+    record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device, epoch)
+    record.update(extra or {})
+    aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
+    log.info("evaluation on %d of %d test images%s:\n%s", res["n_eval"], res["n_test"], aa_note,
+             markdown_table(record, record["method"]))
+    record["per_image_file"] = per_image_name(name)
+    save_npz(os.path.join(folder, record["per_image_file"]), per_image_arrays(res, data, cfg.get("data_fingerprint")))
+    save_json(os.path.join(folder, f"{name}.json"), record)
+    save_text(os.path.join(folder, f"{name}.md"), markdown_table(record, record["method"]))
+    log.info("wrote %s", os.path.join(folder, f"{name}.json"))
+    return record
+
+
+def write_mask_figure(run: Run, n: int = 8) -> None:
+    cfg = run.cfg
+    x = to_float(run.data.x_test[:n]).to(run.device)
+    cam, budget = run.source.preview(run.model, x)
+    note = "" if cfg["mask"] else " (not used: this run trained with --no-mask)"
+    save_mask_figure(os.path.join(run.out, "mask.png"), x, cam, budget, cfg["epsilon"], cfg["low_epsilon"],
+                     f"{cfg['method']}, mask source '{cfg['mask_source']}'{note}: budgets of the first {n} test images")
