@@ -20,8 +20,8 @@ STEP_SIZE = None          # None: 2/255 (1/255 on SVHN)
 NUM_STEPS = 10
 ATTACK = "pgd"            # pgd | mma (k=3)
 CAM = "gradcam"           # gradcam | xgradcam | layercam
-MASK_RULE = "official"    # official | monotonic (see README)
-MASK_SOURCE = "cam"       # cam | official | permuted | regions (see README)
+MASK_RULE = "official"    # official | monotonic (see docs/method.md)
+MASK_SOURCE = "cam"       # cam | official | permuted | regions (see docs/method.md)
 MASK_REFRESH = 1          # official source: recompute the masks every N epochs
 REGION_EPS = (6 / 255, 12 / 255, 12 / 255, 12 / 255)  # regions source: budgets of UL, UR, BR, BL quadrants
 MASK = True               # False: plain AT (the paper's baseline row)

@@ -214,7 +214,7 @@ def test_compile_wraps_the_attack_model_and_times_compilation_apart(tmp_path, mo
 def test_benchmark_epoch_mode_times_real_epochs_under_a_combined_setting(tmp_path):
     from tools import benchmark
     # width 8: torch 2.14's oneDNN crashes in the CPU backward of width 4's 4-to-8-channel strided 1x1 convolution
-    # in channels_last (README, Performance)
+    # in channels_last (docs/performance.md)
     rec = benchmark.benchmark(["--epoch", "--models", "resnet18", "--width", "8", "--batch-size", "8", "--n-train", "16",
                           "--settings", "tf32+channels_last", "--json", str(tmp_path / "b.json")])
     assert [(r["method"], r["setting"], r["images"]) for r in rec["speed"]] == \

@@ -22,7 +22,7 @@ from .mask_sources import MASK_SOURCES
 from .methods import METHODS
 from .units import fraction_text
 
-# Run identity, the one rule (README, "Run identity"): every key of a run's config is part of the configuration
+# Run identity, the one rule (docs/runs.md, "Run identity"): every key of a run's config is part of the configuration
 # that resume checks and the report groups by, except RUN_CONTROL_KEYS, which do not change how the weights are
 # trained: they may differ when a run is resumed, and runs that differ only in them are the same training
 # configuration. EVAL_KEYS among them change the reported numbers. Speed settings that change the arithmetic
@@ -208,7 +208,7 @@ def build_parser(variant: str, constants: dict) -> Parser:
         help="deterministic cuDNN / cuBLAS algorithms (CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set) and no cuDNN "
              "autotuning: reruns and resumes on a GPU give bit-identical weights (slower; warns where torch has no "
              "deterministic op)")
-    o = p.add_argument_group("as published (the official code's behaviour; README: Deviations from the official code)")
+    o = p.add_argument_group("as published (the official code's behaviour; docs/method.md: deviations from the official code)")
     add(o, "--official-starts", action="store_true",
         help="attack starts as the official code draws them: PGD / MMA uniform at the scalar --epsilon, clipped to "
              "the per-pixel budget only by the first step; TRADES / MART x + 0.001 N(0, 1) not projected")
