@@ -178,6 +178,7 @@ def test_gpus_are_checked_against_the_gpus_this_process_may_use(tmp_path, capsys
     assert grid.main([*GRID, "--gpus", "7"]) == 0  # only printed
     monkeypatch.setattr(executors, "visible_gpus", lambda: [])
     assert "--gpus 0: this process sees no GPU (torch.cuda finds none)" in refused(capsys, [*run, "0"])
+    assert "this process sees no GPU" in refused(capsys, [*run, "GPU-1234-aaaa"])  # nvidia-smi's, but torch's none
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])
     assert "only the GPUs CUDA_VISIBLE_DEVICES names (3, 5)" in refused(capsys, [*run, "0"])

@@ -349,11 +349,11 @@ def check_gpus(gpus) -> str | None:
     restricted = os.environ.get("CUDA_VISIBLE_DEVICES") is not None
     uuids = [] if restricted else gpu_uuids()
     for g in gpus:
-        if g in seen or (g.startswith(("GPU-", "MIG-")) and sum(u.startswith(g) for u in uuids) == 1):
-            continue
-        if not seen:
+        if not seen:  # the runs would train on the CPU
             return f"--gpus {g}: this process sees no GPU" + \
                 (" (CUDA_VISIBLE_DEVICES is empty)" if restricted else " (torch.cuda finds none)")
+        if g in seen or (g.startswith(("GPU-", "MIG-")) and sum(u.startswith(g) for u in uuids) == 1):
+            continue
         if restricted:
             return (f"--gpus {g}: this process may use only the GPUs CUDA_VISIBLE_DEVICES names "
                     f"({', '.join(seen)}); give those")
