@@ -131,6 +131,8 @@ def test_the_training_scripts_take_whole_flag_names_only():
     # a flag that would be ignored
     (["--wait"], "--wait applies only with --run"),
     (["--executor", "local", "--wait", "--status"], "--wait applies only with --run"),
+    (["--jobs", "2"], "--jobs only apply with --run (or --status)"),
+    (["--executor", "local", "--tasks-per-node", "2"], "--executor local and --tasks-per-node only apply with --run"),
     # Slurm values that Slurm would read as something else: empty or multi-word text, a zero or a number past its
     # field (0xfffe CPUs reads as unset), memory that rounds to --mem=0 (all of the node)
     *[(["--executor", "slurm", f"--slurm-{name}", ""], "must not be empty")

@@ -582,6 +582,11 @@ def grid(argv) -> int:
     if args.executor == "subprocess" and (args.tasks_per_node or args.wait):
         p.error("--tasks-per-node and --wait are for --executor local or slurm (subprocess runs one process per run "
                 "and waits; use torchrun for several)")
+    idle = [flag for flag, given in (("--jobs", args.jobs > 1), ("--executor local", args.executor == "local"),
+                                     ("--tasks-per-node", args.tasks_per_node and args.executor == "local")) if given]
+    if idle and not (args.run or args.status):  # printed, the commands run as pasted; slurm prints its script
+        p.error(f"{' and '.join(idle)} only apply with --run (or --status): without either, the commands are only "
+                f"printed")
     if args.run and EXECUTORS[args.executor].missing():
         p.error(f"--executor {args.executor} {EXECUTORS[args.executor].missing()}")
     if args.run and args.gpus:
