@@ -47,6 +47,43 @@ def test_npz_loader(tmp_path):
     assert d.num_classes == 10 and d.crop_padding == 4 and d.flip
 
 
+@pytest.mark.parametrize("edit,words", [
+    (lambda d: d.y_train.fill_(3), ["synthetic: the training labels hold only class 3", "(synthetic has 10 classes)",
+                                    "at least two classes"]),
+    (lambda d: d.y_train.__setitem__(0, 10), ["the train labels must lie in [0, 10)", "found 0..10"]),
+    (lambda d: d.y_test.__setitem__(0, -1), ["the test labels must lie in [0, 10)", "found -1..9"]),
+    (lambda d: setattr(d, "y_train", d.y_train.float()), ["the train labels must be 1-D integers"]),
+    (lambda d: setattr(d, "y_test", d.y_test[:-1]), ["499 test labels for 500 images"]),
+])
+def test_every_loader_checks_its_labels(edit, words, monkeypatch):
+    """Whatever loads a data set (here the built-in synthetic set, made to return bad labels), load_dataset refuses
+    labels outside [0, num_classes) and a training set of fewer than two classes, in one line that names them (a
+    one-class set would otherwise train, and log '10 classes')."""
+    import dataclasses
+    from utils import data as data_mod
+    from utils.errors import UsageError
+
+    def bad(root, download=False):
+        d = data_mod.synthetic()
+        edit(d)
+        return d
+
+    monkeypatch.setitem(data_mod.DATASETS, "synthetic", dataclasses.replace(data_mod.DATASETS["synthetic"], load=bad))
+    with pytest.raises(UsageError) as e:
+        load_dataset("synthetic")
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_classes_an_epoch_uses_are_checked_with_n_train():
+    from utils.data import check_labels
+    from utils.errors import UsageError
+    d = synthetic(n_train=200, n_test=20)
+    d.y_train[:50], d.y_train[50] = 4, 7
+    check_labels(d, "synthetic", n_train=51)
+    with pytest.raises(UsageError, match=r"the first 50 training labels \(--n-train 50\) hold only class 4"):
+        check_labels(d, "synthetic", n_train=50)
+
+
 @pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="shared CIFAR-10 subset not present")
 def test_shared_cifar_subset_loads():
     d = load_dataset("cifar10-npz", SHARED_NPZ)

@@ -23,12 +23,17 @@ EXTRA = ["--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32"
 PART = os.path.join(ROOT, "train_eval_part.py")
 
 
+
+def record(cfg: dict) -> dict:
+    """A finished run's results.json as training writes it (method and seed beside the config), for the grid to read."""
+    return {"method": cfg["method"], "seed": cfg["seed"], "config": cfg}
+
 def refused(capsys, argv) -> str:
     """grid.main(argv) must exit 2 with one line on stderr; returns it."""
-    with pytest.raises(SystemExit) as e:
-        grid.main(argv)
+    capsys.readouterr()
+    code = grid.main(argv)
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
     return err
 
 
@@ -36,6 +41,12 @@ def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", ""])
     p.wait()
     return p.pid
+
+
+def me(**fields) -> dict:
+    """job.json fields that name this process (the test) as a run's live job on this machine."""
+    return dict(job_id=str(os.getpid()), pid=os.getpid(), pid_start=executors.process_start(os.getpid()),
+                node=socket.gethostname(), **fields)
 
 
 def started(monkeypatch):
@@ -89,17 +100,15 @@ def test_other_flags_after_dashdash_pass_in_either_form_and_name_the_folder(caps
 
 def test_flags_after_dashdash_that_break_a_row_are_refused_before_any_run(capsys):
     # every row's own flags are parsed with the extra ones: the rows keep the default warm-up of 20 epochs
-    with pytest.raises(SystemExit) as e:
-        grid.main(["--study", "mask-source", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
-                   "--epochs", "3"])
-    assert e.value.code == 2 and "row AT with the flags after --" in capsys.readouterr().err
+    assert grid.main(["--study", "mask-source", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
+                      "--epochs", "3"]) == 2
+    assert "row AT with the flags after --" in capsys.readouterr().err
     # figure1 trains every row without warm-up, so a short schedule fits all five rows
     assert grid.main(["--study", "figure1", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
                       "--epochs", "3"]) == 0
-    with pytest.raises(SystemExit) as e:
-        grid.main(["--study", "main", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
-                   "--overwrite"])
-    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert grid.main(["--study", "main", "--data", "synthetic", "--models", "resnet18", "--seeds", "1", "--",
+                      "--overwrite"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_the_training_scripts_take_whole_flag_names_only():
@@ -120,9 +129,93 @@ def test_the_training_scripts_take_whole_flag_names_only():
     (["--gpus", "0 1"], "expected a GPU index or UUID"),
     (["--gpus", "0", ""], "expected a GPU index or UUID"),
     (["--gpus", "0,"], "expected a GPU index or UUID"),
+    # a GPU that is none (-1 hid every GPU: the runs went to the CPU), several for one single-process job
+    (["--gpus", "-1"], "expected a GPU index or UUID"),
+    (["--gpus", "0,1"], "'0,1' names several GPUs for one job"),
+    (["--gpus", "GPU-a,GPU-b"], "give them apart (--gpus GPU-a GPU-b)"),
+    # a flag that would be ignored
+    (["--wait"], "--wait applies only with --run"),
+    (["--executor", "local", "--wait", "--status"], "--wait applies only with --run"),
+    (["--jobs", "2"], "--jobs only apply with --run (or --status)"),
+    (["--executor", "local", "--tasks-per-node", "2"], "--executor local and --tasks-per-node only apply with --run"),
+    # Slurm values that Slurm would read as something else: empty or multi-word text, a zero or a number past its
+    # field (0xfffe CPUs reads as unset), memory that rounds to --mem=0 (all of the node)
+    *[(["--executor", "slurm", f"--slurm-{name}", ""], "must not be empty")
+      for name in ("partition", "account", "qos", "constraint")],
+    (["--executor", "slurm", "--slurm-partition", "gpu\n#SBATCH --x"], "one word without blanks or line breaks"),
+    (["--executor", "slurm", "--slurm-constraint", "a100 h100"], "one word without blanks"),
+    (["--executor", "slurm", "--slurm-mem-gb", "0.0001"], "would be written --mem=0MB"),
+    (["--executor", "slurm", "--slurm-mem-gb", "0"], "--slurm-mem-gb"),
+    (["--executor", "slurm", "--slurm-time", "0"], "--slurm-time"),
+    (["--executor", "slurm", "--slurm-cpus-per-task", "0"], "--slurm-cpus-per-task"),
+    (["--executor", "slurm", "--slurm-cpus-per-task", "65534"], "[1, 65533]"),
+    (["--executor", "slurm", "--slurm-nodes", "0"], "--slurm-nodes"),
+    (["--executor", "slurm", "--slurm-array-parallelism", "0"], "--slurm-array-parallelism"),
+    (["--executor", "slurm", "--tasks-per-node", "70000"], "--tasks-per-node"),
+    (["--executor", "slurm", "--slurm-extra", "mem=0"], "mem is set by --slurm-mem-gb (checked there)"),
+    (["--executor", "slurm", "--slurm-extra", "time=0"], "time is set by --slurm-time"),
+    (["--executor", "slurm", "--slurm-extra", "mem-per-cpu=0G"], "Slurm reads a zero mem-per-cpu"),
+    (["--executor", "slurm", "--slurm-extra", "gres=gpu:0"], "Slurm reads a zero gres"),
+    (["--executor", "slurm", "--slurm-extra", "comment=a\nb"], "one word without blanks or line breaks"),
+    (["--executor", "slurm", "--slurm-extra", "comment="], "one word without blanks or line breaks"),
 ])
 def test_bad_grid_input_exits_2_with_one_line(argv, word, capsys):
     assert word in refused(capsys, [*GRID, *argv])
+
+
+def test_gpus_are_checked_against_the_gpus_this_process_may_use(tmp_path, capsys, monkeypatch):
+    """With --run, every --gpus value must name a GPU of this machine (an index, or a UUID nvidia-smi lists, or a
+    prefix of one alone), or one of CUDA_VISIBLE_DEVICES's entries when that is set; printing the commands (for
+    another machine) checks nothing."""
+    calls = started(monkeypatch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(executors, "gpu_uuids", lambda: ["GPU-1234-aaaa", "GPU-1299-bbbb", "MIG-77"])
+    run = [*GRID, "--root", str(tmp_path), "--run", "--gpus"]
+    for gpus, word in ((["2"], "--gpus 2: this machine shows 2 GPU(s) (0 to 1)"),
+                       (["0", "GPU-abc"], "--gpus GPU-abc: no GPU of this machine has that UUID"),
+                       (["GPU-12"], "--gpus GPU-12: no GPU"),  # a prefix of two UUIDs names neither
+                       (["MIG-7"], None), (["GPU-1234-aaaa", "1"], None), (["0", "GPU-129"], None)):
+        if word:
+            assert word in refused(capsys, [*run, *gpus]) and calls == []
+        else:
+            assert grid.main([*run, *gpus]) == 0 and len(calls) == 4, gpus
+            calls.clear()
+            capsys.readouterr()
+    assert grid.main([*GRID, "--gpus", "7"]) == 0  # only printed
+    monkeypatch.setattr(executors, "visible_gpus", lambda: [])
+    assert "--gpus 0: this process sees no GPU (torch.cuda finds none)" in refused(capsys, [*run, "0"])
+    assert "this process sees no GPU" in refused(capsys, [*run, "GPU-1234-aaaa"])  # nvidia-smi's, but torch's none
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])
+    assert "only the GPUs CUDA_VISIBLE_DEVICES names (3, 5)" in refused(capsys, [*run, "0"])
+    assert "only the GPUs CUDA_VISIBLE_DEVICES names" in refused(capsys, [*run, "GPU-1234-aaaa"])
+    assert grid.main([*run, "5"]) == 0 and len(calls) == 4
+
+
+def test_a_package_a_run_needs_stops_the_grid_once_before_the_first_run(tmp_path, capsys, monkeypatch):
+    """What every run checks before it needs data (utils.checks.check_inputs: the packages its evaluation, CAM
+    backend and logging need, the batch split over the processes of a run) is checked for each run the grid would
+    start, before the first: exit 2 with one line, and no run started or submitted, instead of each failing alike."""
+    import importlib.util
+    calls = started(monkeypatch)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchattacks" else
+                        real(name, *a))
+    argv = ["--study", "as-published", "--data", "synthetic", "--models", "resnet18", "--seeds", "1",
+            "--root", str(tmp_path), "--run"]
+    err = refused(capsys, argv)
+    assert "AT-as-published" in err and "pip install torchattacks==3.4.0" in err and "no run was started" in err
+    assert calls == []
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    if real("tensorboard") is None:
+        err = refused(capsys, [*GRID, "--root", str(tmp_path), "--run", "--", *EXTRA, "--tensorboard"])
+        assert "--tensorboard needs the tensorboard package" in err and calls == []
+    pytest.importorskip("submitit")
+    err = refused(capsys, [*GRID, "--root", str(tmp_path), "--executor", "local", "--tasks-per-node", "3", "--run",
+                           "--", *EXTRA])
+    assert "--batch-size 32 is not divisible by the 3 processes" in err and calls == []
+    assert not list(tmp_path.rglob("job.json"))  # nothing was submitted
 
 
 def test_a_root_that_cannot_be_written_stops_the_grid_before_any_run(tmp_path, capsys, monkeypatch):
@@ -191,9 +284,11 @@ def test_slurm_submission_status_and_owner_with_stand_in_slurm_commands(tmp_path
     assert grid.main(argv) == 0  # the array owns both runs: nothing is submitted again
     out = capsys.readouterr().out
     assert "slurm job 4242_1 owns it (queued)" in out and "submitted" not in out
-    queue.write_text("")  # the jobs are gone, without a record: failed
+    queue.write_text("")  # the jobs are gone without a record: interrupted, and the next --run starts them again
     assert grid.main(status) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "2 runs: 2 failed"
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "2 runs: 2 interrupted" and "--run starts it again" in out[0] and "ended without a record" in out[0]
+    assert [executors.read_job(f)["state"] for f in folders] == ["interrupted"] * 2  # job.json says so too
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,7 +340,7 @@ def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, c
     calls = started(monkeypatch)
     cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
                          str(tmp_path))
-    executors.update_job(cmds[0][0], new=True, executor="local", job_id=str(os.getpid()), state="running")
+    executors.update_job(cmds[0][0], new=True, executor="local", **me(state="running"))
     lock = RunFolder(cmds[1][0])  # a run in progress here, without job.json (as an older grid's runs)
     try:
         assert grid.run_all(cmds) == 0
@@ -254,38 +349,218 @@ def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, c
     out = capsys.readouterr().out
     assert f"local job {os.getpid()} owns it (running)" in out and f"process {os.getpid()} is running it" in out
     assert [c[c.index("--out") + 1] for c in calls] == [cmds[2][0]]
-    executors.update_job(cmds[0][0], job_id=str(gone))  # its job is gone: the run starts
+    executors.update_job(cmds[0][0], job_id=str(gone), pid=gone)  # its job is gone: the run starts
     calls.clear()
     assert grid.run_all(cmds[:1]) == 0 and len(calls) == 1
 
 
-def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch):
+def test_a_pid_that_now_belongs_to_another_process_does_not_own_the_run(tmp_path, capsys, monkeypatch):
+    """job.json names a process by pid and start time: a live process that got the pid since (another start time;
+    for an older record without one, another command line) is not the run's, and the run starts. The run's own
+    process does own it, and the grid says how to stop it."""
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                         ["--epochs", "2", "--warm-up", "1"])
+    (folder, argv), = cmds
+    sleep = ["-c", "import time; time.sleep(120)"]
+    other = subprocess.Popen([sys.executable, *sleep])
+    twin = subprocess.Popen([sys.executable, *sleep, *argv[2:]])  # the command line an older record names
+    calls = started(monkeypatch)
+    try:
+        wait_for(lambda: executors.process_start(other.pid) and executors.process_start(twin.pid), 60)
+        base = dict(executor="subprocess", node=socket.gethostname(), state="running", starts=["x"], command=argv)
+        for rec, owned in ((dict(job_id=str(other.pid), pid=other.pid, pid_start="boot:1"), False),  # pid reused
+                           (dict(job_id=str(other.pid)), False),  # an older record: another command line
+                           (dict(job_id=str(twin.pid), command=["python", *sleep, *argv[2:]]), True),  # its command
+                           (dict(job_id=str(other.pid), pid=other.pid,
+                                 pid_start=executors.process_start(other.pid)), True)):
+            executors.update_job(folder, new=True, **{**base, **rec})
+            calls.clear()
+            capsys.readouterr()
+            assert grid.run_all(cmds) == 0
+            out = capsys.readouterr().out
+            assert (calls == []) == owned, (rec, out)
+            if owned:
+                pid = rec.get("pid") or rec["job_id"]
+                assert f"subprocess job {rec['job_id']} owns it (running); wait for it, or stop it (kill {pid}) and " \
+                       f"run the same command again" in out and "1 run(s) left to the jobs" in out
+            else:
+                assert executors.read_job(folder)["job_id"] == "0"  # the grid's own (stand-in) child now
+    finally:
+        for p in (other, twin):
+            p.kill()
+            p.wait()
+
+
+def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path, capsys, monkeypatch):
+    """Grid A decides about each run again, under the run folder's job lock, right before it starts it: a run that
+    grid B finished meanwhile is skipped as finished (its job.json left as B wrote it, not marked failed), and one
+    that B started meanwhile is left to B."""
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    (first, _), (second, second_argv), (third, _) = cmds
+    calls = []
+
+    class GridB:  # while A's first run trains, grid B finishes the second run and starts the third
+        returncode, pid = 0, 0
+
+        def __init__(self, argv, **kw):
+            calls.append(argv)
+            os.makedirs(second, exist_ok=True)
+            with open(os.path.join(second, "results.json"), "w") as f:
+                json.dump(record(parse("part", script_constants(PART), second_argv[2:])[0]), f)
+            executors.update_job(second, new=True, executor="subprocess", job_id="1", state="finished", exit_code=0)
+            executors.update_job(third, new=True, executor="subprocess", command=["x"], **me(state="running"))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(executors.subprocess, "Popen", GridB)
+    assert grid.run_all(cmds) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and calls[0][calls[0].index("--out") + 1] == first
+    assert f"[2/3] finished already: {second}" in out and f"[3/3] not started: {third}: subprocess job" in out
+    assert executors.read_job(second)["state"] == "finished" and executors.read_job(third)["state"] == "running"
+
+
+def test_the_job_lock_keeps_a_second_grid_out_while_one_decides(tmp_path):
+    """While one process holds a run folder's job lock (deciding to start the run, and recording it), another's
+    job.json update waits for it, and then sees what the first wrote."""
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {ROOT!r})
+from tools import executors
+with executors.job_lock({folder!r}):
+    print("held", flush=True)
+    time.sleep(1.5)
+    executors.update_job({folder!r}, new=True, executor="subprocess", job_id="1", state="running")
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t = time.time()
+        rec = executors.update_job(folder, requeues=3)
+        assert time.time() - t > 1 and rec["job_id"] == "1" and rec["requeues"] == 3
+    finally:
+        holder.wait(timeout=60)
+
+
+def test_a_record_whose_job_ended_without_saying_so_is_settled(tmp_path, capsys):
+    """The grid was killed (kill -9) and its child went on to finish, or died too: job.json's 'running' is made true
+    again by the next --status or --run: finished when results.json is there, else interrupted (which the same
+    command resumes)."""
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                         ["--epochs", "2", "--warm-up", "1"])
+    (done, done_argv), (cut, cut_argv) = cmds
+    for folder in (done, cut):
+        executors.update_job(folder, new=True, executor="subprocess", job_id=str(dead_pid()), node=socket.gethostname(),
+                             state="running", starts=["x"])
+    with open(os.path.join(done, "results.json"), "w") as f:
+        json.dump(record(parse("part", script_constants(PART), done_argv[2:])[0]), f)
+    open(os.path.join(cut, "last.pt"), "w").close()
+    assert grid.run_status(done, done_argv) == ("finished", "")
+    assert grid.run_status(cut, cut_argv)[0] == "interrupted" and "--run resumes it" in grid.run_status(cut, cut_argv)[1]
+    assert executors.owner(done) is None and executors.read_job(done)["state"] == "finished"
+    rec = executors.read_job(cut)
+    assert rec["state"] == "interrupted" and rec["exit_code"] is None and "ended without a record" in rec["error"]
+
+
+def test_a_local_submission_names_its_job_ids_and_log_folders(tmp_path, capsys, monkeypatch):
+    """The message after a submission gives each job's log file and the real log folder, never submitit's %j."""
+    from pathlib import Path
+
+    class Job:
+        def __init__(self, n):
+            self.job_id = str(os.getpid()) if n == 0 else str(dead_pid())
+            folder = Path(str(tmp_path / "submitit" / "%j").replace("%j", self.job_id))
+            self.paths = type("Paths", (), {"folder": folder, "stderr": folder / f"{self.job_id}_0_log.err"})
+
+    class Executor:
+        def batch(self):
+            import contextlib
+            return contextlib.nullcontext()
+
+        def submit(self, task, jobs=[]):
+            jobs.append(Job(len(jobs)))
+            return jobs[-1]
+
+    monkeypatch.setattr(executors, "_make_executor", lambda name, opts, n: Executor())
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                         ["--epochs", "2", "--warm-up", "1"])
+    opts = executors.Options(folder=str(tmp_path / "submitit" / "%j"))
+    assert grid.run_all(cmds, executor="local", opts=opts) == 0
+    out = capsys.readouterr().out
+    assert "%j" not in out and f"(log: {tmp_path}/submitit/{os.getpid()}/{os.getpid()}_0_log.err)" in out, out
+    assert f"logs in 2 folders {tmp_path}/submitit/<job id>;" in out
+    rec = executors.read_job(cmds[0][0])
+    assert rec["pid"] == os.getpid() and rec["pid_start"] == executors.process_start(os.getpid())
+
+
+def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch, capsys):
     calls = started(monkeypatch)
     cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
                          str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
     (at_folder, at_argv), (cam_folder, _), (official_folder, official_argv) = cmds
-    for folder, argv in ((at_folder, at_argv), (official_folder, official_argv)):
-        os.makedirs(folder)
-        cfg, _ = parse("part", script_constants(PART), argv[2:])
-        if folder == official_folder:
-            cfg["lr"] = 0.1  # a finished run, but of other settings: not skipped (the run itself will refuse it)
-        with open(os.path.join(folder, "results.json"), "w") as f:  # a record as training writes it (utils/records.py)
-            json.dump({"method": cfg["method"], "seed": cfg["seed"], "config": cfg}, f)
+    os.makedirs(at_folder)
+    with open(os.path.join(at_folder, "results.json"), "w") as f:
+        json.dump(record(parse("part", script_constants(PART), at_argv[2:])[0]), f)
     os.makedirs(cam_folder)
     open(os.path.join(cam_folder, "last.pt"), "w").close()
     assert grid.run_all(cmds, jobs=2) == 0
     assert len(calls) == 2 and calls[0][-1] == "--resume" and "--resume" not in calls[1]
-    assert "PART-official" in " ".join(calls[1])
-    # a damaged results.json is not a finished run either (the run itself then says what is wrong), and no traceback
-    for text in ("[]", '"text"', '{"config": null}', '{"config": []}', '{"config": {"epochs": "x"}}',
-                 '{"config": {"variant": 3}}', '{"no config": 1}', "{truncated",
-                 json.dumps({"config": {k: v for k, v in parse("part", script_constants(PART), at_argv[2:])[0].items()
-                                        if k != "data_dir"}})):
-        with open(os.path.join(at_folder, "results.json"), "w") as f:
+    assert "PART-official" in " ".join(calls[1]) and "finished already" in capsys.readouterr().out
+
+
+def test_a_folder_the_run_would_refuse_is_not_started_and_the_grid_says_what_to_do(tmp_path, monkeypatch, capsys):
+    """A finished run of other settings, a damaged results.json (truncated, not a record, a config that is no
+    config), an interrupted run of other settings, files of another run: the grid starts no run there (the run would
+    refuse the folder with advice the grid cannot follow, such as --resume or --overwrite), says why and what to do,
+    and exits 1; --status says the same."""
+    calls = started(monkeypatch)
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                         ["--epochs", "2", "--warm-up", "1"])
+    (folder, argv), = cmds
+    os.makedirs(folder)
+    cfg = parse("part", script_constants(PART), argv[2:])[0]
+    results = os.path.join(folder, "results.json")
+    cases = [(json.dumps(record({**cfg, "lr": 0.1})), "holds a finished run of other settings (lr: 0.1 -> 0.01)")]
+    cases += [(text, "its results.json is damaged") for text in (
+        "[]", '"text"', '{"config": null}', '{"config": []}', '{"config": {"epochs": "x"}}', '{"config": {"variant": 3}}',
+        '{"no config": 1}', "{truncated", json.dumps(record(cfg))[:-40])]
+    for text, word in cases:
+        with open(results, "w") as f:
             f.write(text)
-        calls.clear()
-        assert grid.run_all(cmds[:1], jobs=1) == 0
-        assert len(calls) == 1, text
+        for with_last in (False, True):
+            if with_last:
+                open(os.path.join(folder, "last.pt"), "w").close()
+            calls.clear()
+            capsys.readouterr()
+            assert grid.run_all(cmds) == 1 and calls == [], text
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and f"not started: {folder}: {word}" in err, (text, err)
+            if "damaged" in word and with_last:  # what to do: the grid resumes from last.pt once it is gone
+                assert f"delete it (rm {results}) and run the same command: it resumes the run from last.pt" in err
+            else:
+                assert "move that folder away (or delete it), or give another --root or --tag" in err, err
+            assert "--overwrite" not in err and "add --resume" not in err
+            state, detail = grid.run_status(folder, argv)
+            assert state == ("damaged" if "damaged" in word else "failed") and word in detail, (state, detail)
+            if with_last:
+                os.remove(os.path.join(folder, "last.pt"))
+    os.remove(results)  # an interrupted run of other settings: its config.json tells
+    open(os.path.join(folder, "last.pt"), "w").close()
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({**cfg, "epsilon": 10 / 255}, f)
+    assert grid.run_all(cmds) == 1 and calls == []
+    assert "holds an interrupted run of other settings (epsilon: 10/255 -> 8/255)" in capsys.readouterr().err
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({**cfg, "epochs": 1, "eval_attacks": ["natural", "pgd20"]}, f)  # only what resume may change
+    assert grid.run_all(cmds) == 0 and calls[-1][-1] == "--resume"
+    calls.clear()
+    for f in os.listdir(folder):
+        os.remove(os.path.join(folder, f))
+    open(os.path.join(folder, "best.pt"), "w").close()  # files of another run, nothing to resume
+    assert grid.run_all(cmds) == 1 and calls == []
+    assert "holds files of another run (best.pt)" in capsys.readouterr().err
 
 
 def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, monkeypatch):
@@ -293,24 +568,26 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
     list, requeues that are text) or a pid past any real one: read as no record (so neither owner() nor --status
     raises), and the grid starts the run; a live job's record that is whole still keeps the run from starting."""
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path), ["--epochs", "2"])
+    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                         ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     os.makedirs(folder)
-    me = dict(executor="subprocess", job_id=str(os.getpid()), node=socket.gethostname(), state="running")
+    mine = me(executor="subprocess", state="running")
     for damage in ({"executor": ["subprocess"]}, {"executor": {"a": 1}}, {"state": ["running"]}, {"requeues": "many"},
                    {"job_id": 7}, {"starts": "x"}, {"exit_code": "2"}, {"tasks": True}, {"job_id": "9" * 30},
-                   {"job_id": "\u00b2"}, {"job_id": "9" * 5000}):
+                   {"job_id": "\u00b2"}, {"job_id": "9" * 5000}, {"pid": "12"}, {"pid": True}, {"pid_start": 7}):
         with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
-            json.dump({**me, **damage}, f)
+            json.dump({**{k: v for k, v in mine.items() if k not in ("pid", "pid_start")}, **damage}, f)
         if "job_id" in damage and isinstance(damage["job_id"], str):  # a record of ours, but no pid: not alive
             assert executors.read_job(folder)["job_id"] == damage["job_id"] and not executors.pid_alive(10 ** 30)
         else:
             assert executors.read_job(folder) == {}, damage
-        assert executors.owner(folder) is None and grid.run_status(folder, argv)[0] in ("not started", "failed")
+        assert executors.owner(folder) is None and \
+            grid.run_status(folder, argv)[0] in ("not started", "failed", "interrupted")
         calls.clear()
         assert grid.run_all(cmds, jobs=1) == 0 and len(calls) == 1, damage
     with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
-        json.dump(me, f)
+        json.dump(mine, f)
     assert "owns it" in executors.owner(folder)
 
 
@@ -326,15 +603,15 @@ def test_status_names_the_state_of_every_run(tmp_path, capsys):
         os.makedirs(f)
     cfg, _ = parse("part", script_constants(PART), cmds[0][1][2:])
     with open(os.path.join(folders["AT-seed1"], "results.json"), "w") as f:
-        json.dump({"config": cfg}, f)
-    me, host = str(os.getpid()), socket.gethostname()
+        json.dump(record(cfg), f)
+    host = socket.gethostname()
     with open(os.path.join(folders["PART-cam-seed1"], "metrics.csv"), "w") as f:
         f.write("epoch,phase\n1,warm-up\n")
     with open(os.path.join(folders["PART-cam-seed1"], "config.json"), "w") as f:
         json.dump({"epochs": 80}, f)
-    executors.update_job(folders["PART-cam-seed1"], executor="subprocess", job_id=me, node=host, state="running")
-    executors.update_job(folders["PART-official-seed1"], executor="local", job_id=me, state="queued")
-    executors.update_job(folders["PART-permuted-seed1"], executor="local", job_id=me, state="requeued", requeues=2)
+    executors.update_job(folders["PART-cam-seed1"], executor="subprocess", **me(state="running"))
+    executors.update_job(folders["PART-official-seed1"], executor="local", **me(state="queued"))
+    executors.update_job(folders["PART-permuted-seed1"], executor="local", **me(state="requeued", requeues=2))
     executors.update_job(folders["AT-seed2"], executor="local", job_id="1", state="failed", exit_code=2,
                          error="error: no data at x.npz")
     executors.update_job(folders["PART-cam-seed2"], executor="subprocess", job_id=str(dead_pid()), node=host,
@@ -347,15 +624,18 @@ def test_status_names_the_state_of_every_run(tmp_path, capsys):
     state = {os.path.basename(next(w for w in line.split() if w.startswith(str(tmp_path)))): line for line in out[:-1]}
     assert state["AT-seed1"].startswith("finished ")
     assert state["PART-cam-seed1"].startswith("running ") and "epoch 1/80 done" in state["PART-cam-seed1"]
-    assert state["PART-official-seed1"].startswith("queued ") and f"local job {me}" in state["PART-official-seed1"]
+    assert state["PART-official-seed1"].startswith("queued ") and f"local job {os.getpid()}" in \
+        state["PART-official-seed1"]
     assert state["PART-permuted-seed1"].startswith("requeued (2x) ")
     assert state["AT-seed2"].startswith("failed ") and "exit 2: error: no data at x.npz" in state["AT-seed2"]
-    assert state["PART-cam-seed2"].startswith("failed ") and "ended without a record" in state["PART-cam-seed2"] \
-        and state["PART-cam-seed2"].endswith("epoch   1  warm-up")
+    # its process died without a record (the grid and its child killed): interrupted, as the next --run takes it
+    assert state["PART-cam-seed2"].startswith("interrupted ") and "ended without a record" in state["PART-cam-seed2"] \
+        and "--run starts it again" in state["PART-cam-seed2"] and state["PART-cam-seed2"].endswith("epoch   1  warm-up")
+    assert executors.read_job(folders["PART-cam-seed2"])["state"] == "interrupted"  # and job.json says so now
     assert state["PART-official-seed2"].startswith("interrupted ")
     assert "--run resumes it" in state["PART-official-seed2"]
     assert state["PART-permuted-seed2"].startswith("not started ")
-    assert out[-1] == "8 runs: 1 finished, 1 running, 1 queued, 1 requeued, 2 failed, 1 interrupted, 1 not started"
+    assert out[-1] == "8 runs: 1 finished, 1 running, 1 queued, 1 requeued, 1 failed, 2 interrupted, 1 not started"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -413,7 +693,8 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
         assert p.returncode == code and "\n" not in err and "Traceback" not in err, err
         assert "the same command resumes them" in err
         rec = executors.read_job(folder)
-        assert rec["state"] == "failed" and rec["exit_code"] == code and not executors.pid_alive(int(rec["job_id"]))
+        # recorded as interrupted (not failed): the same command resumes it
+        assert rec["state"] == "interrupted" and rec["exit_code"] == code and not executors.pid_alive(rec["pid"])
         assert executors.lock_holder(folder) is None
         assert "--resume" in rec["error"]  # the child's own last line: how to continue
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -421,6 +702,54 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
     assert os.path.exists(os.path.join(folder, "results.json"))
     assert "resumed from" in open(os.path.join(folder, "log.txt")).read() and "(epoch 2 done)" in open(
         os.path.join(folder, "log.txt")).read()
+
+
+@pytest.mark.slow
+def test_after_kill_9_of_the_grid_status_and_job_json_tell_what_is_true(tmp_path, capsys):
+    """kill -9 of the grid records nothing. Its child killed too: --status says interrupted and resumable (not
+    failed), and the same command resumes it. Its child left running: --status says running while it lives, and
+    once it has finished on its own, finished, and job.json says so (not 'running' forever)."""
+    root = tmp_path / "runs"
+    argv = [*GRID, "--methods", "AT", "--root", str(root), "--tag", ""]
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "grid.py"), *argv, "--run", "--", *EXTRA, "--epochs", "3"]
+    status = [*argv, "--status", "--", *EXTRA, "--epochs", "3"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    folder = str(root / "synthetic-resnet18" / "AT-seed1")
+
+    def stopped_child():
+        pid = executors.read_job(folder).get("pid")
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return pid if f.read().rsplit(")", 1)[1].split()[0] == "T" else None
+        except OSError:
+            return None
+
+    def state():
+        capsys.readouterr()
+        assert grid.main(status) == 0
+        return capsys.readouterr().out.splitlines()[0]
+
+    for epoch, kill_child in ((2, True), (3, False)):
+        p = subprocess.Popen(cmd, env=dict(env, PART_FAULT_SIGNAL_AT=f"{epoch},0,STOP"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        wait_for(stopped_child)
+        child = stopped_child()
+        p.kill()
+        p.wait()
+        assert executors.read_job(folder)["state"] == "running" and executors.pid_alive(child)
+        assert state().startswith("running ")  # its child still holds the run
+        os.kill(child, signal.SIGKILL if kill_child else signal.SIGCONT)
+        wait_for(lambda: not executors.pid_alive(child))
+        line = state()
+        if kill_child:
+            assert line.startswith("interrupted ") and "epoch 1/3 done; --run resumes it" in line, line
+            assert "ended without a record" in line and executors.read_job(folder)["state"] == "interrupted"
+        else:
+            assert line.startswith("finished "), line
+            assert executors.read_job(folder)["state"] == "finished"
+    log = open(os.path.join(folder, "log.txt")).read()
+    assert "resumed from" in log and "(epoch 1 done)" in log
 
 
 def local_grid(root, *argv, extra=()):

@@ -260,8 +260,8 @@ def test_wheelhouse_downloads_the_requirements_and_extras(tmp_path):
     import subprocess
     from tests.conftest import ROOT
     stub = tmp_path / "python"
-    stub.write_text('#!/bin/sh\necho "$@" > "$LOG"\nwhile [ "$1" != "--dest" ]; do shift; done\n'
-                    'echo wheel > "$2/torch-9.9-py3-none-any.whl"\n')
+    stub.write_text('#!/bin/sh\n[ "$3" = "--version" ] && exit 0\necho "$@" > "$LOG"\n'
+                    'while [ "$1" != "--dest" ]; do shift; done\necho wheel > "$2/torch-9.9-py3-none-any.whl"\n')
     stub.chmod(0o755)
     env = dict(os.environ, PYTHON=str(stub), LOG=str(tmp_path / "log"), EXTRAS="torchcam", PYTHON_VERSION="3.11")
     proc = subprocess.run([os.path.join(ROOT, "tools", "wheelhouse.sh"), str(tmp_path / "wh")], env=env,

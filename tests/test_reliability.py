@@ -49,6 +49,8 @@ def bad_file(tmp, kind):
         return npz(p, x_train=np.zeros((40, 0, 0, 3), np.uint8), x_test=np.zeros((20, 0, 0, 3), np.uint8))
     if kind == "float-labels":
         return npz(p, y_train=(np.arange(40) % 10).astype(np.float32))
+    if kind == "one-class":
+        return npz(p, y_train=np.full(40, 3))
     if kind == "random-bytes":
         p.write_bytes(os.urandom(2000))
         return str(p)
@@ -130,7 +132,8 @@ BAD_INPUT = [
 ] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
     ("empty", "N, H, W > 0"), ("zero-size", "N, H, W > 0"), ("float-labels", "integer"),
-    ("random-bytes", "not a readable"), ("truncated", "not a readable"), ("pickled", "not a readable")]]
+    ("random-bytes", "not a readable"), ("truncated", "not a readable"), ("pickled", "not a readable"),
+    ("one-class", "training labels hold only class 3 (cifar10-npz has 10 classes)")]]
 
 
 @pytest.mark.parametrize("variant,argv,code,word", BAD_INPUT, ids=[" ".join(c[1])[:40] for c in BAD_INPUT])
@@ -139,7 +142,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(300))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     for kind in ("float", "int16", "label999", "long-labels", "empty", "zero-size", "float-labels", "random-bytes",
-                 "truncated", "pickled"):
+                 "truncated", "pickled", "one-class"):
         bad_file(tmp_path, kind)
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "eval_last.json").write_text("{}")

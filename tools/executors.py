@@ -5,8 +5,11 @@ executor says where. Each is one entry of EXECUTORS; another scheduler is anothe
   local       this machine, through submitit's LocalExecutor: the code path of `slurm`, to try it without a cluster
   slurm       a Slurm cluster, through submitit: the grid's runs as the tasks of one job array; returns at once
 
-Every run folder gets job.json: the executor, job id, node, start times, requeues, state (queued, running,
-requeued, finished, failed), exit code and the last line of the run's error output. Under submitit a run is a
+Every run folder gets job.json: the executor, job id, node, the process that owns the run (pid and start time, so
+that a pid reused by another process is not taken for the run's), start times, requeues, state (queued, running,
+requeued, finished, failed, interrupted), exit code and the last line of the run's error output. It is written under
+the folder's job lock (.job.lock), under which a grid also decides to start the run; a record whose job ended without
+saying so (kill -9) is made true again by the next look at it (`settle`). Under submitit a run is a
 Checkpointable task: on the preemption or time-limit signal (USR2) it is requeued and resumes from its last.pt,
 which is exact; a run that fails (bad input, a crash) is not requeued. A task of several processes (--tasks-per-node,
 --slurm-nodes) exports the distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from utils import ROOT
+from utils.errors import Terminated
 
 try:
     from submitit.helpers import Checkpointable
@@ -52,6 +56,10 @@ class Options:
     slurm: dict = field(default_factory=dict)  # submitit's SlurmExecutor parameters
     wait: bool = False
     folder: str = "runs/submitit"  # submitit's job files and logs (%j: the job id)
+    # (folder, argv) -> None when the run may start now, else (kind, message): kind "finished" (done already),
+    # "owned" (another live job or process runs it) or "refused" (it must not start: counted as a failure). Called
+    # under the run folder's job lock right before each run is started or submitted (tools/grid.py: `blocker`).
+    check: Callable | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,7 +72,17 @@ def now() -> str:
 # the type of each field the executors write into job.json (a record with another type is not one of ours)
 JOB_FIELDS = {"state": str, "executor": str, "job_id": str, "node": str, "log": str, "error": str, "submitted": str,
               "ended": str, "requeued": str, "requeues": int, "tasks": int, "exit_code": (int, type(None)),
-              "starts": list, "command": list}
+              "starts": list, "command": list, "pid": int, "pid_start": str}
+# job.json's states: LIVE_STATES, then finished, failed, and interrupted (stopped by a signal, or found dead without a
+# record by `settle`: the same command resumes it)
+INTERRUPTED_CODES = (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT,
+                     -signal.SIGTERM)
+
+
+def end_state(code: int | None) -> str:
+    """The job.json state of a run that ended with exit code `code`: finished, interrupted (a stop by SIGINT, SIGTERM
+    or SIGHUP, which keeps its last.pt: the same command resumes it) or failed."""
+    return "finished" if code == 0 else "interrupted" if code in INTERRUPTED_CODES else "failed"
 
 
 def read_job(folder: str) -> dict:
@@ -81,29 +99,49 @@ def read_job(folder: str) -> dict:
     return rec
 
 
-def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: bool = False, **fields) -> dict:
-    """Change the run folder's job.json under a lock (the grid and a job's task both write it): start from an
-    empty record when `new`, set `fields`, then call `edit(record)`. Written atomically; returns the record.
-    Raises UsageError when the folder cannot be written."""
+_HELD: dict = {}  # run folder (absolute) -> fd of its job lock held by this process (`job_lock`)
+
+
+@contextmanager
+def job_lock(folder: str):
+    """Hold the run folder's job lock (.job.lock; the folder is created): whoever holds it may read and write
+    job.json, and decide to start the run, without another grid or task doing the same meanwhile. Re-entrant within
+    this process. Raises UsageError when the folder cannot be written."""
     from utils.errors import UsageError
-    from utils.runs import save_json
+    key = os.path.abspath(folder)
+    if key in _HELD:
+        yield
+        return
     try:
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, ".job.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(folder, ".job.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise UsageError(f"cannot write the run folder {folder} ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD[key] = fd
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)
+
+
+def update_job(folder: str, edit: Callable[[dict], None] | None = None, new: bool = False, **fields) -> dict:
+    """Change the run folder's job.json under its job lock (the grid and a job's task both write it): start from an
+    empty record when `new`, set `fields`, then call `edit(record)`. Written atomically; returns the record.
+    Raises UsageError when the folder cannot be written."""
+    from utils.errors import UsageError
+    from utils.runs import save_json
+    with job_lock(folder):
         rec = {} if new else read_job(folder)
         rec.update(fields)
         if edit:
             edit(rec)
-        save_json(os.path.join(folder, JOB_FILE), rec)
+        try:
+            save_json(os.path.join(folder, JOB_FILE), rec)
+        except OSError as e:
+            raise UsageError(f"cannot write {os.path.join(folder, JOB_FILE)} ({e.strerror})") from None
         return rec
-    except OSError as e:
-        raise UsageError(f"cannot write {os.path.join(folder, JOB_FILE)} ({e.strerror})") from None
-    finally:
-        os.close(fd)
 
 
 def _record(folder: str, **fields) -> None:
@@ -147,6 +185,61 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str | None:
+    """Which process `pid` is: '<boot id>:<start time in clock ticks since boot>' from /proc, a value no other
+    process of this machine ever shares (a pid is reused, its start time is not); None when no such live process
+    exists or this system has no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, OverflowError, ValueError):
+        return None
+    return None if fields[0] in ("Z", "X") else f"{_boot_id()}:{fields[19]}"
+
+
+def _cmdline(pid: int) -> list | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode("utf8", "replace") for a in f.read().split(b"\0")[:-1]]
+    except (OSError, OverflowError, ValueError):
+        return None
+
+
+def process_alive(rec: dict) -> bool | None:
+    """Whether the process that a job record names (its pid, else a job id that is a pid) still runs the run: the
+    same process, not another that got its pid since. Told by the start time job.json records (`process_start`);
+    for a record without one (an older grid's), by the process's command line (the run's command, or submitit's
+    job process). None when the record names another machine."""
+    pid = rec.get("pid")
+    if pid is None:
+        if not re.fullmatch(r"[0-9]{1,12}", str(rec.get("job_id", ""))):
+            return False  # never started (a submission that did not happen), or not a pid
+        pid = int(rec["job_id"])
+    if rec.get("node", socket.gethostname()) != socket.gethostname():
+        return None
+    if not pid_alive(pid):
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True  # no /proc: a live pid is all this system can tell
+    if rec.get("pid_start"):
+        return process_start(pid) == rec["pid_start"]
+    args = _cmdline(pid)
+    if args is None:
+        return False
+    command = rec.get("command")
+    if isinstance(command, list) and len(command) > 1 and args[1:] == [str(a) for a in command[1:]]:
+        return True
+    return rec.get("executor") == "local" and any("submitit" in a for a in args)
+
+
 def lock_holder(folder: str) -> int | None:
     """The process holding the run folder's lock (a run in progress on this machine), from /proc/locks; None when
     nobody holds it or this system cannot tell. Reads only: taking the lock could make a starting run fail."""
@@ -167,17 +260,49 @@ def lock_holder(folder: str) -> int | None:
     return None
 
 
+def settle(folder: str) -> dict:
+    """The run folder's job record, made true again where it claims a live state (queued, running, requeued) whose
+    job has ended without saying so (the grid or the job was killed, a node failed): no process holds the run
+    folder's lock and the executor says the job is gone. Such a record becomes 'finished' when the folder holds
+    results.json, else 'interrupted' (the same command resumes it), and is written back where the folder can be
+    written (only if nobody changed it meanwhile). Returns the record."""
+    from utils.errors import UsageError
+    rec = read_job(folder)
+    if rec.get("state") not in LIVE_STATES or rec.get("executor") not in EXECUTORS or lock_holder(folder):
+        return rec
+    if EXECUTORS[rec["executor"]].alive(rec) is not False:
+        return rec
+    mark = {k: rec.get(k) for k in ("state", "job_id", "pid", "pid_start", "starts")}
+    done = os.path.isfile(os.path.join(folder, "results.json"))
+    change = {"state": "finished" if done else "interrupted", "exit_code": None, "ended": now(),
+              **({} if done else {"error": f"{rec['executor']} job {rec.get('job_id', '?')} ended without a record "
+                                           f"(the grid or the job was killed?)"})}
+
+    def edit(r):
+        if {k: r.get(k) for k in mark} == mark:
+            r.update(change)
+
+    try:
+        return update_job(folder, edit)
+    except UsageError:  # a folder that cannot be written: the truth, unrecorded
+        return {**rec, **change}
+
+
 def owner(folder: str) -> str | None:
-    """Why the run in `folder` must not be started now (another live job or process owns it), or None."""
+    """Why the run in `folder` must not be started now (another live job or process owns it, and how to stop it),
+    or None. A record of a job that has ended is settled (`settle`) on the way."""
     pid = lock_holder(folder)
     if pid:
-        return f"process {pid} is running it (it holds {os.path.join(folder, '.lock')})"
-    rec = read_job(folder)
+        return (f"process {pid} is running it (it holds {os.path.join(folder, '.lock')}); wait for it, or stop it "
+                f"(kill {pid}) and run the same command again")
+    rec = settle(folder)
     if rec.get("state") in LIVE_STATES and rec.get("executor") in EXECUTORS:
         alive = EXECUTORS[rec["executor"]].alive(rec)
         what = f"{rec['executor']} job {rec.get('job_id', '?')}"
+        stop = f"scancel {rec['job_id']}" if rec["executor"] == "slurm" and rec.get("job_id") else \
+            f"kill {rec.get('pid') or rec.get('job_id')}"
         if alive:
-            return f"{what} owns it ({rec['state']})"
+            return f"{what} owns it ({rec['state']}); wait for it, or stop it ({stop}) and run the same command again"
         if alive is None:
             return (f"{what} may own it ({rec['state']}), which cannot be checked from {socket.gethostname()}; "
                     f"delete {os.path.join(folder, JOB_FILE)} to start it anyway")
@@ -204,6 +329,41 @@ def visible_gpus() -> list:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
+def gpu_uuids() -> list:
+    """The UUIDs of this machine's GPUs and MIG devices as CUDA_VISIBLE_DEVICES takes them (GPU-..., MIG-...), from
+    nvidia-smi -L; [] when it cannot tell."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return re.findall(r"UUID: ((?:GPU|MIG)-[^)\s]+)", out)
+
+
+def check_gpus(gpus) -> str | None:
+    """Why the --gpus values cannot be given to the jobs here, or None: each must name a GPU this process may use,
+    as `visible_gpus` names them (the CUDA_VISIBLE_DEVICES entries when it is set; else an index 0..N-1, a UUID
+    nvidia-smi lists, or a prefix that names one alone), so that no job runs on a GPU that does not exist."""
+    seen = visible_gpus()
+    restricted = os.environ.get("CUDA_VISIBLE_DEVICES") is not None
+    uuids = [] if restricted else gpu_uuids()
+    for g in gpus:
+        if not seen:  # the runs would train on the CPU
+            return f"--gpus {g}: this process sees no GPU" + \
+                (" (CUDA_VISIBLE_DEVICES is empty)" if restricted else " (torch.cuda finds none)")
+        if g in seen or (g.startswith(("GPU-", "MIG-")) and sum(u.startswith(g) for u in uuids) == 1):
+            continue
+        if restricted:
+            return (f"--gpus {g}: this process may use only the GPUs CUDA_VISIBLE_DEVICES names "
+                    f"({', '.join(seen)}); give those")
+        if g.isdigit():
+            return f"--gpus {g}: this machine shows {len(seen)} GPU(s) (0 to {len(seen) - 1})"
+        return (f"--gpus {g}: no GPU of this machine has that UUID (nvidia-smi -L lists them"
+                + (f": {', '.join(uuids)})" if uuids else ")"))
+    return None
+
+
 def job_gpus(opts: Options) -> list:
     """The GPU of each job slot: --gpus, or every visible GPU when several jobs share this machine."""
     if opts.gpus:
@@ -216,10 +376,25 @@ def _last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
+def _blocked(opts: Options, folder: str, argv: list, label: str) -> str | None:
+    """The kind of reason opts.check gives to keep the run from starting now (None: it may start), said in one line
+    (a refusal on stderr). Call it under the run's job lock."""
+    why = opts.check(folder, argv) if opts.check else None
+    if why:
+        kind, message = why
+        print(f"{label} {message}", file=sys.stderr if kind == "refused" else sys.stdout, flush=True)
+        return kind
+    return None
+
+
 def run_subprocess(runs: list, opts: Options) -> int:
     """Run (folder, argv, label) triples here, opts.jobs at a time, each with OMP_NUM_THREADS sharing the cores
-    and, with GPUs, CUDA_VISIBLE_DEVICES = the least busy of job_gpus(opts). Returns 0, 1 when a run failed, or
-    130 / 143 after Ctrl-C / SIGTERM (SIGHUP: 129), which stop every child (its lock released, last.pt kept)."""
+    and, with GPUs, CUDA_VISIBLE_DEVICES = the least busy of job_gpus(opts). Each run is checked again (opts.check)
+    and started under its job lock, and job.json records the child (pid and start time), so that another grid on the
+    same runs neither starts it twice nor restarts one that has just finished. Returns 0, 1 when a run failed or was
+    refused, or 130 / 143 after Ctrl-C / SIGTERM (SIGHUP: 129), which stop every child (its lock released, last.pt
+    kept)."""
+    from utils.errors import UsageError
     env = dict(os.environ)
     if opts.jobs > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
@@ -235,22 +410,33 @@ def run_subprocess(runs: list, opts: Options) -> int:
         while pending or running:
             while pending and len(running) < opts.jobs:
                 folder, argv, label = pending.pop(0)
-                argv = with_resume(folder, argv)
-                child_env, gpu = env, None
-                if load:
-                    gpu = min(load, key=load.get)
-                    load[gpu] += 1
-                    child_env = dict(env, CUDA_VISIBLE_DEVICES=gpu)
-                print(f"{label} start: {'' if gpu is None else f'CUDA_VISIBLE_DEVICES={gpu} '}{shlex.join(argv)}",
-                      flush=True)
-                err = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty child never blocks on it
-                # a session of its own: a signal reaches the child once, from the grid, which then waits for it
-                proc = subprocess.Popen([sys.executable, *argv[1:]], env=child_env, stderr=err,
-                                        stdout=subprocess.DEVNULL if opts.jobs > 1 else None, start_new_session=True)
-                running.append((folder, proc, err, time.time(), gpu))
-                _record(folder, new=True, executor="subprocess", job_id=str(proc.pid), node=socket.gethostname(),
-                        state="running", starts=[now()], requeues=0, command=argv,
-                        **({"gpu": gpu} if gpu is not None else {}))
+                try:
+                    with job_lock(folder):  # nobody else decides about this run until its child is recorded
+                        kind = _blocked(opts, folder, argv, label)
+                        if kind:
+                            failed += kind == "refused"
+                            continue
+                        argv = with_resume(folder, argv)
+                        child_env, gpu = env, None
+                        if load:
+                            gpu = min(load, key=load.get)
+                            load[gpu] += 1
+                            child_env = dict(env, CUDA_VISIBLE_DEVICES=gpu)
+                        print(f"{label} start: {'' if gpu is None else f'CUDA_VISIBLE_DEVICES={gpu} '}"
+                              f"{shlex.join(argv)}", flush=True)
+                        err = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty child never blocks on it
+                        # a session of its own: a signal reaches the child once, from the grid, which then waits
+                        proc = subprocess.Popen([sys.executable, *argv[1:]], env=child_env, stderr=err,
+                                                stdout=subprocess.DEVNULL if opts.jobs > 1 else None,
+                                                start_new_session=True)
+                        running.append((folder, proc, err, time.time(), gpu))
+                        start = process_start(proc.pid)
+                        _record(folder, new=True, executor="subprocess", job_id=str(proc.pid), pid=proc.pid,
+                                node=socket.gethostname(), state="running", starts=[now()], requeues=0, command=argv,
+                                **({"pid_start": start} if start else {}), **({"gpu": gpu} if gpu is not None else {}))
+                except UsageError as e:  # its folder cannot be created or written: nothing started
+                    failed += 1
+                    print(f"{label} failed: {e}", file=sys.stderr, flush=True)
             for item in list(running):
                 folder, proc, err, t0, gpu = item
                 if proc.poll() is None:
@@ -262,7 +448,7 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 tail = err.read()[-2000:]
                 err.close()
                 code = proc.returncode
-                _record(folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
+                _record(folder, state=end_state(code), exit_code=code, ended=now(),
                         **({"error": _last_line(tail)} if code else {}))
                 if code:
                     failed += 1
@@ -271,8 +457,9 @@ def run_subprocess(runs: list, opts: Options) -> int:
                 else:
                     print(f"finished in {time.time() - t0:.0f} s: {folder}", flush=True)
             time.sleep(0.5)
-    except (KeyboardInterrupt, Signalled) as e:
-        signum = e.signum if isinstance(e, Signalled) else signal.SIGINT
+    except (KeyboardInterrupt, Signalled, Terminated) as e:
+        signum = e.signum if isinstance(e, Signalled) else signal.SIGTERM if isinstance(e, Terminated) else \
+            signal.SIGINT
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not leave the children half-stopped
         _stop_children(running, signal.SIGTERM if signum == signal.SIGHUP else signum)
@@ -288,7 +475,8 @@ def run_subprocess(runs: list, opts: Options) -> int:
 
 
 def _stop_children(running: list, signum: int) -> None:
-    """Send `signum` to each running child, wait for them to stop (SIGKILL after STOP_WAIT_S), record them."""
+    """Send `signum` to each running child, wait for them to stop (SIGKILL after STOP_WAIT_S), record them as
+    interrupted (the same command resumes them)."""
     for _, proc, _, _, _ in running:
         proc.send_signal(signum)
         proc.send_signal(signal.SIGCONT)  # a stopped child would otherwise never act on it
@@ -300,16 +488,13 @@ def _stop_children(running: list, signum: int) -> None:
             proc.kill()
             proc.wait()
         err.seek(0)
-        _record(folder, state="failed", exit_code=proc.returncode, ended=now(), error=_last_line(err.read()))
+        _record(folder, state="finished" if proc.returncode == 0 else "interrupted", exit_code=proc.returncode,
+                ended=now(), error=_last_line(err.read()))
         err.close()
 
 
 def subprocess_alive(rec: dict) -> bool | None:
-    if not re.fullmatch(r"[0-9]{1,12}", str(rec.get("job_id", ""))):
-        return False  # never started (a submission that did not happen), or not a pid
-    if rec.get("node", socket.gethostname()) != socket.gethostname():
-        return None
-    return pid_alive(int(rec["job_id"]))
+    return process_alive(rec)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,7 +558,7 @@ class GridTask(Checkpointable):
         finally:
             sys.argv, sys.stderr = saved_argv, saved_err
         if rank0:
-            update_job(self.folder, state="finished" if code == 0 else "failed", exit_code=code, ended=now(),
+            update_job(self.folder, state=end_state(code), exit_code=code, ended=now(),
                        **({"error": error} if code else {}))
         if code:
             raise RunFailed(f"exit {code}: {error}")
@@ -391,6 +576,17 @@ class GridTask(Checkpointable):
         update_job(self.folder, lambda r: r.update(requeues=r.get("requeues", 0) + 1), state="requeued",
                    requeued=now())
         return super().checkpoint(*args, **kwargs)
+
+
+def world_size(name: str, opts: Options) -> int:
+    """The processes each run of the grid has with executor `name`: one here, else the tasks per node times the
+    nodes (slurm_parameters), among which a run splits its batch."""
+    if name == "subprocess":
+        return 1
+    if name == "local":
+        return opts.tasks_per_node or 1
+    params = slurm_parameters(opts, 1)
+    return params["ntasks_per_node"] * (params.get("nodes") or 1)
 
 
 def job_python() -> str:
@@ -449,40 +645,65 @@ def _environment_defaults(**values):
 
 
 def run_submitit(name: str, runs: list, opts: Options) -> int:
-    """Submit the runs as submitit jobs (slurm: one array); return at once with 0 (2 when the submission fails),
-    or with opts.wait wait for them: 0, 1 when a run failed, 130 on Ctrl-C."""
-    if not runs:
-        return 0
+    """Submit the runs as submitit jobs (slurm: one array); return at once with 0 (1 when a run was refused, 2 when
+    the submission fails), or with opts.wait wait for them: 0, 1 when a run failed, 130 on Ctrl-C. Each run is
+    checked again (opts.check) and recorded as queued by this grid (its pid) under its job lock, so that another
+    grid does not submit it too; the job's own id and process replace the grid's once submitted."""
     from utils.errors import UsageError
-    cwd = os.getcwd()
+    cwd, me, host = os.getcwd(), os.getpid(), socket.gethostname()
+    todo, refused = [], 0
     try:
-        for folder, argv, _ in runs:
-            update_job(folder, new=True, executor=name, state="queued", submitted=now(), requeues=0, starts=[],
-                       command=argv)
+        for folder, argv, label in runs:
+            with job_lock(folder):
+                kind = _blocked(opts, folder, argv, label)
+                if kind:
+                    refused += kind == "refused"
+                    continue
+                update_job(folder, new=True, executor=name, state="queued", submitted=now(), requeues=0, starts=[],
+                           command=argv, pid=me, pid_start=process_start(me) or "", node=host)
+            todo.append((folder, argv, label))
     except UsageError as e:
+        for folder, _, _ in todo:
+            update_job(folder, state="failed", error="not submitted")
         print(f"error: {e}; nothing was submitted", file=sys.stderr)
         return 2
-    tasks = [GridTask(folder, argv, cwd, name) for folder, argv, _ in runs]
-    threads = max(1, (os.cpu_count() or 1) // (len(runs) * (opts.tasks_per_node or 1)))
+    if not todo:
+        return 1 if refused else 0
+    tasks = [GridTask(folder, argv, cwd, name) for folder, argv, _ in todo]
+    threads = max(1, (os.cpu_count() or 1) // (len(todo) * (opts.tasks_per_node or 1)))
     try:  # submitit prints sbatch's error output itself; the one line below says it
         with _environment_defaults(**({"OMP_NUM_THREADS": str(threads)} if name == "local" else {})), \
                 redirect_stderr(io.StringIO()):
-            ex = _make_executor(name, opts, len(runs))
+            ex = _make_executor(name, opts, len(todo))
             with ex.batch():
                 jobs = [ex.submit(t) for t in tasks]
     except Exception as e:  # sbatch refused the job (a partition, account or time limit it does not accept)
         error = _last_line(str(e)) or type(e).__name__
-        for folder, _, _ in runs:
+        for folder, _, _ in todo:
             update_job(folder, state="failed", error=f"submission failed: {error}")
         print(f"error: the {name} submission failed: {error}", file=sys.stderr)
         return 2
-    for job, (folder, _, label) in zip(jobs, runs):
-        update_job(folder, job_id=job.job_id, log=str(job.paths.stderr))
-        print(f"{label} submitted: {name} job {job.job_id}: {folder}", flush=True)
+    for job, (folder, _, label) in zip(jobs, todo):
+        process = {}  # slurm: squeue says whether the job lives, and its task records the node
+        if name == "local":  # the job's process (submitit's, which runs its tasks) owns the run from now on
+            pid = int(job.job_id)
+            process = {"pid": pid, "pid_start": process_start(pid) or "", "node": host}
+
+        def edit(r, process=process):
+            for k in ("pid", "pid_start") + (("node",) if r.get("state") == "queued" else ()):  # the grid's
+                r.pop(k, None)
+            r.update(process)
+
+        update_job(folder, edit, job_id=str(job.job_id), log=str(job.paths.stderr))
+        print(f"{label} submitted: {name} job {job.job_id}: {folder} (log: {job.paths.stderr})", flush=True)
     ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} run(s) as {name} job(s) {' '.join(ids)}; logs in {os.path.abspath(opts.folder)}; "
-          f"watch them with the same command and --status instead of --run", flush=True)
-    return _wait(name, jobs, runs) if opts.wait else 0
+    logs = sorted({str(j.paths.folder) for j in jobs})
+    where = logs[0] if len(logs) == 1 else f"{len(logs)} folders {os.path.commonpath(logs)}{os.sep}<job id>"
+    then = "waiting for them (Ctrl-C stops waiting)" if opts.wait else \
+        "watch them with the same command and --status instead of --run"
+    print(f"submitted {len(jobs)} run(s) as {name} job(s) {' '.join(ids)}; logs in {where}; {then}", flush=True)
+    code = _wait(name, jobs, todo) if opts.wait else 0
+    return code or (1 if refused else 0)
 
 
 def _wait(name: str, jobs: list, runs: list) -> int:
@@ -502,8 +723,9 @@ def _wait(name: str, jobs: list, runs: list) -> int:
                     print(f"failed (exit {rec.get('exit_code', '?')}): {folder}: {rec.get('error', '')}",
                           file=sys.stderr, flush=True)
             time.sleep(1)
-    except (KeyboardInterrupt, Signalled) as e:
-        signum = e.signum if isinstance(e, Signalled) else signal.SIGINT
+    except (KeyboardInterrupt, Signalled, Terminated) as e:
+        signum = e.signum if isinstance(e, Signalled) else signal.SIGTERM if isinstance(e, Terminated) else \
+            signal.SIGINT
         what = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped ({signal.Signals(signum).name})"
         if name == "local":
             for job, _ in left:
@@ -517,12 +739,12 @@ def _wait(name: str, jobs: list, runs: list) -> int:
 
 
 def local_alive(rec: dict) -> bool | None:
-    return subprocess_alive(rec)
+    return process_alive(rec)  # the job's process (submitit's, which runs its tasks), or the grid submitting it
 
 
 def slurm_alive(rec: dict) -> bool | None:
     if not rec.get("job_id"):
-        return False
+        return process_alive(rec) if rec.get("pid") else False  # the grid submitting it, until sbatch answers
     if not shutil.which("squeue"):
         return None
     try:

@@ -295,7 +295,40 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False) -> D
     spec = DATASETS[name]
     data = spec.load(data_dir, download)
     data.crop_padding, data.flip = spec.crop_padding, spec.flip
+    check_labels(data, data_dir if name == "cifar10-npz" else name)
     return data
+
+
+def class_list(classes) -> str:
+    """'3', '0 and 7', '0, 1 and 9' (at most 10 named, then the count)."""
+    names = [str(int(c)) for c in classes]
+    if len(names) > 10:
+        return f"{', '.join(names[:10])} and {len(names) - 10} more"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
+    """Every data set's labels, whatever loaded them: 1-D integers, one per image, within [0, num_classes), and at
+    least two classes among the training labels an epoch uses (the first `n_train`, all when 0): with one, a
+    classifier learns nothing and every number it reports is meaningless. Raises UsageError naming `where` and the
+    classes present."""
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise UsageError(f"{where}: the {split} labels must be 1-D integers, got {y.dtype} {tuple(y.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise UsageError(f"{where}: {y.shape[0]} {split} labels for {x.shape[0]} images")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
+            raise UsageError(f"{where}: the {split} labels must lie in [0, {data.num_classes}) ({data.name} has "
+                             f"{data.num_classes} classes), found {int(y.min())}..{int(y.max())}")
+    used = data.y_train[:train_size(data, n_train)]
+    present = torch.unique(used).tolist()
+    if len(present) < 2:
+        which = f"only class {class_list(present)}" if present else "no label"
+        first = f"the first {used.numel()} training labels (--n-train {n_train})" if n_train and \
+            used.numel() < data.y_train.numel() else "the training labels"
+        raise UsageError(f"{where}: {first} hold {which} ({data.name} has {data.num_classes} classes); training "
+                         f"needs at least two classes")
 
 
 # ----------------------------------------------------------------------------------------------------
