@@ -51,6 +51,8 @@ def bad_file(tmp, kind):
         return npz(p, y_train=(np.arange(40) % 10).astype(np.float32))
     if kind == "one-class":
         return npz(p, y_train=np.full(40, 3))
+    if kind == "first-one-class":  # ten classes, but the first 20 labels (what --n-train 20 trains on) are one
+        return npz(p, y_train=np.r_[np.full(20, 3), np.arange(20) % 10])
     if kind == "random-bytes":
         p.write_bytes(os.urandom(2000))
         return str(p)
@@ -120,7 +122,7 @@ BAD_INPUT = [
     ("part", ["--width", "100000"], 2, "[1, 1024]"),
     ("part", ["--cam-layer", "linear"], 2, "not a feature map"),
     ("part", ["--mask-source", "permuted", "--batch-size", "1"], 2, "at least 2 images per batch"),
-    ("part", ["--mask-source", "permuted", "--n-train", "1"], 2, "at least 2 training images"),
+    ("part", ["--mask-source", "permuted", "--n-train", "1"], 2, "training needs at least two classes"),
     ("part", ["--out", ""], 2, "must not be empty"),
     ("part", ["--eval-only", "TMP/garbage.pt", "--resume"], 2, "--resume would be ignored"),
     ("part", ["--resume", "--overwrite"], 2, "give one of them"),
@@ -133,7 +135,9 @@ BAD_INPUT = [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
     ("empty", "N, H, W > 0"), ("zero-size", "N, H, W > 0"), ("float-labels", "integer"),
     ("random-bytes", "not a readable"), ("truncated", "not a readable"), ("pickled", "not a readable"),
-    ("one-class", "training labels hold only class 3 (cifar10-npz has 10 classes)")]]
+    ("one-class", "training labels hold only class 3 (cifar10-npz has 10 classes)")]] + [
+    ("part", ["--data", "cifar10-npz", "--data-dir", "TMP/first-one-class.npz", "--n-train", "20"], 2,
+     "the first 20 training labels (--n-train 20) hold only class 3")]
 
 
 @pytest.mark.parametrize("variant,argv,code,word", BAD_INPUT, ids=[" ".join(c[1])[:40] for c in BAD_INPUT])
@@ -142,7 +146,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(300))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     for kind in ("float", "int16", "label999", "long-labels", "empty", "zero-size", "float-labels", "random-bytes",
-                 "truncated", "pickled", "one-class"):
+                 "truncated", "pickled", "one-class", "first-one-class"):
         bad_file(tmp_path, kind)
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "eval_last.json").write_text("{}")
