@@ -1,5 +1,6 @@
-"""The grid's run loop and its executors (tools/executors.py): flags after --, GPUs per job, interrupts, job.json,
---status, and the submitit path on the local executor (preemption and requeue, DDP with two tasks, failures)."""
+"""The grid's run loop and its executors (tools/executors.py; a run folder's state: tools/run_state.py): flags
+after --, GPUs per job, interrupts, job.json, --status, and the submitit path on the local executor (preemption and
+requeue, DDP with two tasks, failures)."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_scripts import same_weights, weights
-from tools import executors, grid
+from tools import executors, grid, run_state, studies
 from utils.config import parse, script_constants
 from utils.errors import UsageError
 
@@ -317,8 +318,8 @@ def test_each_job_gets_its_own_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(executors.subprocess, "Popen", Child)
     monkeypatch.setattr(executors.time, "sleep", lambda s: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
-                         str(tmp_path))
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], list(studies.STUDIES["mask-source"]), [1, 2],
+                            str(tmp_path))
     assert grid.run_all(cmds, opts=executors.Options(jobs=2, gpus=["0", "1"])) == 0
     assert sorted(c.gpu for c in started) == ["0"] * 4 + ["1"] * 4 and {c.threads for c in started} == {
         str(max(1, os.cpu_count() // 2))}
@@ -338,8 +339,8 @@ def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, c
     from utils.runs import RunFolder
     gone = dead_pid()
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path))
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path))
     executors.update_job(cmds[0][0], new=True, executor="local", **me(state="running"))
     lock = RunFolder(cmds[1][0])  # a run in progress here, without job.json (as an older grid's runs)
     try:
@@ -358,8 +359,8 @@ def test_a_pid_that_now_belongs_to_another_process_does_not_own_the_run(tmp_path
     """job.json names a process by pid and start time: a live process that got the pid since (another start time;
     for an older record without one, another command line) is not the run's, and the run starts. The run's own
     process does own it, and the grid says how to stop it."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     sleep = ["-c", "import time; time.sleep(120)"]
     other = subprocess.Popen([sys.executable, *sleep])
@@ -395,8 +396,8 @@ def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path
     """Grid A decides about each run again, under the run folder's job lock, right before it starts it: a run that
     grid B finished meanwhile is skipped as finished (its job.json left as B wrote it, not marked failed), and one
     that B started meanwhile is left to B."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
     (first, _), (second, second_argv), (third, _) = cmds
     calls = []
 
@@ -448,8 +449,8 @@ def test_a_record_whose_job_ended_without_saying_so_is_settled(tmp_path, capsys)
     """The grid was killed (kill -9) and its child went on to finish, or died too: job.json's 'running' is made true
     again by the next --status or --run: finished when results.json is there, else interrupted (which the same
     command resumes)."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (done, done_argv), (cut, cut_argv) = cmds
     for folder in (done, cut):
         executors.update_job(folder, new=True, executor="subprocess", job_id=str(dead_pid()), node=socket.gethostname(),
@@ -457,9 +458,10 @@ def test_a_record_whose_job_ended_without_saying_so_is_settled(tmp_path, capsys)
     with open(os.path.join(done, "results.json"), "w") as f:
         json.dump(record(parse("part", script_constants(PART), done_argv[2:])[0]), f)
     open(os.path.join(cut, "last.pt"), "w").close()
-    assert grid.run_status(done, done_argv) == ("finished", "")
-    assert grid.run_status(cut, cut_argv)[0] == "interrupted" and "--run resumes it" in grid.run_status(cut, cut_argv)[1]
-    assert executors.owner(done) is None and executors.read_job(done)["state"] == "finished"
+    assert run_state.run_status(done, done_argv) == ("finished", "")
+    assert run_state.run_status(cut, cut_argv)[0] == "interrupted" and \
+        "--run resumes it" in run_state.run_status(cut, cut_argv)[1]
+    assert run_state.owner(done) is None and executors.read_job(done)["state"] == "finished"
     rec = executors.read_job(cut)
     assert rec["state"] == "interrupted" and rec["exit_code"] is None and "ended without a record" in rec["error"]
 
@@ -484,8 +486,8 @@ def test_a_local_submission_names_its_job_ids_and_log_folders(tmp_path, capsys, 
             return jobs[-1]
 
     monkeypatch.setattr(executors, "_make_executor", lambda name, opts, n: Executor())
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     opts = executors.Options(folder=str(tmp_path / "submitit" / "%j"))
     assert grid.run_all(cmds, executor="local", opts=opts) == 0
     out = capsys.readouterr().out
@@ -497,8 +499,8 @@ def test_a_local_submission_names_its_job_ids_and_log_folders(tmp_path, capsys, 
 
 def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch, capsys):
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
     (at_folder, at_argv), (cam_folder, _), (official_folder, official_argv) = cmds
     os.makedirs(at_folder)
     with open(os.path.join(at_folder, "results.json"), "w") as f:
@@ -516,8 +518,8 @@ def test_a_folder_the_run_would_refuse_is_not_started_and_the_grid_says_what_to_
     refuse the folder with advice the grid cannot follow, such as --resume or --overwrite), says why and what to do,
     and exits 1; --status says the same."""
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     os.makedirs(folder)
     cfg = parse("part", script_constants(PART), argv[2:])[0]
@@ -542,7 +544,7 @@ def test_a_folder_the_run_would_refuse_is_not_started_and_the_grid_says_what_to_
             else:
                 assert "move that folder away (or delete it), or give another --root or --tag" in err, err
             assert "--overwrite" not in err and "add --resume" not in err
-            state, detail = grid.run_status(folder, argv)
+            state, detail = run_state.run_status(folder, argv)
             assert state == ("damaged" if "damaged" in word else "failed") and word in detail, (state, detail)
             if with_last:
                 os.remove(os.path.join(folder, "last.pt"))
@@ -568,8 +570,8 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
     list, requeues that are text) or a pid past any real one: read as no record (so neither owner() nor --status
     raises), and the grid starts the run; a live job's record that is whole still keeps the run from starting."""
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     os.makedirs(folder)
     mine = me(executor="subprocess", state="running")
@@ -582,13 +584,13 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
             assert executors.read_job(folder)["job_id"] == damage["job_id"] and not executors.pid_alive(10 ** 30)
         else:
             assert executors.read_job(folder) == {}, damage
-        assert executors.owner(folder) is None and \
-            grid.run_status(folder, argv)[0] in ("not started", "failed", "interrupted")
+        assert run_state.owner(folder) is None and \
+            run_state.run_status(folder, argv)[0] in ("not started", "failed", "interrupted")
         calls.clear()
         assert grid.run_all(cmds, jobs=1) == 0 and len(calls) == 1, damage
     with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
         json.dump(mine, f)
-    assert "owns it" in executors.owner(folder)
+    assert "owns it" in run_state.owner(folder)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -596,8 +598,8 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
 # ----------------------------------------------------------------------------------------------------
 def test_status_names_the_state_of_every_run(tmp_path, capsys):
     args = [*GRID, "--seeds", "1", "2", "--root", str(tmp_path), "--tag", ""]
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
-                         str(tmp_path), tag="")
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], list(studies.STUDIES["mask-source"]), [1, 2],
+                            str(tmp_path), tag="")
     folders = {os.path.basename(f): f for f, _ in cmds}
     for f in folders.values():
         os.makedirs(f)

@@ -9,7 +9,7 @@ Every run folder gets job.json: the executor, job id, node, the process that own
 that a pid reused by another process is not taken for the run's), start times, requeues, state (queued, running,
 requeued, finished, failed, interrupted), exit code and the last line of the run's error output. It is written under
 the folder's job lock (.job.lock), under which a grid also decides to start the run; a record whose job ended without
-saying so (kill -9) is made true again by the next look at it (`settle`). Under submitit a run is a
+saying so (kill -9) is made true again by the next look at it (tools/run_state.py: `settle`). Under submitit a run is a
 Checkpointable task: on the preemption or time-limit signal (USR2) it is requeued and resumes from its last.pt,
 which is exact; a run that fails (bad input, a crash) is not requeued. A task of several processes (--tasks-per-node,
 --slurm-nodes) exports the distributed environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from
@@ -58,7 +58,7 @@ class Options:
     folder: str = "runs/submitit"  # submitit's job files and logs (%j: the job id)
     # (folder, argv) -> None when the run may start now, else (kind, message): kind "finished" (done already),
     # "owned" (another live job or process runs it) or "refused" (it must not start: counted as a failure). Called
-    # under the run folder's job lock right before each run is started or submitted (tools/grid.py: `blocker`).
+    # under the run folder's job lock right before each run is started or submitted (tools/run_state.py: `blocker`).
     check: Callable | None = None
 
 
@@ -74,7 +74,7 @@ JOB_FIELDS = {"state": str, "executor": str, "job_id": str, "node": str, "log": 
               "ended": str, "requeued": str, "requeues": int, "tasks": int, "exit_code": (int, type(None)),
               "starts": list, "command": list, "pid": int, "pid_start": str}
 # job.json's states: LIVE_STATES, then finished, failed, and interrupted (stopped by a signal, or found dead without a
-# record by `settle`: the same command resumes it)
+# record by tools/run_state.py `settle`: the same command resumes it)
 INTERRUPTED_CODES = (128 + signal.SIGHUP, 128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGHUP, -signal.SIGINT,
                      -signal.SIGTERM)
 
@@ -152,12 +152,6 @@ def _record(folder: str, **fields) -> None:
         update_job(folder, **fields)
     except UsageError as e:
         print(f"warning: {e}", file=sys.stderr, flush=True)
-
-
-def script_variant(script: str) -> str:
-    """The method variant (a key of METHODS) of a training script, given by its path."""
-    from utils.methods import METHODS
-    return next(v for v, m in METHODS.items() if m.script == os.path.basename(script))
 
 
 def with_resume(folder: str, argv: list) -> list:
@@ -257,55 +251,6 @@ def lock_holder(folder: str) -> int | None:
         if len(dev_inode) == 3 and int(dev_inode[2]) == st.st_ino and \
                 (int(dev_inode[0], 16), int(dev_inode[1], 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
             return int(parts[4])
-    return None
-
-
-def settle(folder: str) -> dict:
-    """The run folder's job record, made true again where it claims a live state (queued, running, requeued) whose
-    job has ended without saying so (the grid or the job was killed, a node failed): no process holds the run
-    folder's lock and the executor says the job is gone. Such a record becomes 'finished' when the folder holds
-    results.json, else 'interrupted' (the same command resumes it), and is written back where the folder can be
-    written (only if nobody changed it meanwhile). Returns the record."""
-    from utils.errors import UsageError
-    rec = read_job(folder)
-    if rec.get("state") not in LIVE_STATES or rec.get("executor") not in EXECUTORS or lock_holder(folder):
-        return rec
-    if EXECUTORS[rec["executor"]].alive(rec) is not False:
-        return rec
-    mark = {k: rec.get(k) for k in ("state", "job_id", "pid", "pid_start", "starts")}
-    done = os.path.isfile(os.path.join(folder, "results.json"))
-    change = {"state": "finished" if done else "interrupted", "exit_code": None, "ended": now(),
-              **({} if done else {"error": f"{rec['executor']} job {rec.get('job_id', '?')} ended without a record "
-                                           f"(the grid or the job was killed?)"})}
-
-    def edit(r):
-        if {k: r.get(k) for k in mark} == mark:
-            r.update(change)
-
-    try:
-        return update_job(folder, edit)
-    except UsageError:  # a folder that cannot be written: the truth, unrecorded
-        return {**rec, **change}
-
-
-def owner(folder: str) -> str | None:
-    """Why the run in `folder` must not be started now (another live job or process owns it, and how to stop it),
-    or None. A record of a job that has ended is settled (`settle`) on the way."""
-    pid = lock_holder(folder)
-    if pid:
-        return (f"process {pid} is running it (it holds {os.path.join(folder, '.lock')}); wait for it, or stop it "
-                f"(kill {pid}) and run the same command again")
-    rec = settle(folder)
-    if rec.get("state") in LIVE_STATES and rec.get("executor") in EXECUTORS:
-        alive = EXECUTORS[rec["executor"]].alive(rec)
-        what = f"{rec['executor']} job {rec.get('job_id', '?')}"
-        stop = f"scancel {rec['job_id']}" if rec["executor"] == "slurm" and rec.get("job_id") else \
-            f"kill {rec.get('pid') or rec.get('job_id')}"
-        if alive:
-            return f"{what} owns it ({rec['state']}); wait for it, or stop it ({stop}) and run the same command again"
-        if alive is None:
-            return (f"{what} may own it ({rec['state']}), which cannot be checked from {socket.gethostname()}; "
-                    f"delete {os.path.join(folder, JOB_FILE)} to start it anyway")
     return None
 
 
@@ -541,6 +486,7 @@ class GridTask(Checkpointable):
         if rank0:
             update_job(self.folder, self._started, executor=self.executor, job_id=env.job_id, node=env.hostname,
                        tasks=env.num_tasks, log=str(env.paths.stderr))
+        from tools.studies import script_variant
         from utils.config import script_constants
         from utils.entry import main
         script = os.path.join(ROOT, os.path.basename(self.argv[1]))
