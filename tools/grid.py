@@ -42,8 +42,10 @@ import shlex  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from models import MODELS  # noqa: E402
-from tools.executors import EXECUTORS, Options, check_gpus, slurm_script, world_size  # noqa: E402
+from tools.executors import EXECUTORS, Options, world_size  # noqa: E402
+from tools.gpus import check_gpus  # noqa: E402
 from tools.run_state import blocker, preflight, show_status  # noqa: E402
+from tools.slurm import slurm_script  # noqa: E402
 from tools.studies import DEFAULT_ROWS, STUDIES, check_extra, commands, folder_tag  # noqa: E402
 from utils.data import DATASETS  # noqa: E402
 
@@ -162,7 +164,7 @@ SLURM_FLAGS = {
 
 def _gpu_id(text: str) -> str:
     """One GPU as CUDA_VISIBLE_DEVICES names it: an index or a GPU-/MIG- UUID (checked against the machine with
-    --run: executors.check_gpus). Not -1 (no GPU), and not a comma list: a job is one process on one GPU."""
+    --run: gpus.check_gpus). Not -1 (no GPU), and not a comma list: a job is one process on one GPU."""
     one = r"[0-9]+|(?:GPU|MIG)-[A-Za-z0-9_./:-]+"
     if re.fullmatch(f"(?:{one})(?:,(?:{one}))+", text):
         raise argparse.ArgumentTypeError(f"{text!r} names several GPUs for one job, which would use only the first; "

@@ -11,7 +11,8 @@ import os
 import re
 import socket
 
-from tools.executors import EXECUTORS, JOB_FILE, LIVE_STATES, lock_holder, now, read_job, update_job
+from tools.executors import EXECUTORS
+from tools.jobs import JOB_FILE, LIVE_STATES, lock_holder, now, read_job, update_job
 from tools.studies import script_variant
 
 
