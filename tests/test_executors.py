@@ -1,5 +1,6 @@
-"""The grid's run loop and its executors (tools/executors.py): flags after --, GPUs per job, interrupts, job.json,
---status, and the submitit path on the local executor (preemption and requeue, DDP with two tasks, failures)."""
+"""The grid's run loop and its executors (tools/executors.py; job.json: tools/jobs.py; a run folder's state:
+tools/run_state.py): flags after --, GPUs per job, interrupts, job.json, --status, and the submitit path on the local
+executor (preemption and requeue, DDP with two tasks, failures)."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_scripts import same_weights, weights
-from tools import executors, grid
+from tools import executors, gpus, grid, jobs, run_state, studies
 from utils.config import parse, script_constants
 from utils.errors import UsageError
 
@@ -45,7 +46,7 @@ def dead_pid() -> int:
 
 def me(**fields) -> dict:
     """job.json fields that name this process (the test) as a run's live job on this machine."""
-    return dict(job_id=str(os.getpid()), pid=os.getpid(), pid_start=executors.process_start(os.getpid()),
+    return dict(job_id=str(os.getpid()), pid=os.getpid(), pid_start=jobs.process_start(os.getpid()),
                 node=socket.gethostname(), **fields)
 
 
@@ -169,25 +170,25 @@ def test_gpus_are_checked_against_the_gpus_this_process_may_use(tmp_path, capsys
     another machine) checks nothing."""
     calls = started(monkeypatch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(executors, "visible_gpus", lambda: ["0", "1"])
-    monkeypatch.setattr(executors, "gpu_uuids", lambda: ["GPU-1234-aaaa", "GPU-1299-bbbb", "MIG-77"])
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(gpus, "gpu_uuids", lambda: ["GPU-1234-aaaa", "GPU-1299-bbbb", "MIG-77"])
     run = [*GRID, "--root", str(tmp_path), "--run", "--gpus"]
-    for gpus, word in ((["2"], "--gpus 2: this machine shows 2 GPU(s) (0 to 1)"),
+    for ids, word in ((["2"], "--gpus 2: this machine shows 2 GPU(s) (0 to 1)"),
                        (["0", "GPU-abc"], "--gpus GPU-abc: no GPU of this machine has that UUID"),
                        (["GPU-12"], "--gpus GPU-12: no GPU"),  # a prefix of two UUIDs names neither
                        (["MIG-7"], None), (["GPU-1234-aaaa", "1"], None), (["0", "GPU-129"], None)):
         if word:
-            assert word in refused(capsys, [*run, *gpus]) and calls == []
+            assert word in refused(capsys, [*run, *ids]) and calls == []
         else:
-            assert grid.main([*run, *gpus]) == 0 and len(calls) == 4, gpus
+            assert grid.main([*run, *ids]) == 0 and len(calls) == 4, ids
             calls.clear()
             capsys.readouterr()
     assert grid.main([*GRID, "--gpus", "7"]) == 0  # only printed
-    monkeypatch.setattr(executors, "visible_gpus", lambda: [])
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: [])
     assert "--gpus 0: this process sees no GPU (torch.cuda finds none)" in refused(capsys, [*run, "0"])
     assert "this process sees no GPU" in refused(capsys, [*run, "GPU-1234-aaaa"])  # nvidia-smi's, but torch's none
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ["3", "5"])
     assert "only the GPUs CUDA_VISIBLE_DEVICES names (3, 5)" in refused(capsys, [*run, "0"])
     assert "only the GPUs CUDA_VISIBLE_DEVICES names" in refused(capsys, [*run, "GPU-1234-aaaa"])
     assert grid.main([*run, "5"]) == 0 and len(calls) == 4
@@ -271,7 +272,7 @@ def test_slurm_submission_status_and_owner_with_stand_in_slurm_commands(tmp_path
     assert grid.main(argv) == 0
     assert "submitted 2 run(s) as slurm job(s) 4242" in capsys.readouterr().out
     folders = [str(tmp_path / "runs" / "synthetic-resnet18" / f"{row}-seed1") for row in ("AT", "PART-cam")]
-    recs = [executors.read_job(f) for f in folders]
+    recs = [jobs.read_job(f) for f in folders]
     assert [(r["executor"], r["state"], r["job_id"]) for r in recs] == [("slurm", "queued", f"4242_{i}")
                                                                          for i in range(2)]
     script = "".join(p.read_text() for p in (tmp_path / "runs" / "submitit").rglob("*_submission.sh"))
@@ -288,7 +289,7 @@ def test_slurm_submission_status_and_owner_with_stand_in_slurm_commands(tmp_path
     assert grid.main(status) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "2 runs: 2 interrupted" and "--run starts it again" in out[0] and "ended without a record" in out[0]
-    assert [executors.read_job(f)["state"] for f in folders] == ["interrupted"] * 2  # job.json says so too
+    assert [jobs.read_job(f)["state"] for f in folders] == ["interrupted"] * 2  # job.json says so too
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,12 +318,12 @@ def test_each_job_gets_its_own_gpu(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(executors.subprocess, "Popen", Child)
     monkeypatch.setattr(executors.time, "sleep", lambda s: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
-                         str(tmp_path))
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], list(studies.STUDIES["mask-source"]), [1, 2],
+                            str(tmp_path))
     assert grid.run_all(cmds, opts=executors.Options(jobs=2, gpus=["0", "1"])) == 0
     assert sorted(c.gpu for c in started) == ["0"] * 4 + ["1"] * 4 and {c.threads for c in started} == {
         str(max(1, os.cpu_count() // 2))}
-    monkeypatch.setattr(executors, "visible_gpus", lambda: ["3", "5"])  # default: every visible GPU
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ["3", "5"])  # default: every visible GPU
     started.clear()
     assert grid.run_all(cmds, jobs=2) == 0 and sorted({c.gpu for c in started}) == ["3", "5"]
     started.clear()
@@ -338,9 +339,9 @@ def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, c
     from utils.runs import RunFolder
     gone = dead_pid()
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path))
-    executors.update_job(cmds[0][0], new=True, executor="local", **me(state="running"))
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path))
+    jobs.update_job(cmds[0][0], new=True, executor="local", **me(state="running"))
     lock = RunFolder(cmds[1][0])  # a run in progress here, without job.json (as an older grid's runs)
     try:
         assert grid.run_all(cmds) == 0
@@ -349,7 +350,7 @@ def test_a_run_another_live_job_or_process_owns_is_not_started_twice(tmp_path, c
     out = capsys.readouterr().out
     assert f"local job {os.getpid()} owns it (running)" in out and f"process {os.getpid()} is running it" in out
     assert [c[c.index("--out") + 1] for c in calls] == [cmds[2][0]]
-    executors.update_job(cmds[0][0], job_id=str(gone), pid=gone)  # its job is gone: the run starts
+    jobs.update_job(cmds[0][0], job_id=str(gone), pid=gone)  # its job is gone: the run starts
     calls.clear()
     assert grid.run_all(cmds[:1]) == 0 and len(calls) == 1
 
@@ -358,22 +359,22 @@ def test_a_pid_that_now_belongs_to_another_process_does_not_own_the_run(tmp_path
     """job.json names a process by pid and start time: a live process that got the pid since (another start time;
     for an older record without one, another command line) is not the run's, and the run starts. The run's own
     process does own it, and the grid says how to stop it."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     sleep = ["-c", "import time; time.sleep(120)"]
     other = subprocess.Popen([sys.executable, *sleep])
     twin = subprocess.Popen([sys.executable, *sleep, *argv[2:]])  # the command line an older record names
     calls = started(monkeypatch)
     try:
-        wait_for(lambda: executors.process_start(other.pid) and executors.process_start(twin.pid), 60)
+        wait_for(lambda: jobs.process_start(other.pid) and jobs.process_start(twin.pid), 60)
         base = dict(executor="subprocess", node=socket.gethostname(), state="running", starts=["x"], command=argv)
         for rec, owned in ((dict(job_id=str(other.pid), pid=other.pid, pid_start="boot:1"), False),  # pid reused
                            (dict(job_id=str(other.pid)), False),  # an older record: another command line
                            (dict(job_id=str(twin.pid), command=["python", *sleep, *argv[2:]]), True),  # its command
                            (dict(job_id=str(other.pid), pid=other.pid,
-                                 pid_start=executors.process_start(other.pid)), True)):
-            executors.update_job(folder, new=True, **{**base, **rec})
+                                 pid_start=jobs.process_start(other.pid)), True)):
+            jobs.update_job(folder, new=True, **{**base, **rec})
             calls.clear()
             capsys.readouterr()
             assert grid.run_all(cmds) == 0
@@ -384,7 +385,7 @@ def test_a_pid_that_now_belongs_to_another_process_does_not_own_the_run(tmp_path
                 assert f"subprocess job {rec['job_id']} owns it (running); wait for it, or stop it (kill {pid}) and " \
                        f"run the same command again" in out and "1 run(s) left to the jobs" in out
             else:
-                assert executors.read_job(folder)["job_id"] == "0"  # the grid's own (stand-in) child now
+                assert jobs.read_job(folder)["job_id"] == "0"  # the grid's own (stand-in) child now
     finally:
         for p in (other, twin):
             p.kill()
@@ -395,8 +396,8 @@ def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path
     """Grid A decides about each run again, under the run folder's job lock, right before it starts it: a run that
     grid B finished meanwhile is skipped as finished (its job.json left as B wrote it, not marked failed), and one
     that B started meanwhile is left to B."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
     (first, _), (second, second_argv), (third, _) = cmds
     calls = []
 
@@ -408,8 +409,8 @@ def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path
             os.makedirs(second, exist_ok=True)
             with open(os.path.join(second, "results.json"), "w") as f:
                 json.dump(record(parse("part", script_constants(PART), second_argv[2:])[0]), f)
-            executors.update_job(second, new=True, executor="subprocess", job_id="1", state="finished", exit_code=0)
-            executors.update_job(third, new=True, executor="subprocess", command=["x"], **me(state="running"))
+            jobs.update_job(second, new=True, executor="subprocess", job_id="1", state="finished", exit_code=0)
+            jobs.update_job(third, new=True, executor="subprocess", command=["x"], **me(state="running"))
 
         def poll(self):
             return 0
@@ -419,7 +420,7 @@ def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path
     out = capsys.readouterr().out
     assert len(calls) == 1 and calls[0][calls[0].index("--out") + 1] == first
     assert f"[2/3] finished already: {second}" in out and f"[3/3] not started: {third}: subprocess job" in out
-    assert executors.read_job(second)["state"] == "finished" and executors.read_job(third)["state"] == "running"
+    assert jobs.read_job(second)["state"] == "finished" and jobs.read_job(third)["state"] == "running"
 
 
 def test_the_job_lock_keeps_a_second_grid_out_while_one_decides(tmp_path):
@@ -429,16 +430,16 @@ def test_the_job_lock_keeps_a_second_grid_out_while_one_decides(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {ROOT!r})
-from tools import executors
-with executors.job_lock({folder!r}):
+from tools import jobs
+with jobs.job_lock({folder!r}):
     print("held", flush=True)
     time.sleep(1.5)
-    executors.update_job({folder!r}, new=True, executor="subprocess", job_id="1", state="running")
+    jobs.update_job({folder!r}, new=True, executor="subprocess", job_id="1", state="running")
 """], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         t = time.time()
-        rec = executors.update_job(folder, requeues=3)
+        rec = jobs.update_job(folder, requeues=3)
         assert time.time() - t > 1 and rec["job_id"] == "1" and rec["requeues"] == 3
     finally:
         holder.wait(timeout=60)
@@ -448,19 +449,20 @@ def test_a_record_whose_job_ended_without_saying_so_is_settled(tmp_path, capsys)
     """The grid was killed (kill -9) and its child went on to finish, or died too: job.json's 'running' is made true
     again by the next --status or --run: finished when results.json is there, else interrupted (which the same
     command resumes)."""
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (done, done_argv), (cut, cut_argv) = cmds
     for folder in (done, cut):
-        executors.update_job(folder, new=True, executor="subprocess", job_id=str(dead_pid()), node=socket.gethostname(),
+        jobs.update_job(folder, new=True, executor="subprocess", job_id=str(dead_pid()), node=socket.gethostname(),
                              state="running", starts=["x"])
     with open(os.path.join(done, "results.json"), "w") as f:
         json.dump(record(parse("part", script_constants(PART), done_argv[2:])[0]), f)
     open(os.path.join(cut, "last.pt"), "w").close()
-    assert grid.run_status(done, done_argv) == ("finished", "")
-    assert grid.run_status(cut, cut_argv)[0] == "interrupted" and "--run resumes it" in grid.run_status(cut, cut_argv)[1]
-    assert executors.owner(done) is None and executors.read_job(done)["state"] == "finished"
-    rec = executors.read_job(cut)
+    assert run_state.run_status(done, done_argv) == ("finished", "")
+    assert run_state.run_status(cut, cut_argv)[0] == "interrupted" and \
+        "--run resumes it" in run_state.run_status(cut, cut_argv)[1]
+    assert run_state.owner(done) is None and jobs.read_job(done)["state"] == "finished"
+    rec = jobs.read_job(cut)
     assert rec["state"] == "interrupted" and rec["exit_code"] is None and "ended without a record" in rec["error"]
 
 
@@ -484,21 +486,21 @@ def test_a_local_submission_names_its_job_ids_and_log_folders(tmp_path, capsys, 
             return jobs[-1]
 
     monkeypatch.setattr(executors, "_make_executor", lambda name, opts, n: Executor())
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     opts = executors.Options(folder=str(tmp_path / "submitit" / "%j"))
     assert grid.run_all(cmds, executor="local", opts=opts) == 0
     out = capsys.readouterr().out
     assert "%j" not in out and f"(log: {tmp_path}/submitit/{os.getpid()}/{os.getpid()}_0_log.err)" in out, out
     assert f"logs in 2 folders {tmp_path}/submitit/<job id>;" in out
-    rec = executors.read_job(cmds[0][0])
-    assert rec["pid"] == os.getpid() and rec["pid_start"] == executors.process_start(os.getpid())
+    rec = jobs.read_job(cmds[0][0])
+    assert rec["pid"] == os.getpid() and rec["pid_start"] == jobs.process_start(os.getpid())
 
 
 def test_grid_runs_skip_finished_and_resume_interrupted(tmp_path, monkeypatch, capsys):
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
-                         str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT", "PART-cam", "PART-official"], [1],
+                            str(tmp_path), ["--epochs", "2", "--warm-up", "1"])
     (at_folder, at_argv), (cam_folder, _), (official_folder, official_argv) = cmds
     os.makedirs(at_folder)
     with open(os.path.join(at_folder, "results.json"), "w") as f:
@@ -516,8 +518,8 @@ def test_a_folder_the_run_would_refuse_is_not_started_and_the_grid_says_what_to_
     refuse the folder with advice the grid cannot follow, such as --resume or --overwrite), says why and what to do,
     and exits 1; --status says the same."""
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     os.makedirs(folder)
     cfg = parse("part", script_constants(PART), argv[2:])[0]
@@ -542,7 +544,7 @@ def test_a_folder_the_run_would_refuse_is_not_started_and_the_grid_says_what_to_
             else:
                 assert "move that folder away (or delete it), or give another --root or --tag" in err, err
             assert "--overwrite" not in err and "add --resume" not in err
-            state, detail = grid.run_status(folder, argv)
+            state, detail = run_state.run_status(folder, argv)
             assert state == ("damaged" if "damaged" in word else "failed") and word in detail, (state, detail)
             if with_last:
                 os.remove(os.path.join(folder, "last.pt"))
@@ -568,27 +570,27 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
     list, requeues that are text) or a pid past any real one: read as no record (so neither owner() nor --status
     raises), and the grid starts the run; a live job's record that is whole still keeps the run from starting."""
     calls = started(monkeypatch)
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
-                         ["--epochs", "2", "--warm-up", "1"])
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1], str(tmp_path),
+                            ["--epochs", "2", "--warm-up", "1"])
     (folder, argv), = cmds
     os.makedirs(folder)
     mine = me(executor="subprocess", state="running")
     for damage in ({"executor": ["subprocess"]}, {"executor": {"a": 1}}, {"state": ["running"]}, {"requeues": "many"},
                    {"job_id": 7}, {"starts": "x"}, {"exit_code": "2"}, {"tasks": True}, {"job_id": "9" * 30},
                    {"job_id": "\u00b2"}, {"job_id": "9" * 5000}, {"pid": "12"}, {"pid": True}, {"pid_start": 7}):
-        with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
+        with open(os.path.join(folder, jobs.JOB_FILE), "w") as f:
             json.dump({**{k: v for k, v in mine.items() if k not in ("pid", "pid_start")}, **damage}, f)
         if "job_id" in damage and isinstance(damage["job_id"], str):  # a record of ours, but no pid: not alive
-            assert executors.read_job(folder)["job_id"] == damage["job_id"] and not executors.pid_alive(10 ** 30)
+            assert jobs.read_job(folder)["job_id"] == damage["job_id"] and not jobs.pid_alive(10 ** 30)
         else:
-            assert executors.read_job(folder) == {}, damage
-        assert executors.owner(folder) is None and \
-            grid.run_status(folder, argv)[0] in ("not started", "failed", "interrupted")
+            assert jobs.read_job(folder) == {}, damage
+        assert run_state.owner(folder) is None and \
+            run_state.run_status(folder, argv)[0] in ("not started", "failed", "interrupted")
         calls.clear()
         assert grid.run_all(cmds, jobs=1) == 0 and len(calls) == 1, damage
-    with open(os.path.join(folder, executors.JOB_FILE), "w") as f:
+    with open(os.path.join(folder, jobs.JOB_FILE), "w") as f:
         json.dump(mine, f)
-    assert "owns it" in executors.owner(folder)
+    assert "owns it" in run_state.owner(folder)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -596,8 +598,8 @@ def test_a_damaged_job_record_is_read_as_none_and_the_run_is_started(tmp_path, m
 # ----------------------------------------------------------------------------------------------------
 def test_status_names_the_state_of_every_run(tmp_path, capsys):
     args = [*GRID, "--seeds", "1", "2", "--root", str(tmp_path), "--tag", ""]
-    cmds = grid.commands("mask-source", ["synthetic"], ["resnet18"], list(grid.STUDIES["mask-source"]), [1, 2],
-                         str(tmp_path), tag="")
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], list(studies.STUDIES["mask-source"]), [1, 2],
+                            str(tmp_path), tag="")
     folders = {os.path.basename(f): f for f, _ in cmds}
     for f in folders.values():
         os.makedirs(f)
@@ -609,12 +611,12 @@ def test_status_names_the_state_of_every_run(tmp_path, capsys):
         f.write("epoch,phase\n1,warm-up\n")
     with open(os.path.join(folders["PART-cam-seed1"], "config.json"), "w") as f:
         json.dump({"epochs": 80}, f)
-    executors.update_job(folders["PART-cam-seed1"], executor="subprocess", **me(state="running"))
-    executors.update_job(folders["PART-official-seed1"], executor="local", **me(state="queued"))
-    executors.update_job(folders["PART-permuted-seed1"], executor="local", **me(state="requeued", requeues=2))
-    executors.update_job(folders["AT-seed2"], executor="local", job_id="1", state="failed", exit_code=2,
+    jobs.update_job(folders["PART-cam-seed1"], executor="subprocess", **me(state="running"))
+    jobs.update_job(folders["PART-official-seed1"], executor="local", **me(state="queued"))
+    jobs.update_job(folders["PART-permuted-seed1"], executor="local", **me(state="requeued", requeues=2))
+    jobs.update_job(folders["AT-seed2"], executor="local", job_id="1", state="failed", exit_code=2,
                          error="error: no data at x.npz")
-    executors.update_job(folders["PART-cam-seed2"], executor="subprocess", job_id=str(dead_pid()), node=host,
+    jobs.update_job(folders["PART-cam-seed2"], executor="subprocess", job_id=str(dead_pid()), node=host,
                          state="running")
     with open(os.path.join(folders["PART-cam-seed2"], "log.txt"), "w") as f:
         f.write("2026-01-01 00:00:00 epoch   1  warm-up\n\n")
@@ -631,7 +633,7 @@ def test_status_names_the_state_of_every_run(tmp_path, capsys):
     # its process died without a record (the grid and its child killed): interrupted, as the next --run takes it
     assert state["PART-cam-seed2"].startswith("interrupted ") and "ended without a record" in state["PART-cam-seed2"] \
         and "--run starts it again" in state["PART-cam-seed2"] and state["PART-cam-seed2"].endswith("epoch   1  warm-up")
-    assert executors.read_job(folders["PART-cam-seed2"])["state"] == "interrupted"  # and job.json says so now
+    assert jobs.read_job(folders["PART-cam-seed2"])["state"] == "interrupted"  # and job.json says so now
     assert state["PART-official-seed2"].startswith("interrupted ")
     assert "--run resumes it" in state["PART-official-seed2"]
     assert state["PART-permuted-seed2"].startswith("not started ")
@@ -677,7 +679,7 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
     folder = str(tmp_path / "runs" / "synthetic-resnet18" / "AT-seed1")
 
     def stopped():
-        pid = executors.read_job(folder).get("job_id")
+        pid = jobs.read_job(folder).get("job_id")
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return f.read().rsplit(")", 1)[1].split()[0] == "T"
@@ -692,10 +694,10 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
         err = p.communicate(timeout=300)[1].strip()
         assert p.returncode == code and "\n" not in err and "Traceback" not in err, err
         assert "the same command resumes them" in err
-        rec = executors.read_job(folder)
+        rec = jobs.read_job(folder)
         # recorded as interrupted (not failed): the same command resumes it
-        assert rec["state"] == "interrupted" and rec["exit_code"] == code and not executors.pid_alive(rec["pid"])
-        assert executors.lock_holder(folder) is None
+        assert rec["state"] == "interrupted" and rec["exit_code"] == code and not jobs.pid_alive(rec["pid"])
+        assert jobs.lock_holder(folder) is None
         assert "--resume" in rec["error"]  # the child's own last line: how to continue
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
@@ -718,7 +720,7 @@ def test_after_kill_9_of_the_grid_status_and_job_json_tell_what_is_true(tmp_path
     folder = str(root / "synthetic-resnet18" / "AT-seed1")
 
     def stopped_child():
-        pid = executors.read_job(folder).get("pid")
+        pid = jobs.read_job(folder).get("pid")
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return pid if f.read().rsplit(")", 1)[1].split()[0] == "T" else None
@@ -737,17 +739,17 @@ def test_after_kill_9_of_the_grid_status_and_job_json_tell_what_is_true(tmp_path
         child = stopped_child()
         p.kill()
         p.wait()
-        assert executors.read_job(folder)["state"] == "running" and executors.pid_alive(child)
+        assert jobs.read_job(folder)["state"] == "running" and jobs.pid_alive(child)
         assert state().startswith("running ")  # its child still holds the run
         os.kill(child, signal.SIGKILL if kill_child else signal.SIGCONT)
-        wait_for(lambda: not executors.pid_alive(child))
+        wait_for(lambda: not jobs.pid_alive(child))
         line = state()
         if kill_child:
             assert line.startswith("interrupted ") and "epoch 1/3 done; --run resumes it" in line, line
-            assert "ended without a record" in line and executors.read_job(folder)["state"] == "interrupted"
+            assert "ended without a record" in line and jobs.read_job(folder)["state"] == "interrupted"
         else:
             assert line.startswith("finished "), line
-            assert executors.read_job(folder)["state"] == "finished"
+            assert jobs.read_job(folder)["state"] == "finished"
     log = open(os.path.join(folder, "log.txt")).read()
     assert "resumed from" in log and "(epoch 1 done)" in log
 
@@ -770,11 +772,11 @@ def test_local_executor_requeues_a_preempted_run_which_resumes_exactly(tmp_path,
     monkeypatch.setenv("PART_FAULT_SIGNAL_AT", "2,1,USR2")
     assert grid.main(local_grid(tmp_path / "grid")) == 0  # returns at once
     folder = str(tmp_path / "grid" / "synthetic-resnet18" / "AT-seed1")
-    job = executors.read_job(folder)["job_id"]
+    job = jobs.read_job(folder)["job_id"]
     assert grid.main(local_grid(tmp_path / "grid")) == 0
     assert f"not started: {folder}: local job {job} owns it" in capsys.readouterr().out
-    wait_for(lambda: executors.read_job(folder).get("state") in ("finished", "failed"))
-    rec = executors.read_job(folder)
+    wait_for(lambda: jobs.read_job(folder).get("state") in ("finished", "failed"))
+    rec = jobs.read_job(folder)
     assert (rec["state"], rec["job_id"], rec["requeues"], len(rec["starts"])) == ("finished", job, 1, 2), rec
     assert "resumed from" in open(os.path.join(folder, "log.txt")).read()
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
@@ -791,7 +793,7 @@ def test_a_failed_run_is_not_requeued_and_status_says_why(tmp_path, capsys):
     argv = local_grid(tmp_path, "--wait", extra=["--cam-layer", "nope"])
     assert grid.main(argv) == 1
     folder = str(tmp_path / "synthetic-resnet18" / "AT-seed1")
-    rec = executors.read_job(folder)
+    rec = jobs.read_job(folder)
     assert (rec["state"], rec["exit_code"], rec["requeues"], len(rec["starts"])) == ("failed", 2, 0, 1), rec
     assert "'nope'" in rec["error"] and rec["error"].startswith("error:")
     argv[argv.index("--run")] = "--status"

@@ -291,7 +291,7 @@ def test_aa_official_without_torchattacks_exits_2_with_the_install_line(tmp_path
 
 
 def test_grid_as_published_pairs_every_row_with_its_published_twin():
-    from tools.grid import DEFAULT_ROWS, STUDIES
+    from tools.studies import DEFAULT_ROWS, STUDIES
     rows = STUDIES["as-published"]
     ours = [r for r in rows if not r.endswith("-as-published")]
     assert ours and len(rows) == 2 * len(ours)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tools import benchmark, grid, make_cifar10c, report
+from tools import benchmark, grid, make_cifar10c, report, studies
 
 
 def fake_run(root, name, method, seed, natural, pgd20, mma=None, aa=None, data="cifar10", model="resnet18",
@@ -172,7 +172,7 @@ def test_grid_commands(capsys):
     assert grid.main(["--data", "svhn", "--models", "resnet18", "--seeds", "1", "2", "--", "--n-eval-aa", "500"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6 * 2
-    python = grid.interpreter()
+    python = studies.interpreter()
     assert os.path.samefile(python, sys.executable)
     assert f"{python} train_eval_part_t.py --data svhn --model resnet18 --no-mask --seed 2 " \
            "--out runs/main/svhn-resnet18-n-eval-aa500/TRADES-seed2 --n-eval-aa 500" in lines
