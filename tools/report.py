@@ -76,8 +76,8 @@ def _write_json(path: str, doc) -> None:
     save_json(path, doc)
 
 
-def report(argv=None) -> None:
-    """The tool: parse, check the output paths, read the runs, print the tables, write --csv and --plot."""
+def build_parser() -> Parser:
+    """The report's command line (tools/flags.py documents it from here)."""
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=nonempty, help="run folders, or folders holding them (searched below)")
     p.add_argument("--csv", metavar="PATH", type=nonempty, help="also write the tables as CSV to this file")
@@ -120,7 +120,12 @@ def report(argv=None) -> None:
                         "--plot-diff")
     p.add_argument("--mcnemar", nargs=2, metavar=("RUN_A", "RUN_B"), type=nonempty,
                    help="instead of the tables: the exact McNemar test per attack between two run folders")
-    args = p.parse_args(argv)
+    return p
+
+
+def report(argv=None) -> None:
+    """The tool: parse, check the output paths, read the runs, print the tables, write --csv and --plot."""
+    args = build_parser().parse_args(argv)
     outputs = [(flag, os.path.abspath(path)) for flag, path in (("--csv", args.csv), ("--json", args.json),
                                                                  ("--plot", args.plot), ("--plot-diff", args.plot_diff)) if path]
     for i, (flag, path) in enumerate(outputs):
