@@ -107,14 +107,21 @@ def save_paired_differences(path: str, panels: list[dict]) -> None:
                         capsize=5, label="mean, 95% CI")
         else:
             ax.plot([0.6], [p["mean"]], "o", color="black", label="mean (no interval)")
+            if p.get("note"):
+                ax.text(0.5, 0.02, f"no 95% interval:\n{p['note']}", transform=ax.transAxes, ha="center",
+                        va="bottom", fontsize=6, color="dimgrey")
         ax.axhline(0, color="grey", lw=0.8)
         if p.get("mark") is not None:
             ax.axhline(p["mark"], color="tab:red", ls="--", lw=1, label=p.get("mark_label") or "reference")
         ax.set_xlim(-0.6, 1.0)
         ax.set_xticks([])
-        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}", fontsize=10 if one_pair else 7)
+        where = f"\n{p['where']}" if p.get("where") and not one_pair else ""
+        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}{where}", fontsize=10 if one_pair else 7)
         ax.set_ylabel("difference (accuracy points)")
         ax.grid(alpha=0.3, axis="y")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=len(names))
-    fig.savefig(path)
+    legend = {}  # every panel's entries, once each (a panel without an interval has its own)
+    for ax in axes:
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, h)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=8, ncols=len(legend))
+    _save(fig, path)
