@@ -176,3 +176,23 @@ def test_mcnemar_never_reads_the_eval_only_record_of_another_checkpoint(tmp_path
     without_per_image(y)
     eval_only_record(y, bits, checkpoint="best.pt")  # another checkpoint of the run: not its results
     refused(["--mcnemar", str(x), str(y)], capsys, "eval_last_per_image.npz")
+
+
+@pytest.mark.slow
+def test_mcnemar_reads_what_eval_only_really_writes(tmp_path, capsys):
+    """End to end: two tiny runs (one draws its mask figure, written atomically); one run's per_image.npz is
+    gone, --eval-only of its last.pt writes the record McNemar then reads."""
+    from tests.test_scripts import SCRIPTS, constants, run
+    from utils.engine import main
+    assert run("part", tmp_path / "at", "--no-mask", "--seed", "1") == 0
+    assert run("part", tmp_path / "part", "--seed", "1", "--mask-figure") == 0
+    assert (tmp_path / "part" / "mask.png").stat().st_size > 0
+    os.remove(tmp_path / "part" / "per_image.npz")
+    capsys.readouterr()  # the runs' logs
+    err = refused(["--mcnemar", str(tmp_path / "at"), str(tmp_path / "part")], capsys, "eval_last_per_image.npz")
+    assert "--eval-only" in err
+    assert main("part", constants(SCRIPTS["part"]), ["--eval-only", str(tmp_path / "part" / "last.pt")]) == 0
+    capsys.readouterr()
+    assert report.main(["--mcnemar", str(tmp_path / "at"), str(tmp_path / "part")]) == 0
+    out = capsys.readouterr().out
+    assert "(eval_last.json: its --eval-only record)" in out and "| Natural | 32 |" in out
