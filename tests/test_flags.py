@@ -1,7 +1,6 @@
 """tools/flags.py: the generated flag reference (docs/flags.md) is current, a stale one is caught, and every flag
 has help."""
 import argparse
-import os
 import subprocess
 import sys
 

@@ -117,13 +117,18 @@ def test_mcnemar_exact_p_value():
 # ----------------------------------------------------------------------------------------------------
 # the report with per-image records
 # ----------------------------------------------------------------------------------------------------
-def image_run(root, name, method, seed, bits: dict, labels=None, fingerprint="abc"):
-    """A finished run folder with results.json and a per_image.npz of `bits` {column: bool vector}."""
+def image_run(root, name, method, seed, bits: dict, labels=None, fingerprint="abc", record=None, n_test=None):
+    """A finished run folder with results.json (plus the fields of `record`, e.g. a config) and a per_image.npz
+    of `bits` {column: bool vector}."""
     acc = {c: 100.0 * np.mean(v) for c, v in bits.items()}
     n = len(next(iter(bits.values())))
     folder = fake_run(root, name, method, seed, acc["natural"], acc["pgd20"], n_eval=n)
+    if record:
+        rec = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps({**rec, **record}))
     labels = np.zeros(n, dtype=np.int64) if labels is None else labels
-    arrays = {"labels": labels, "n_test": np.int64(n), "data_fingerprint": np.array(fingerprint)}
+    arrays = {"labels": labels, "n_test": np.int64(n if n_test is None else n_test),
+              "data_fingerprint": np.array(fingerprint)}
     for c, v in bits.items():
         arrays[c], arrays[f"{c}_index"] = np.asarray(v, dtype=bool), np.arange(n)
     np.savez_compressed(folder / "per_image.npz", **arrays)
@@ -207,7 +212,7 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
             arrays = {k: z[k] for k in z.files}
         key, arrays[key] = hand_edited[case]
         np.savez(y / "per_image.npz", **arrays)
-    for argv in (["--mcnemar", str(tmp_path / "x"), str(y)], [str(tmp_path), "--bootstrap", "50"]):
+    for argv in (["--mcnemar", str(tmp_path / "x"), str(y)], [str(tmp_path), "--bootstrap", "100"]):
         assert report.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and (str(y) in err or "different test images" in err), err
@@ -215,12 +220,28 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
 
 @pytest.mark.parametrize("argv", [["--plan", "0"], ["--plan", "-1"], ["--bootstrap", "0"], ["--power", "1"],
                                   ["--alpha", "0"], ["--bootstrap-over", "images"],
-                                  ["--bootstrap-over", "tests", "--bootstrap", "10"]])
+                                  ["--bootstrap-over", "tests", "--bootstrap", "100"],
+                                  # issue 41: ranges that make sense, checked before anything is computed
+                                  ["--plan", "1e10"], ["--plan", "100.5"], ["--alpha", "1e-300", "--plan", "1"],
+                                  ["--alpha", "1e-7", "--plan", "1"], ["--alpha", "0.9", "--plan", "1"],
+                                  ["--alpha", "0.8", "--plan", "1"], ["--power", "1e-300", "--plan", "1"],
+                                  ["--power", "0.9999999", "--plan", "1"],
+                                  ["--bootstrap", "1"], ["--bootstrap", "99"],
+                                  # a flag that only sets up another is refused without it, default value or not
+                                  ["--power", "0.9"], ["--power", "0.8"], ["--alpha", "0.01"], ["--alpha", "0.05"],
+                                  ["--bootstrap-seed", "3"], ["--bootstrap-seed", "0"], ["--bootstrap-over", "both"]])
 def test_bad_statistics_flags_exit_2(argv, tmp_path, capsys):
     grid_of_runs(tmp_path, seeds=(1, 2))
     assert report.main([str(tmp_path), *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and argv[0] in err
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert len(err.splitlines()) == 1 and argv[0] in err and cap.out == "", err
+    needs = {"--power": "--plan", "--alpha": "--plan", "--bootstrap-seed": "--bootstrap",
+             "--bootstrap-over": "--bootstrap"}
+    if len(argv) == 2 and argv[0] in needs and "argument" not in err:  # well-formed but alone: names what it needs
+        assert f"it needs {needs[argv[0]]}" in err
+    if argv[0] == "--bootstrap" and argv[1] in ("1", "99"):
+        assert "95% percentile interval" in err and "100" in err
 
 
 def test_bootstrap_reads_an_accuracy_recorded_as_its_mean(tmp_path, capsys):
@@ -228,14 +249,14 @@ def test_bootstrap_reads_an_accuracy_recorded_as_its_mean(tmp_path, capsys):
     rec = json.loads((tmp_path / "p2" / "results.json").read_text())
     rec["pgd20"] = {"mean": rec["pgd20"]}  # the table reads {"mean": x} as x; so must the per-image check
     (tmp_path / "p2" / "results.json").write_text(json.dumps(rec))
-    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 0
+    assert report.main([str(tmp_path), "--bootstrap", "100"]) == 0
     assert "no per-image record" not in capsys.readouterr().out
 
 
 def test_runs_without_per_image_records_say_so(tmp_path, capsys):
     fake_run(tmp_path, "a1", "AT", 1, 80.0, 50.0)
     fake_run(tmp_path, "p1", "PART", 1, 81.0, 50.0)
-    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 0
+    assert report.main([str(tmp_path), "--bootstrap", "100"]) == 0
     assert "no per-image record" in capsys.readouterr().out
 
 
@@ -263,8 +284,13 @@ def test_plot_of_paired_differences(tmp_path, capsys):
     assert "--plot-diff" in capsys.readouterr().err
     assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(png), "--mark", "natural"]) == 2
     capsys.readouterr()
-    json_path = tmp_path / "r.json"  # nothing to plot (no row NOPE): stops before the report prints or writes
-    assert report.main([str(tmp_path), "--diff", "PART", "NOPE", "--plot-diff", str(png), "--json", str(json_path)]) == 2
+    unpaired = tmp_path / "unpaired"  # rows that share no seed: nothing to plot; stops before it prints or writes
+    rng = np.random.default_rng(4)
+    for s in (1, 2):
+        image_run(unpaired, f"a{s}", "AT", s, {"natural": rng.random(50) < 0.6, "pgd20": rng.random(50) < 0.3})
+        image_run(unpaired, f"p{s}", "PART", s + 2, {"natural": rng.random(50) < 0.6, "pgd20": rng.random(50) < 0.3})
+    json_path = tmp_path / "r.json"
+    assert report.main([str(unpaired), "--diff", "PART", "AT", "--plot-diff", str(png), "--json", str(json_path)]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and cap.err.count("\n") == 1 and "--plot-diff" in cap.err and not json_path.exists()
 
@@ -308,7 +334,7 @@ def test_a_damaged_per_image_record_stops_only_what_needs_it(tmp_path, capsys):
     (tmp_path / "p2" / "per_image.npz").write_bytes(b"not a zip")
     assert report.main([str(tmp_path)]) == 0  # the table does not read per-image records
     capsys.readouterr()
-    assert report.main([str(tmp_path), "--bootstrap", "20"]) == 2
+    assert report.main([str(tmp_path), "--bootstrap", "100"]) == 2
     assert "p2" in capsys.readouterr().err
 
 
@@ -341,3 +367,130 @@ def test_an_interval_end_near_zero_shows_its_side_of_zero():
     assert _interval((0.004834, 2.046)) == "[+0.0048, +2.05]"
     assert _interval((-0.0031, 1.0)) == "[-0.0031, +1.00]"
     assert _interval((0.0, 0.005)) == "[+0.00, +0.01]" and _interval(None) == "n/a"
+
+
+# ----------------------------------------------------------------------------------------------------
+# issue 41: no spread is no interval; the plan's edges; per-image files against their own record
+# ----------------------------------------------------------------------------------------------------
+def test_equal_differences_have_no_interval_and_no_plan():
+    acc = [100 * k / 1017 for k in (380, 376, 300, 296, 400, 396)]  # accuracies in steps of a small test set
+    d = [acc[0] - acc[1], acc[2] - acc[3], acc[4] - acc[5]]  # 4 images each: equal but for rounding
+    assert len(set(d)) > 1 and max(d) - min(d) < 1e-13
+    iv = stats.paired_interval(d)
+    assert (iv.lo, iv.hi, iv.why, iv.n) == (None, None, "no spread (all 3 differences equal)", 3)
+    one = stats.paired_interval([0.39])
+    assert (one.lo, one.hi, one.why) == (None, None, "one pair")
+    assert stats.welch_interval([80.0, 80.0], [79.0, 79.0]).why.startswith("no spread")
+    assert stats.welch_interval([80.0], [79.0, 78.0]).why == "a row with one run"
+    assert stats.welch_interval([80.0, 81.0], [79.0, 79.0]).lo is not None  # one row varies: Welch has a spread
+    for f in (lambda: stats.seeds_needed(1.0, 0.0), lambda: stats.resolvable_delta(0.0, 3)):
+        with pytest.raises(ValueError):
+            f()
+
+
+def test_the_plan_takes_only_levels_and_powers_that_make_sense_and_never_overflows():
+    for power, alpha in ((0.8, 0.9), (0.05, 0.05), (1e-300, 0.05), (0.8, 1e-300), (1.0, 0.05)):
+        with pytest.raises(ValueError):
+            stats.check_plan(power, alpha)
+    # far beyond any difference: scipy's noncentral t is nan from noncentrality ~3e9; the power is 1, 2 seeds do
+    assert stats.seeds_needed(1e10, 0.65) == 2 and stats.seeds_needed(100, 1e-4) == 2
+    assert stats.paired_power(1e10, 1e-3, 10) == 1.0
+    # one degree of freedom at alpha 1e-6: scipy's series does not converge; the integral gives the known limit
+    # P(|Z| < nc / crit) of T = (Z + nc) / |Z'| for large nc
+    crit, nc = sps.t.isf(5e-7, 1), 1e6
+    assert stats.paired_power(nc / math.sqrt(2), 1.0, 2, alpha=1e-6) == pytest.approx(
+        2 * sps.norm.cdf(nc / crit) - 1, abs=1e-6)
+    delta = stats.resolvable_delta(0.01, 2, power=stats.MAX_POWER, alpha=stats.MIN_ALPHA)
+    assert stats.paired_power(delta, 0.01, 2, stats.MIN_ALPHA) == pytest.approx(stats.MAX_POWER, abs=1e-9)
+    assert stats.seeds_needed(1e-3, 1.0) is None  # past stats.SEED_CAP: said so, not searched
+
+
+def test_a_bootstrap_needs_100_replicates():
+    a = {1: np.array([True, False] * 50)}
+    with pytest.raises(ValueError):
+        stats.bootstrap_interval(a, a, 99)
+    assert stats.bootstrap_interval(a, {1: ~a[1]}, 100)[0] < 0
+
+
+def equal_difference_runs(root, n=1017, seeds=(1, 2, 3)):
+    """AT and PART runs on `n` images where PART gets the same 4 more images right on every seed (natural) and
+    the same images on PGD-20: every per-seed difference equal, as a small test set makes likely."""
+    rng = np.random.default_rng(0)
+    for s in seeds:
+        a, pgd = rng.random(n) < 0.4, rng.random(n) < 0.25
+        b = a.copy()
+        b[np.flatnonzero(~a)[:4]] = True
+        image_run(root, f"a{s}", "AT", s, {"natural": a, "pgd20": pgd})
+        image_run(root, f"p{s}", "PART", s, {"natural": b, "pgd20": pgd})
+
+
+def test_no_spread_is_said_in_the_tables_the_json_the_plan_the_marks_and_the_figure(tmp_path, capsys, monkeypatch):
+    equal_difference_runs(tmp_path / "runs")
+    drawn = []
+    monkeypatch.setattr("utils.figures._save", lambda fig, path: drawn.append(fig))
+    path = tmp_path / "r.json"
+    assert report.main([str(tmp_path / "runs"), "--diff", "PART", "AT", "--mark", "natural=0.4", "pgd20=0.01",
+                        "--plan", "0.5", "--bootstrap", "100", "--json", str(path),
+                        "--plot-diff", str(tmp_path / "d.png")]) == 0
+    out = capsys.readouterr().out
+    assert diff_cells(out, "PART − AT", "Natural")[1:3] == ["no spread (all 3 differences equal)", "paired t, n=3"]
+    assert "[+0.39, +0.39]" not in out and "outside" not in out and "+0.01 (no interval)" in out
+    assert "| PART − AT | PGD-20 | 3 | no plan: no spread (all 3 differences equal) |" in out
+    assert diff_cells(out, "PART − AT", "PGD-20")[3] == "no spread (all 100 replicates equal)"  # same images
+    doc = json.loads(path.read_text())
+    for d in doc["differences"]:
+        assert d["ci95"] is None and d["ci95_why"] == "no spread (all 3 differences equal)"
+        assert d.get("reference_inside", None) is None
+    pgd = next(d for d in doc["differences"] if d["column"] == "pgd20")
+    assert pgd["bootstrap_ci95"] is None and pgd["bootstrap_why"] == "no spread (all 100 replicates equal)"
+    assert {(p["seeds"], p["resolvable"], p["sd"], p["why"]) for p in doc["plan"]} == \
+        {(None, None, 0.0, "no spread (all 3 differences equal)")}
+    (fig,) = drawn  # the figure: no error bar, and a note saying why
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("no 95% interval:\nno spread (all 3 differences equal)") == 2
+    assert not any(c.__class__.__name__ == "ErrorbarContainer" for ax in fig.axes for c in ax.containers)
+
+
+def test_a_single_seed_has_no_interval_alike(tmp_path, capsys, monkeypatch):
+    grid_of_runs(tmp_path / "runs", seeds=(1,))
+    drawn = []
+    monkeypatch.setattr("utils.figures._save", lambda fig, path: drawn.append(fig))
+    path = tmp_path / "r.json"
+    assert report.main([str(tmp_path / "runs"), "--diff", "PART", "AT", "--mark", "natural=1", "--plan", "1",
+                        "--json", str(path), "--plot-diff", str(tmp_path / "d.png")]) == 0
+    out = capsys.readouterr().out
+    assert diff_cells(out, "PART − AT", "Natural")[1] == "n/a (one pair)" and "(no interval)" in out
+    assert "no plan: fewer than 2 pairs" in out
+    doc = json.loads(path.read_text())
+    assert {(d["ci95"], d["ci95_why"]) for d in doc["differences"]} == {(None, "one pair")}
+    assert {p["why"] for p in doc["plan"]} == {"fewer than 2 pairs"}
+    assert "no 95% interval:\none pair" in [t.get_text() for ax in drawn[0].axes for t in ax.texts]
+
+
+def test_a_plan_past_the_seed_cap_says_so(tmp_path, capsys):
+    grid_of_runs(tmp_path)
+    assert report.main([str(tmp_path), "--plan", "1e-4", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "more than 100,000 seeds" in out and "| 2 |" in out  # 100 points: 2 seeds
+
+
+@pytest.mark.parametrize("case", ["fingerprint", "no-fingerprint", "n_test", "labels-length", "labels-range"])
+def test_a_per_image_file_is_checked_against_its_own_record(case, tmp_path, capsys):
+    """Every run's file changed alike, so that the files agree with each other: each is still checked against
+    its own run's record (the config's data fingerprint and classes, the record's n_test)."""
+    rng = np.random.default_rng(5)
+    for s in (1, 2):
+        for name, method in (("a", "AT"), ("p", "PART")):
+            n = 40
+            labels = rng.integers(0, 10, n)
+            labels = {"labels-length": labels[:30], "labels-range": labels + 10}.get(case, labels)
+            image_run(tmp_path, f"{name}{s}", method, s, {"natural": rng.random(n) < 0.5, "pgd20": rng.random(n) < 0.3},
+                      labels=labels, fingerprint={"fingerprint": "zzz", "no-fingerprint": ""}.get(case, "abc"),
+                      record={"n_test": 40, "config": {"data_fingerprint": "abc", "num_classes": 10}},
+                      n_test=50 if case == "n_test" else None)
+    for argv in (["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1")], [str(tmp_path), "--bootstrap", "100"]):
+        assert report.main(argv) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and len(cap.err.strip().splitlines()) == 1 and "per_image.npz" in cap.err, cap.err
+        assert {"fingerprint": "fingerprint", "no-fingerprint": "fingerprint is missing", "n_test": "50 images",
+                "labels-length": "30 labels", "labels-range": "classes 0 to 9"}[case] in cap.err

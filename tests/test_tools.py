@@ -54,8 +54,8 @@ def test_report_mean_std_and_differences(tmp_path, capsys):
     out = capsys.readouterr().out
     assert row_cells(out, "AT")[:4] == ["81.00 ± 1.41 [2]", "51.00 ± 1.41 [2]", "49.00 ± 1.41 [2]", "47.00 ± 1.41 [2]"]
     assert row_cells(out, "PART")[:4] == ["85.00 ± 1.41 [2]", "52.00 ± 1.41 [2]", "50.00 ± 1.41 [2]", "missing"]
-    # two pairs with equal differences on every seed: the paired interval collapses to the mean
-    assert diff_cells(out, "PART − AT", "Natural") == ["+4.00", "[+4.00, +4.00]", "paired t, n=2"]
+    # two pairs with equal differences on every seed: no spread to estimate, so no interval (not a zero-width one)
+    assert diff_cells(out, "PART − AT", "Natural") == ["+4.00", "no spread (all 2 differences equal)", "paired t, n=2"]
     assert diff_cells(out, "PART − AT", "AA") == ["missing", "", ""]
     # a lone TRADES seed: no std, its missing seed flagged, its AA subset size shown; PART-T wholly missing
     assert row_cells(out, "TRADES") == ["78.00 [1]", "51.00 [1]", "49.00 [1]", "47.00 [1]", "1 (missing 2)",
@@ -281,8 +281,17 @@ def test_report_diff_that_names_several_rows_or_one_row_twice_exits_2(tmp_path, 
         assert report.main([str(tmp_path), *argv]) == 2
         cap = capsys.readouterr()
         assert cap.out == "" and cap.err.startswith("error: --diff") and cap.err.count("\n") == 1 and word in cap.err
-    assert report.main([str(tmp_path), "--diff", "PART", "NOPE"]) == 0  # a row with no finished run: missing
-    assert diff_cells(capsys.readouterr().out, "PART − NOPE", "Natural")[0] == "missing"
+    # a side that names no row anywhere: exit 2 with the labels there are, before any output
+    assert report.main([str(tmp_path), "--diff", "PART", "NOPE"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == "error: --diff 'NOPE' names no row; the rows are: AT; PART\n"
+    # a side that names a row in one table (data set, model) but not in another: missing there
+    fake_run(tmp_path, "s1", "AT", 1, 90.0, 60.0, data="svhn")
+    assert report.main([str(tmp_path), "--diff", "PART", "AT"]) == 0
+    out = capsys.readouterr().out
+    svhn = out[out.index("### svhn"):]
+    assert diff_cells(svhn, "PART − AT", "Natural")[0] == "missing"
+    assert diff_cells(out[:out.index("### svhn")], "PART − AT", "Natural")[0] == "+2.00"
 
 
 # ----------------------------------------------------------------------------------------------------

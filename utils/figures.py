@@ -1,4 +1,6 @@
 """Figures (matplotlib, no pyplot state): the mask picture of a run and the training curves of a report."""
+import os
+
 import numpy as np
 import torch
 
@@ -9,6 +11,14 @@ from .units import fraction_text
 def _figure(width, height):
     from matplotlib.figure import Figure
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, path: str) -> None:
+    """Write `fig` to `path` atomically (utils.runs.atomic_write: a failed write leaves no partial file and names
+    the path) in the format its extension names (PNG without one)."""
+    from .runs import atomic_write
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt))
 
 
 def save_mask_figure(path: str, x: torch.Tensor, cam: torch.Tensor | None, budget: torch.Tensor, eps: float,
@@ -45,7 +55,7 @@ def save_mask_figure(path: str, x: torch.Tensor, cam: torch.Tensor | None, budge
     fig.text(0.5, 0.0, f"budget: the L-inf budget of each pixel, mean of its three colour channels, in 1/255. "
                        f"eps = {fraction_text(eps)}, eps_low = {fraction_text(eps_low)}; a value in between means "
                        f"eps in some channels only.", ha="center", va="bottom", fontsize=7, wrap=True)
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def save_curves(path: str, groups: dict) -> None:
@@ -71,18 +81,20 @@ def save_curves(path: str, groups: dict) -> None:
         ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=1 if len(groups) > 4 else len(groups))
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def save_paired_differences(path: str, panels: list[dict]) -> None:
     """One panel per (difference, column): the per-seed differences A - B as dots (labelled by seed), their mean
-    with its 95% interval as an error bar, zero as a grey line and, where a panel has 'mark' (a reference value
-    such as a published effect), a dashed red line. Each panel is {'title', 'seeds', 'values', 'mean',
-    'ci95' ([lo, hi] or None), 'mark' (float or None), 'mark_label', 'pair' (the difference's name)}."""
+    with its 95% interval as an error bar (without an interval, the mean alone and the panel's 'note' saying
+    why), zero as a grey line and, where a panel has 'mark' (a reference value such as a published effect), a
+    dashed red line. Each panel is {'title', 'seeds', 'values', 'mean', 'ci95' ([lo, hi] or None), 'note' (why
+    there is no interval, or None), 'mark' (float or None), 'mark_label', 'pair' (the difference's name),
+    'where' (its data set and model where the panels span several, else None)}."""
     fig = _figure(3.2 * len(panels), 3.8)
-    one_pair = len({p["pair"] for p in panels}) == 1
+    one_pair = len({(p["pair"], p.get("where")) for p in panels}) == 1
     if one_pair:
-        fig.suptitle(panels[0]["pair"], fontsize=10)
+        fig.suptitle(panels[0]["pair"] + (f" ({panels[0]['where']})" if panels[0].get("where") else ""), fontsize=10)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, p in zip(axes, panels):
         xs = np.linspace(-0.25, 0.25, len(p["values"])) if len(p["values"]) > 1 else np.zeros(1)
@@ -95,14 +107,21 @@ def save_paired_differences(path: str, panels: list[dict]) -> None:
                         capsize=5, label="mean, 95% CI")
         else:
             ax.plot([0.6], [p["mean"]], "o", color="black", label="mean (no interval)")
+            if p.get("note"):
+                ax.text(0.5, 0.02, f"no 95% interval:\n{p['note']}", transform=ax.transAxes, ha="center",
+                        va="bottom", fontsize=6, color="dimgrey")
         ax.axhline(0, color="grey", lw=0.8)
         if p.get("mark") is not None:
             ax.axhline(p["mark"], color="tab:red", ls="--", lw=1, label=p.get("mark_label") or "reference")
         ax.set_xlim(-0.6, 1.0)
         ax.set_xticks([])
-        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}", fontsize=10 if one_pair else 7)
+        where = f"\n{p['where']}" if p.get("where") and not one_pair else ""
+        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}{where}", fontsize=10 if one_pair else 7)
         ax.set_ylabel("difference (accuracy points)")
         ax.grid(alpha=0.3, axis="y")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", fontsize=8, ncols=len(names))
-    fig.savefig(path)
+    legend = {}  # every panel's entries, once each (a panel without an interval has its own)
+    for ax in axes:
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, h)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=8, ncols=len(legend))
+    _save(fig, path)

@@ -30,13 +30,14 @@ def record_settings(rec: dict) -> dict:
     return eff
 
 
-def read_record(folder: str) -> dict:
-    """The results.json of a run folder, checked: UTF-8 JSON holding an object with a method name and an integer
-    seed (or one in its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can
-    be read and whose method, variant, data set, model and seed are the record's. Sets 'seed' and adds 'settings'
+def read_record(folder: str, name: str = "results") -> dict:
+    """The results.json of a run folder (or another record of it, <name>.json: e.g. eval_last.json, which
+    --eval-only writes), checked: UTF-8 JSON holding an object with a method name and an integer seed (or one in
+    its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can be read and
+    whose method, variant, data set, model and seed are the record's. Sets 'seed' and adds 'settings'
     (`record_settings`). Raises RecordError (a ValueError) naming the file and saying what is wrong, also when
     the file is missing or unreadable."""
-    path = os.path.join(folder, "results.json")
+    path = os.path.join(folder, f"{name}.json")
     try:
         with open(path, encoding="utf-8") as fh:
             rec = json.load(fh)

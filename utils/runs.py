@@ -32,7 +32,8 @@ LOCK = ".lock"
 def atomic_write(path: str, write) -> None:
     """Call write(tmp_path), fsync it, then rename it over `path`: a crash never leaves a half-written file,
     and a failed write (a full disk) removes its temporary file and leaves `path` as it was. A failed write
-    raises OSError naming `path`, also where the writer reports it otherwise (torch.save raises RuntimeError)."""
+    raises OSError naming `path`, also where the writer reports it otherwise (torch.save raises RuntimeError) or
+    names no file (a full disk fails a write or flush with no file name)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         write(tmp)
@@ -47,6 +48,8 @@ def atomic_write(path: str, write) -> None:
         if isinstance(e, RuntimeError) and out_of_memory(e) is None:
             reason = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
             raise OSError(errno.EIO, f"writing failed, is the disk full? ({reason})", path) from None
+        if isinstance(e, OSError) and e.filename != path:
+            raise OSError(e.errno, e.strerror or str(e), path) from None
         raise
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
@@ -165,14 +168,18 @@ def holds_run(out: str) -> list[str]:
 
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
-    an empty path, a file where a folder is wanted or the reverse, a path under a file, or one whose nearest
-    existing folder takes no new file (tried with an unnamed temporary file, which leaves nothing behind).
-    Missing folders on the way are allowed: the writer creates them. Raises UsageError naming `flag`."""
+    an empty path, a file where a folder is wanted or the reverse, a file that exists but is not a regular file
+    (a device such as /dev/full or /dev/null, a pipe: the writers replace the file whole, see `atomic_write`),
+    a path under a file, or one whose nearest existing folder takes no new file (tried with an unnamed temporary
+    file, which leaves nothing behind). Missing folders on the way are allowed: the writer creates them. Raises
+    UsageError naming `flag`."""
     if not path:
         raise UsageError(f"{flag} is empty; give a {'folder' if folder else 'file name'}")
     full = os.path.abspath(path)
     if os.path.isdir(full) and not folder:
         raise UsageError(f"{flag} {path} is a folder; give a file name")
+    if not folder and os.path.exists(full) and not os.path.isfile(full):
+        raise UsageError(f"{flag} {path} is not a regular file (a device, pipe or socket); give a file name")
     if os.path.exists(full) and not os.path.isdir(full) and folder:
         raise UsageError(f"{flag} {path} is a file, not a folder")
     parent = full if folder else os.path.dirname(full)
@@ -186,6 +193,25 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
     except OSError as e:
         raise UsageError(f"{flag} {path}: cannot create or write files in {parent} ({e.strerror}); choose another "
                          f"{flag}") from None
+
+
+def check_outputs_apart(outputs, inputs) -> None:
+    """Refuse, before anything is written, an output that is one of the files a tool reads or lies in one of the
+    folders it reads (a run folder: writing there would overwrite or add to the run's own files). `outputs`:
+    [(flag, path)]; `inputs`: the files and folders read. Paths are compared resolved (symlinks followed), and two
+    outputs naming one file are refused too. Raises UsageError naming the flag, the path and what it would hit."""
+    seen = {}
+    for flag, path in outputs:
+        out = os.path.realpath(path)
+        if out in seen:
+            raise UsageError(f"{seen[out]} and {flag} name one file, {out}: the second would overwrite the first")
+        seen[out] = flag
+        for src in inputs:
+            real = os.path.realpath(src)
+            if out == real:
+                raise UsageError(f"{flag} {path} is {src}, which this command reads; write it elsewhere")
+            if out.startswith(real.rstrip(os.sep) + os.sep):
+                raise UsageError(f"{flag} {path} lies in {src}, a folder this command reads; write it elsewhere")
 
 
 def check_out_path(out: str) -> None:

@@ -1,11 +1,13 @@
 """Comparisons of rows: which pairs a report compares (each masked row against its baseline, each --diff A B),
 their differences with the paired t- or Welch interval and the per-image bootstrap, the seed plan, and the exact
 McNemar test of two runs. The statistics themselves are utils/stats.py's."""
+import os
+
 import numpy as np
 
 from utils import stats
 from utils.errors import UsageError
-from utils.evaluate import column_value
+from utils.evaluate import column_value, per_image_name
 from utils.records import RecordError, read_record
 
 from .groups import Group, baseline_of, find_group, masked_name
@@ -42,34 +44,53 @@ def check_same_images(groups, col) -> None:
 
 def difference(a, b, col, bootstrap=0, boot_seed=0, boot_over="both") -> dict | None:
     """A - B on `col`: the mean (paired over shared seeds, else of the rows' means), its 95% interval, and with
-    `bootstrap` > 0 the per-image bootstrap interval over `boot_over` (see stats.bootstrap_interval; None where a
-    run has no per-image record). None when a row has no value."""
+    `bootstrap` > 0 the per-image bootstrap interval over `boot_over` (see stats.bootstrap_interval). None when
+    a row has no value. Where there is no interval (too few runs, or no spread: a zero-width interval is none),
+    ci95 is None and `ci95_why` says why; likewise bootstrap_ci95 and `bootstrap_why` (no per-image record, or
+    every replicate equal). The *_why keys are there only where their interval is not."""
     iv = stats.difference_interval(seed_values(a, col), seed_values(b, col))
     if iv is None:
         return None
-    boot = None
+    out = {"a": a.label, "b": b.label, "column": col, "mean": iv.mean,
+           "ci95": None if iv.lo is None else [iv.lo, iv.hi], "n": iv.n, "paired": iv.paired,
+           "n_a": iv.n_a if not iv.paired else None, "n_b": iv.n_b if not iv.paired else None, "test": iv.test,
+           "bootstrap_ci95": None}
+    if iv.lo is None:
+        out["ci95_why"] = iv.why
     if bootstrap:
         va, vb = per_image_values(a, col), per_image_values(b, col)
         if va and vb:
             check_same_images([a, b], col)
-            boot = list(stats.bootstrap_interval(va, vb, bootstrap, boot_seed, over=boot_over))
-    return {"a": a.label, "b": b.label, "column": col, "mean": iv.mean,
-            "ci95": None if iv.lo is None else [iv.lo, iv.hi], "n": iv.n, "paired": iv.paired,
-            "n_a": iv.n_a if not iv.paired else None, "n_b": iv.n_b if not iv.paired else None, "test": iv.test,
-            "bootstrap_ci95": boot}
+            reps = stats.bootstrap_replicates(va, vb, bootstrap, boot_seed, over=boot_over)
+            if stats.no_spread(reps):
+                out["bootstrap_why"] = f"no spread (all {bootstrap} replicates equal)"
+            else:
+                out["bootstrap_ci95"] = list(stats.percentile_interval(reps))
+        else:
+            out["bootstrap_why"] = "no per-image record"
+    return out
 
 
 def plan(a, b, col, deltas, power=0.8, alpha=0.05) -> list[dict]:
     """Per delta: the paired sd of A - B over the shared seeds, the seeds the paired t-test needs to detect delta
     with `power` at two-sided `alpha`, and the smallest difference the current pairs resolve. With fewer than 2
-    pairs, sd, seeds and resolvable are None."""
+    pairs (sd None) or no spread (every difference equal, sd 0), seeds and resolvable are None; a delta that
+    needs more than stats.SEED_CAP seeds has seeds None. Each None beside a plan carries `why`."""
     va, vb = seed_values(a, col), seed_values(b, col)
     d = [va[k] - vb[k] for k in sorted(va.keys() & vb.keys())]
-    sd = float(np.std(d, ddof=1)) if len(d) >= 2 else None
-    resolvable = None if sd is None else stats.resolvable_delta(sd, len(d), power, alpha)
-    return [{"a": a.label, "b": b.label, "column": col, "n": len(d), "sd": sd, "delta": delta,
-             "seeds": None if sd is None else stats.seeds_needed(delta, sd, power, alpha), "resolvable": resolvable,
-             "power": power, "alpha": alpha} for delta in deltas]
+    why = "fewer than 2 pairs" if len(d) < 2 else \
+        f"no spread (all {len(d)} differences equal)" if stats.no_spread(d) else None
+    sd = None if len(d) < 2 else 0.0 if why else float(np.std(d, ddof=1))
+    resolvable = None if why else stats.resolvable_delta(sd, len(d), power, alpha)
+    rows = []
+    for delta in deltas:
+        seeds = None if why else stats.seeds_needed(delta, sd, power, alpha)
+        row = {"a": a.label, "b": b.label, "column": col, "n": len(d), "sd": sd, "delta": delta, "seeds": seeds,
+               "resolvable": resolvable, "power": power, "alpha": alpha}
+        if why or seeds is None:
+            row["why"] = why or f"more than {stats.SEED_CAP:,} seeds"
+        rows.append(row)
+    return rows
 
 
 def comparisons(groups, diffs):
@@ -131,24 +152,48 @@ def reference(marks, is_diff, column, d):
     return v, None if d is None or d["ci95"] is None else d["ci95"][0] <= v <= d["ci95"][1]
 
 
-def mcnemar_rows(folder_a: str, folder_b: str) -> list[dict]:
-    """The exact McNemar test per attack between two finished runs evaluated on the same test images: one row
-    {'column', 'n', 'acc_a', 'acc_b', 'only_a', 'only_b', 'p'} per attack both have a per-image record of.
-    Raises UsageError when a run's record or per-image file is missing or unusable, or the runs share no attack
-    or scored one on different test images."""
-    recs = []
-    for f in (folder_a, folder_b):
+def mcnemar_record(folder: str) -> tuple[dict, str]:
+    """(record with its 'per_image', the record's path) of a finished run for McNemar's test: results.json with
+    its per-image file, or where that has none the record that --eval-only wrote into the run folder for the same
+    checkpoint (eval_<checkpoint>.json and its eval_<checkpoint>_per_image.npz). Raises UsageError when neither
+    is there or one cannot be used."""
+    try:
+        rec = read_record(folder)
+    except RecordError as e:
+        raise UsageError(f"--mcnemar: {e.path} {e.why}") from None
+    rec["folder"] = folder
+    rec["per_image"] = load_per_image(folder, rec)
+    if rec["per_image"] is not None:
+        return rec, os.path.join(folder, "results.json")
+    ckpt = rec.get("checkpoint") if isinstance(rec.get("checkpoint"), str) else ""
+    name = f"eval_{os.path.splitext(os.path.basename(ckpt))[0]}" if ckpt else None
+    if name and os.path.isfile(os.path.join(folder, f"{name}.json")):
         try:
-            rec = read_record(f)
+            ev = read_record(folder, name)
         except RecordError as e:
             raise UsageError(f"--mcnemar: {e.path} {e.why}") from None
-        rec["folder"] = f
-        rec["per_image"] = load_per_image(f, rec)
-        if rec["per_image"] is None:
-            raise UsageError(f"--mcnemar: {f} has no per-image record ({rec.get('per_image_file') or 'per_image.npz'}); "
-                             f"re-evaluate it with --eval-only")
-        recs.append(rec)
-    a, b = recs
+        if os.path.basename(str(ev.get("checkpoint"))) != os.path.basename(ckpt) or ev["seed"] != rec["seed"]:
+            raise UsageError(f"--mcnemar: {os.path.join(folder, name + '.json')} evaluates {ev.get('checkpoint')}, "
+                             f"not this run's {ckpt}")
+        ev["folder"] = folder
+        ev["per_image"] = load_per_image(folder, ev, name)
+        if ev["per_image"] is not None:
+            return ev, os.path.join(folder, f"{name}.json")
+    own = rec.get("per_image_file") or per_image_name("results")
+    if not name:
+        raise UsageError(f"--mcnemar: {folder} has no per-image record ({own}), and its record names no checkpoint "
+                         f"to evaluate")
+    raise UsageError(f"--mcnemar: {folder} has no per-image record ({own}, nor {per_image_name(name)} of an "
+                     f"--eval-only evaluation); evaluate {os.path.join(folder, os.path.basename(ckpt))} with the "
+                     f"training script's --eval-only, which writes {name}.json and {per_image_name(name)} there")
+
+
+def mcnemar_rows(folder_a: str, folder_b: str) -> dict:
+    """The exact McNemar test per attack between two finished runs evaluated on the same test images (each run's
+    record from `mcnemar_record`): {'records': [path of A's record, B's], 'rows': one row {'column', 'n', 'acc_a',
+    'acc_b', 'only_a', 'only_b', 'p'} per attack both have a per-image record of}. Raises UsageError when a run
+    has no usable record or per-image file, or the runs share no attack or scored one on different test images."""
+    (a, path_a), (b, path_b) = mcnemar_record(folder_a), mcnemar_record(folder_b)
     cols = [c for c in a["per_image"]["columns"] if c in b["per_image"]["columns"]]
     if not cols:
         raise UsageError(f"--mcnemar: {folder_a} and {folder_b} share no evaluated attack")
@@ -160,4 +205,4 @@ def mcnemar_rows(folder_a: str, folder_b: str) -> list[dict]:
         t = stats.mcnemar(a["per_image"]["columns"][c], b["per_image"]["columns"][c])
         rows.append({"column": c, "n": t.n, "acc_a": t.acc_a, "acc_b": t.acc_b, "only_a": t.only_a,
                      "only_b": t.only_b, "p": t.p})
-    return rows
+    return {"records": [path_a, path_b], "rows": rows}

@@ -138,8 +138,14 @@ def find_group(groups, name):
 
 def check_diffs(tables, diffs) -> None:
     """Raise UsageError for a --diff side that is part of several rows' labels (and no row's whole label) in a
-    table, and for a --diff whose sides name one row. A side that names no row is shown as missing (its runs may
-    not have finished)."""
+    table, for a --diff whose sides name one row, and for a side that names no row in any table (the message
+    lists the labels there are). A side that names a row in one table but not in another is shown as missing in
+    the other (that row's runs may not have finished there)."""
+    labels = list(dict.fromkeys(g.label for groups in tables.values() for g in groups))
+    for name in dict.fromkeys(n for pair in diffs for n in pair):
+        if not any(name in label for label in labels):
+            raise UsageError(f"--diff {name!r} names no row; the rows are: " +
+                             ("; ".join(labels) if labels else "none (no finished run)"))
     for groups in tables.values():
         for a_name, b_name in diffs:
             for name in (a_name, b_name):

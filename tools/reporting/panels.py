@@ -30,10 +30,13 @@ def curves(tables) -> dict:
 
 
 def diff_panels(tables, diffs, analysis, marks=()) -> list[dict]:
-    """The panels of `save_paired_differences` for each --diff A B and column with paired seeds."""
+    """The panels of `save_paired_differences` for each --diff A B and column with paired seeds; a panel without
+    an interval says why in its 'note', and when the report spans several (data set, model) tables each panel
+    names its own in 'where'."""
     marks = dict(marks)
     panels = []
     for key, groups in sorted(tables.items(), key=lambda t: str(t[0])):
+        where = f"{key[0]}, {key[1]}" if len(tables) > 1 else None
         for a_name, b_name in diffs:
             a, b = find_group(groups, a_name), find_group(groups, b_name)
             if a is None or b is None:
@@ -46,5 +49,6 @@ def diff_panels(tables, diffs, analysis, marks=()) -> list[dict]:
                     continue
                 panels.append({"title": column_title(c), "pair": f"{a.label} − {b.label}", "seeds": seeds,
                                "values": [va[s] - vb[s] for s in seeds], "mean": d["mean"], "ci95": d["ci95"],
+                               "note": d.get("ci95_why"), "where": where,
                                "mark": marks.get(c), "mark_label": "reference (--mark)"})
     return panels

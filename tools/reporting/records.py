@@ -12,15 +12,31 @@ from utils.records import RecordError, read_record
 from utils.runs import read_metrics
 
 
+RUN_MARKERS = ("config.json", "results.json")  # a folder holding either is a run folder
+
+
 def find_runs(paths):
     """Run folders among `paths` and below them: any folder holding config.json or results.json (a run folder's
     subfolders are searched too, so a stray config.json in a root hides nothing)."""
     found = []
     for p in paths:
         for root, dirs, files in os.walk(p):
-            if "config.json" in files or "results.json" in files:
+            if any(m in files for m in RUN_MARKERS):
                 found.append(root)
     return sorted(set(found))
+
+
+def check_no_new_runs(outputs, paths) -> None:
+    """Refuse (UsageError) an output named like a run's record (config.json, results.json) anywhere below the
+    searched `paths`: its folder would be read as a run folder by the next report. `outputs`: [(flag, path)]."""
+    for flag, path in outputs:
+        out = os.path.realpath(path)
+        if os.path.basename(out) not in RUN_MARKERS:
+            continue
+        for p in paths:
+            if out.startswith(os.path.realpath(p).rstrip(os.sep) + os.sep):
+                raise UsageError(f"{flag} {path}: a {os.path.basename(out)} below {p} would make its folder a run "
+                                 f"folder to the next report of {p}; choose another name")
 
 
 METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "epoch_time_s", "eval_time_s")
@@ -88,7 +104,11 @@ def load_runs(folders, skipped=None, per_image=False):
 def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None:
     """The run's per-image record (see utils.evaluate.per_image_arrays) as {'columns': {col: bool array},
     'test_set': {col: identity of the images}}, or None when the run has none. Raises UsageError when the file
-    is unreadable or does not match its record (another length, or another accuracy than results.json says)."""
+    is unreadable or does not match its own record `rec` (results.json, or the <name>.json of --eval-only): another
+    data fingerprint than its config's, another test-set size (n_test), labels that are not one per scored image
+    or not classes of its config, another length or accuracy of a column than the record says. (The record holds
+    no labels: labels are checked against the record through the fingerprint, which hashes them, and against the
+    other runs' when runs are paired.)"""
     path = os.path.join(folder, rec.get("per_image_file") or per_image_name(name))
     if not os.path.isfile(path):
         return None
@@ -102,6 +122,21 @@ def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None
     labels, n_test = arrays.get("labels"), arrays.get("n_test", np.int64(-1))
     if labels is not None and labels.ndim != 1 or np.ndim(n_test) != 0 or n_test.dtype.kind not in "iu":
         raise UsageError(f"{path} is not a per-image record (its labels are not a vector or its n_test not a count)")
+    record = os.path.join(folder, f"{name}.json")
+    cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+    if cfg.get("data_fingerprint") and fingerprint != cfg["data_fingerprint"]:
+        raise UsageError(f"{path} does not match {record}: its test data's fingerprint is {fingerprint or 'missing'}, "
+                         f"the record's config says {cfg['data_fingerprint']}")
+    if isinstance(rec.get("n_test"), int) and int(n_test) != rec["n_test"]:
+        raise UsageError(f"{path} does not match {record}: a test set of {int(n_test)} images, the record says "
+                         f"{rec['n_test']}")
+    scored = [len(arrays[k]) for k in arrays if f"{k}_index" in arrays and np.ndim(arrays[k]) == 1]
+    if labels is not None and scored and len(labels) != max(scored):
+        raise UsageError(f"{path}: {len(labels)} labels for {max(scored)} scored images; not one per image")
+    classes = cfg.get("num_classes")
+    if labels is not None and len(labels) and isinstance(classes, int) and (
+            labels.dtype.kind not in "iu" or not 0 <= labels.min() <= labels.max() < classes):
+        raise UsageError(f"{path} does not match {record}: its labels are not classes 0 to {classes - 1}")
     for col in record_columns(rec):
         if col not in arrays or col == "corruptions":
             continue
@@ -112,7 +147,7 @@ def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None
                 or index.dtype.kind not in "iu" or (len(index) and not 0 <= index.min() <= index.max() < len(labels))):
             raise UsageError(f"{path}: '{col}' is not a per-image record (bool vector with its test indices)")
         if (size is not None and len(bits) != size) or acc is None or abs(100.0 * bits.mean() - acc) > 1e-6:
-            raise UsageError(f"{path} does not match {os.path.join(folder, 'results.json')}: {col} has "
+            raise UsageError(f"{path} does not match {record}: {col} has "
                              f"{len(bits)} images at {100.0 * bits.mean():.2f}%, the record {size} at {acc}")
         out["columns"][col] = bits
         out["test_set"][col] = (fingerprint, int(n_test), index.tobytes(), labels[index].tobytes())

@@ -2,9 +2,11 @@
 compute-time listings), McNemar's table, the JSON document and the CSV table."""
 import csv
 import math
+import os
 
 from utils.config import RECORDED_KEYS, upgrade
 from utils.evaluate import column_title, column_value
+from utils.runs import atomic_write
 
 from .comparisons import analyse, comparisons, paired_diff, reference, seed_differences
 from .groups import Group, value_text
@@ -39,8 +41,11 @@ def _bound(v):
     return f"{v:+.2g}" if 0 < abs(v) < 0.005 else f"{v:+.2f}"
 
 
-def _interval(ci):
-    return "n/a" if ci is None else f"[{_bound(ci[0])}, {_bound(ci[1])}]"
+def _interval(ci, why=None):
+    """An interval's cell; without one, why not: 'no spread (...)' as it is, too few runs as 'n/a (...)'."""
+    if ci is not None:
+        return f"[{_bound(ci[0])}, {_bound(ci[1])}]"
+    return "n/a" if why is None else why if why.startswith("no ") else f"n/a ({why})"
 
 
 def pooled_std(groups, col) -> str:
@@ -112,10 +117,10 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
                 label = f"{a} − {b}"
                 for c, d in zip(cols, cells):
                     row = ([label, column_title(c), "missing", "", ""] if d is None else
-                           [label, column_title(c), _signed(d["mean"]), _interval(d["ci95"]), d["test"]])
+                           [label, column_title(c), _signed(d["mean"]), _interval(d["ci95"], d.get("ci95_why")),
+                            d["test"]])
                     if bootstrap:
-                        row.append("" if d is None else
-                                   _interval(d["bootstrap_ci95"]) if d["bootstrap_ci95"] else "no per-image record")
+                        row.append("" if d is None else _interval(d["bootstrap_ci95"], d.get("bootstrap_why")))
                     if marks:
                         row.append(_reference_cell(reference(marks, i >= result["first_diff"], c, d)))
                     out.append("| " + " | ".join(row) + " |")
@@ -133,13 +138,12 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
             for r in result["plan"]:
                 rows.setdefault((r["a"], r["b"], r["column"]), []).append(r)
             for (a, b, c), rs in rows.items():
-                if rs[0]["sd"] is None:
-                    cells = [str(rs[0]["n"]), "no plan: fewer than 2 pairs"] + [""] * (len(deltas) + 1)
+                if rs[0]["resolvable"] is None:  # fewer than 2 pairs, or no spread
+                    cells = [str(rs[0]["n"]), f"no plan: {rs[0]['why']}"] + [""] * (len(deltas) + 1)
                 else:
-                    seeds = {r["delta"]: r["seeds"] for r in rs}
-                    cells = [str(rs[0]["n"]), f"{rs[0]['sd']:.2f}"] + \
-                        [str(seeds[d]) if seeds[d] is not None else "more than 100000" for d in deltas] + \
-                        [f"{rs[0]['resolvable']:.2f}"]
+                    by_delta = {r["delta"]: r for r in rs}
+                    seeds = [str(r["seeds"]) if r["seeds"] is not None else r["why"] for r in map(by_delta.get, deltas)]
+                    cells = [str(rs[0]["n"]), f"{rs[0]['sd']:.2f}"] + seeds + [f"{rs[0]['resolvable']:.2f}"]
                 out.append(f"| {a} − {b} | {column_title(c)} | " + " | ".join(cells) + " |")
         if per_seed:
             complete = [(a, b) for a, b in comparisons(groups, diffs) if isinstance(a, Group) and isinstance(b, Group)]
@@ -182,13 +186,21 @@ def markdown(tables, unfinished=(), expected_seeds=None, per_seed=False, analysi
     return "\n".join(out) + "\n"
 
 
-def mcnemar_markdown(folder_a: str, folder_b: str, rows: list[dict]) -> str:
-    """McNemar's table of two runs (rows from comparisons.mcnemar_rows), with the runs named A and B above it."""
-    out = [f"A = {folder_a}", f"B = {folder_b}", "", "| Attack | Images | A | B | Right for A only | Right for B only | "
-           "Exact McNemar p |", "|---|---|---|---|---|---|---|"]
+def mcnemar_markdown(folder_a: str, folder_b: str, result: dict) -> str:
+    """McNemar's table of two runs (`result` from comparisons.mcnemar_rows), with the runs named A and B above it
+    (and the record each comes from where it is not the run's results.json)."""
+    names = [f + ("" if os.path.basename(r) == "results.json" else f" ({os.path.basename(r)}: its --eval-only record)")
+             for f, r in zip((folder_a, folder_b), result["records"])]
+    out = [f"A = {names[0]}", f"B = {names[1]}", "", "| Attack | Images | A | B | Right for A only | "
+           "Right for B only | Exact McNemar p |", "|---|---|---|---|---|---|---|"]
     out += [f"| {column_title(r['column'])} | {r['n']} | {r['acc_a']:.2f} | {r['acc_b']:.2f} | {r['only_a']} | "
-            f"{r['only_b']} | {r['p']:.4g} |" for r in rows]
+            f"{r['only_b']} | {r['p']:.4g} |" for r in result["rows"]]
     return "\n".join(out) + "\n"
+
+
+def mcnemar_json(result: dict) -> dict:
+    """McNemar's test as JSON: {'mcnemar': its rows, 'records': the two records' paths}."""
+    return {"mcnemar": result["rows"], "records": result["records"]}
 
 
 def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_over="both") -> dict:
@@ -219,8 +231,8 @@ def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_ove
 
 
 def write_csv(path, tables):
-    """Write the rows of every table as CSV: data, model, method (the row's label), seeds, and per column its
-    mean, std and number of runs (mean to 4 decimals), then the mean budget and share at eps."""
+    """Write the rows of every table as CSV (atomically): data, model, method (the row's label), seeds, and per
+    column its mean, std and number of runs (mean to 4 decimals), then the mean budget and share at eps."""
     rows = []
     for (data, model), groups in sorted(tables.items(), key=lambda t: str(t[0])):
         cols = columns([r for g in groups for r in g.runs])
@@ -237,7 +249,10 @@ def write_csv(path, tables):
     fields = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
