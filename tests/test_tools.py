@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tools import benchmark, grid, make_cifar10c, report, studies
+from tools import benchmark, device_check, grid, make_cifar10_subset, make_cifar10c, report, studies
 
 
 def fake_run(root, name, method, seed, natural, pgd20, mma=None, aa=None, data="cifar10", model="resnet18",
@@ -311,6 +311,10 @@ TOOL_BAD_INPUT = [
     (benchmark, ["--eval", "--batch-size=64"], "--batch-size does nothing with --eval"),
     (benchmark, ["--batch-size", "501"], "--batch-size 501 is more than"),  # synthetic: 2000 train, 500 test images
     (benchmark, ["--eval", "--eval-batch-size", "501"], "--eval-batch-size 501 is more than"),
+    # an output is never a file the tool reads (here the data file it would time on)
+    (benchmark, ["--data", "cifar10-npz", "--data-dir", "TMP/afile", "--json", "TMP/afile"], "which this command reads"),
+    (device_check, ["--data-dir", "TMP/afile", "--json", "TMP/afile"], "which this command reads"),
+    (make_cifar10_subset, ["--cifar-dir", "TMP/full", "--out", "TMP/full/notes.txt", "--overwrite"], "a folder this command reads"),
     (make_cifar10c, ["--out", "TMP/c", "--n", "-495"], "--n"),
     (make_cifar10c, ["--out", "TMP/afile"], "is a file"),
     (make_cifar10c, ["--out", "TMP/full"], "already holds files"),

@@ -47,7 +47,7 @@ from utils.devices import (autocast, configure_backends, device_name, peak_memor
 from utils.engine import build_run, prepare_model, prepare_training, train_epoch
 from utils.errors import Interrupted, Terminated, UsageError, entry_point, interruption
 from utils.evaluate import evaluate, library_versions
-from utils.runs import check_writable, save_json
+from utils.runs import check_outputs_apart, check_writable, save_json
 from utils.mask_rules import mask_from_cam
 from utils.mask_sources import epsilon_mask, official_cam, official_postprocess
 
@@ -289,6 +289,7 @@ def benchmark(argv=None) -> dict:
         if twice:  # a second timing of one name would overwrite (or, for an attack, pool with) the first
             raise UsageError(f"{flag} names {', '.join(twice)} more than once")
     check_writable(args.json, "--json", folder=False)
+    check_outputs_apart([("--json", args.json)], [] if args.data == "synthetic" else [args.data_dir])
     if args.epoch and args.eval:
         raise UsageError("--epoch times training epochs and --eval the evaluation attacks; give one of them")
     given = sys.argv[1:] if argv is None else list(argv)

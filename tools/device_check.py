@@ -51,7 +51,7 @@ from utils.entry import run_script
 from utils.errors import Interrupted, Terminated, UsageError, entry_point, interruption
 from utils.evaluate import library_versions, provenance
 from utils.records import read_record
-from utils.runs import check_writable, make_logger, save_json
+from utils.runs import check_outputs_apart, check_writable, make_logger, save_json
 
 # section 1: what "agrees" means between the CPU and the device (fp32, TF32 off)
 TOLERANCES = {
@@ -345,6 +345,7 @@ def device_check(argv=None) -> int:
     if twice:  # a section run twice would add its checks twice to the record
         raise UsageError(f"--sections names {', '.join(map(str, twice))} more than once; name each section once")
     check_writable(args.json, "--json", folder=False)  # bad input stops here, before any check
+    check_outputs_apart([("--json", args.json)], [args.data_dir] if args.data_dir else [])
     if args.data_dir:
         load_dataset("cifar10-npz", args.data_dir)
     device = pick_device(args.device, 0)

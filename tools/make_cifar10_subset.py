@@ -153,11 +153,12 @@ def compare(fingerprint: str, recorded: dict, where: str) -> tuple[bool, str]:
 def make(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from utils.data import load_dataset
-    from utils.runs import check_writable
+    from utils.runs import check_outputs_apart, check_writable
     check_writable(args.out, "--out", folder=False)
+    studies = args.studies or os.path.join(ROOT, "docs", "studies")
+    check_outputs_apart([("--out", args.out)], [args.cifar_dir, studies])  # never onto a batch or a study's record
     if os.path.exists(args.out) and not args.overwrite:
         raise UsageError(f"--out {args.out} exists; give --overwrite to replace it, or another --out")
-    studies = args.studies or os.path.join(ROOT, "docs", "studies")
     if args.studies and not os.path.isdir(studies):
         raise UsageError(f"--studies {args.studies} is not a folder")
     arrays = subset(args.cifar_dir, args.per_batch)
