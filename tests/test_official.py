@@ -308,10 +308,11 @@ def test_grid_as_published_pairs_every_row_with_its_published_twin():
 @pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="torchattacks is not installed")
 def test_aa_official_end_to_end(tmp_path):
     out = tmp_path / "r"
-    assert run("part", out, "--as-published", "--eval-attacks", "natural", "pgd20", "--n-eval", "8",
+    assert run("part", out, "--as-published", "--eval-attacks", "natural", "pgd20", "aa-official", "--n-eval", "8",
                "--n-eval-aa", "6", "--seed", "4") == 0
     rec = json.loads((out / "results.json").read_text())
-    assert rec["config"]["as_published"]["eval_attacks"] == ["natural", "pgd20", "aa-official"]
+    assert rec["config"]["eval_attacks"] == ["natural", "pgd20", "aa-official"]
+    assert rec["config"]["as_published"]["official_starts"] is True  # the explicit evaluation is taken as given
     assert json.loads((out / "config.json").read_text())["as_published"] == rec["config"]["as_published"]
     assert rec["aa"] is None and isinstance(rec["aa-official"], float) and rec["n_eval_aa"] == 6
     assert rec["aa_official_seed"] == 4 and rec["versions"]["torchattacks"]

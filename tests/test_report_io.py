@@ -183,7 +183,7 @@ def test_mcnemar_reads_what_eval_only_really_writes(tmp_path, capsys):
     """End to end: two tiny runs (one draws its mask figure, written atomically); one run's per_image.npz is
     gone, --eval-only of its last.pt writes the record McNemar then reads."""
     from tests.test_scripts import SCRIPTS, constants, run
-    from utils.engine import main
+    from utils.entry import main
     assert run("part", tmp_path / "at", "--no-mask", "--seed", "1") == 0
     assert run("part", tmp_path / "part", "--seed", "1", "--mask-figure") == 0
     assert (tmp_path / "part" / "mask.png").stat().st_size > 0
