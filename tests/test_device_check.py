@@ -1,4 +1,4 @@
-"""The device check and the devices (issue 41): an interrupt stops a tool that trains in its own process (exit
+"""The device check and the devices: an interrupt stops a tool that trains in its own process (exit
 130 / 143, the record of what ran, no temporary folders left); goals a device cannot measure, or settings --quick
 leaves out, are skipped with their reason; bad --sections, --data-dir and --device stop with one line."""
 import json

@@ -1,4 +1,4 @@
-"""The report's inputs and outputs (issue 41): no output may overwrite or add to what it reads, an output that
+"""The report's inputs and outputs: no output may overwrite or add to what it reads, an output that
 cannot be a file is refused before anything is printed, a failed write names its path, --plot-diff names each
 panel's data set, and --mcnemar reads the --eval-only record where a run's own has no per-image file."""
 import errno

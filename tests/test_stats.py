@@ -221,7 +221,7 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
 @pytest.mark.parametrize("argv", [["--plan", "0"], ["--plan", "-1"], ["--bootstrap", "0"], ["--power", "1"],
                                   ["--alpha", "0"], ["--bootstrap-over", "images"],
                                   ["--bootstrap-over", "tests", "--bootstrap", "100"],
-                                  # issue 41: ranges that make sense, checked before anything is computed
+                                  # ranges that make sense, checked before anything is computed
                                   ["--plan", "1e10"], ["--plan", "100.5"], ["--alpha", "1e-300", "--plan", "1"],
                                   ["--alpha", "1e-7", "--plan", "1"], ["--alpha", "0.9", "--plan", "1"],
                                   ["--alpha", "0.8", "--plan", "1"], ["--power", "1e-300", "--plan", "1"],
@@ -370,7 +370,7 @@ def test_an_interval_end_near_zero_shows_its_side_of_zero():
 
 
 # ----------------------------------------------------------------------------------------------------
-# issue 41: no spread is no interval; the plan's edges; per-image files against their own record
+# no spread is no interval; the plan's edges; per-image files against their own record
 # ----------------------------------------------------------------------------------------------------
 def test_equal_differences_have_no_interval_and_no_plan():
     acc = [100 * k / 1017 for k in (380, 376, 300, 296, 400, 396)]  # accuracies in steps of a small test set
