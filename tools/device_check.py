@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     return entry_point(lambda: device_check(argv))
 
 
-def device_check(argv=None) -> int:
+def build_parser() -> Parser:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=device_name, default="auto",
                    help="the device to check (against the CPU in section 1) and to time: auto (the first CUDA GPU if "
@@ -340,7 +340,11 @@ def device_check(argv=None) -> int:
     p.add_argument("--json", default="runs/device_check.json", type=nonempty,
                    help="where to write the JSON record (device, versions, checks, speed rows, goals); checked before "
                         "any check runs (default: runs/device_check.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def device_check(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     twice = sorted({s for s in args.sections if args.sections.count(s) > 1})
     if twice:  # a section run twice would add its checks twice to the record
         raise UsageError(f"--sections names {', '.join(map(str, twice))} more than once; name each section once")

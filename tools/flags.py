@@ -6,8 +6,7 @@
 The entry points are the three training scripts (their parser is utils.config.build_parser with the constants at
 the top of each script, read without training) and every module in tools/ with a command line (found by listing
 the folder, so a new tool is documented without being registered here). A tool hands over its parser through its
-`build_parser()`; a tool without one is asked for it by calling its `main([])` with argparse's parse_args
-intercepted, which stops before any flag is read or any work is done. The text of a flag is its --help text: to
+`build_parser()`, which every tool with a command line has. The text of a flag is its --help text: to
 change the reference, change the help string and regenerate. Defaults are rendered as --help shows them (budgets
 as 8/255), never with a memory address. Exit code 0 (1 for --check with a stale file; 2 with one line for bad
 input).
@@ -44,31 +43,6 @@ def build_parser():
 # ----------------------------------------------------------------------------------------------------
 # the parsers
 # ----------------------------------------------------------------------------------------------------
-class _Parsed(BaseException):
-    """Raised by the intercepted parse_args: carries the parser out of a tool's main before it reads anything."""
-
-    def __init__(self, parser):
-        super().__init__("parser captured")
-        self.parser = parser
-
-
-def captured_parser(main):
-    """The parser that `main([])` builds, taken at its parse_args call (which then raises, so nothing runs)."""
-    original = argparse.ArgumentParser.parse_args
-
-    def intercept(self, args=None, namespace=None):
-        raise _Parsed(self)
-
-    argparse.ArgumentParser.parse_args = intercept
-    try:
-        main([])
-    except _Parsed as e:
-        return e.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise RuntimeError(f"{main.__module__}.main([]) returned without parsing its flags")
-
-
 def tool_names() -> list[str]:
     """Every module of tools/ that has a command line (a top-level `def main(` or `if __name__ == "__main__":`, so a
     module that re-exports another's main counts), in TOOL_ORDER then by name."""
@@ -83,9 +57,7 @@ def tool_names() -> list[str]:
 
 def tool_parser(name: str) -> argparse.ArgumentParser:
     module = importlib.import_module(f"tools.{name}")
-    if hasattr(module, "build_parser"):
-        return module.build_parser()
-    return captured_parser(module.main)
+    return module.build_parser()
 
 
 def script_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
