@@ -314,7 +314,7 @@ TOOL_BAD_INPUT = [
     # an output is never a file the tool reads (here the data file it would time on)
     (benchmark, ["--data", "cifar10-npz", "--data-dir", "TMP/afile", "--json", "TMP/afile"], "which this command reads"),
     (device_check, ["--data-dir", "TMP/afile", "--json", "TMP/afile"], "which this command reads"),
-    (make_cifar10_subset, ["--cifar-dir", "TMP/full", "--out", "TMP/full/notes.txt", "--overwrite"], "a folder this command reads"),
+    (make_cifar10_subset, ["--cifar-dir", "TMP", "--out", "TMP/test_batch", "--overwrite"], "which this command reads"),
     (make_cifar10c, ["--out", "TMP/c", "--n", "-495"], "--n"),
     (make_cifar10c, ["--out", "TMP/afile"], "is a file"),
     (make_cifar10c, ["--out", "TMP/full"], "already holds files"),

@@ -156,7 +156,8 @@ def make(argv=None) -> int:
     from utils.runs import check_outputs_apart, check_writable
     check_writable(args.out, "--out", folder=False)
     studies = args.studies or os.path.join(ROOT, "docs", "studies")
-    check_outputs_apart([("--out", args.out)], [args.cifar_dir, studies])  # never onto a batch or a study's record
+    batches = [os.path.join(batches_folder(args.cifar_dir), name) for name in (*TRAIN_BATCHES, TEST_BATCH)]
+    check_outputs_apart([("--out", args.out)], batches)  # never onto a batch it reads
     if os.path.exists(args.out) and not args.overwrite:
         raise UsageError(f"--out {args.out} exists; give --overwrite to replace it, or another --out")
     if args.studies and not os.path.isdir(studies):
