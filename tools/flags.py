@@ -36,7 +36,7 @@ def build_parser():
                         "this repository, wherever the command runs)")
     p.add_argument("--check", action="store_true",
                    help="write nothing: exit 0 when --out equals what would be generated, else exit 1 and name the "
-                        "sections and lines that differ (CI runs this as a test)")
+                        "sections and lines that differ")
     return p
 
 

@@ -196,7 +196,7 @@ def build_parser():
     what.add_argument("--run", action="store_true", help="run the commands (skipping finished runs and runs another "
                                                          "live job owns, resuming interrupted ones)")
     what.add_argument("--status", action="store_true", help="list every run of the grid and its state (finished, "
-                      "running, queued, requeued, failed with its cause, interrupted, not started)")
+                      "running, queued, requeued, failed with its cause, interrupted, damaged, not started)")
     e = p.add_argument_group("where the runs execute (tools/executors.py)")
     e.add_argument("--executor", choices=list(EXECUTORS), default="subprocess",
                    help="subprocess: child processes here (default); local: submitit on this machine; slurm: one "

@@ -210,7 +210,7 @@ def _last_log_line(folder: str) -> str:
 
 
 def run_status(folder: str, argv) -> tuple[str, str]:
-    """(state, detail) of one run of the grid: finished, running, queued, requeued (Nx), failed (with the cause),
+    """(state, detail) of one run of the grid: finished, running, queued, requeued (Nx), failed (with the cause), damaged,
     damaged (its results.json), interrupted (resumable) or not started; decided from what is true now: its
     results.json, the process holding the run folder's lock, and its job.json, whose job must still live (a record
     whose job ended without saying so is settled first: `settle`)."""
