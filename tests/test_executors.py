@@ -706,6 +706,32 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
         os.path.join(folder, "log.txt")).read()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_a_process_whose_main_thread_ended_is_alive_while_another_thread_runs():
+    """A killed multi-threaded run shows its main thread as a zombie while its other threads still hold the run's
+    lock: it is alive until the last of them has ended."""
+    import ctypes
+    import threading
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        threading.Thread(target=os.read, args=(r, 1)).start()
+        ctypes.CDLL(None).pthread_exit(None)
+    os.close(r)
+
+    def leader_state():
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    wait_for(lambda: leader_state() == "Z")
+    assert jobs.pid_alive(pid)
+    os.close(w)  # the other thread's read returns: the process ends
+    wait_for(lambda: not jobs.pid_alive(pid), timeout=60)
+    os.waitpid(pid, 0)
+    assert not jobs.pid_alive(pid)
+
+
 @pytest.mark.slow
 def test_after_kill_9_of_the_grid_status_and_job_json_tell_what_is_true(tmp_path, capsys):
     """kill -9 of the grid records nothing. Its child killed too: --status says interrupted and resumable (not

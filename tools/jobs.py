@@ -109,13 +109,16 @@ def with_resume(folder: str, argv: list) -> list:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine and is not a zombie."""
+    """Whether process `pid` exists on this machine and is not a zombie. A process whose main thread has ended
+    while others still run (a multi-threaded process being killed shows this for a moment, and still holds its
+    files and locks) is alive until its last thread has ended."""
     if pid <= 0:
         return False
+    if _thread_runs(pid, str(pid)):
+        return True
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+        return any(_thread_runs(pid, tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:  # no such process, or no /proc
         pass
     try:
         os.kill(pid, 0)
@@ -124,6 +127,14 @@ def pid_alive(pid: int) -> bool:
         return False
     except OSError:
         return True
+
+
+def _thread_runs(pid: int, tid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def _boot_id() -> str:
