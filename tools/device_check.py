@@ -3,7 +3,7 @@ scale, bf16 against fp32, several processes. Made for a short slot on a new GPU 
 
     python -m tools.device_check                       # on whatever device is here (at most ~8 minutes on one H100)
     python -m tools.device_check --quick               # reduced sizes (~2 minutes on 2 CPU cores)
-    python -m tools.device_check --data-dir ../shared/data/cifar10_subset.npz --json docs/device/h200.json
+    python -m tools.device_check --data-dir ../shared/data/cifar10_subset.npz --json device_check_h200.json
 
 Sections (each check is {"name", "section", "status": pass | fail | skipped, "figure", "reason"}):
   1 cpu-vs-device   the same input on the CPU and on the device: logits of a seeded ResNet-18 (fp32, TF32 off),

@@ -213,8 +213,9 @@ def build_parser(variant: str, constants: dict) -> Parser:
         help="attack starts as the official code draws them: PGD / MMA uniform at the scalar --epsilon, clipped to "
              "the per-pixel budget only by the first step; TRADES / MART x + 0.001 N(0, 1) not projected")
     add(o, "--official-trades-forward", action="store_true",
-        help="TRADES (train_eval_part_t.py only): run the model on the natural batch twice in train mode, as the "
-             "official code does (same loss and gradient; BatchNorm running statistics differ)")
+        help="TRADES only (train_eval_part_t.py; the other two scripts exit 2 on it): run the model on the natural "
+             "batch twice in train mode, as the official code does (same loss and gradient; BatchNorm running "
+             "statistics differ)")
     add(o, "--as-published", action="store_true",
         help="preset: --mask-source official --official-starts (--official-trades-forward for TRADES) and adds "
              "aa-official to the default --eval-attacks (an explicit --eval-attacks is used as given); config.json "
