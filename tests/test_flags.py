@@ -108,3 +108,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert flags.main(["--nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err)
+
+
+def test_the_reference_is_only_ever_a_markdown_file(tmp_path, capsys):
+    """--out never replaces a file that is not a markdown reference (a source file, a device), and a reference that
+    is not text is named as such, not diffed."""
+    source = tmp_path / "report.py"
+    source.write_text("print('keep me')\n")
+    assert flags.main(["--out", str(source)]) == 2
+    assert flags.main(["--check", "--out", "/dev/null"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(".md" in line for line in err), err
+    assert source.read_text() == "print('keep me')\n"
+    binary = tmp_path / "flags.md"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    assert flags.main(["--check", "--out", str(binary)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not UTF-8 text" in err[0], err

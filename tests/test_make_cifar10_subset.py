@@ -124,6 +124,11 @@ def _not_a_dict(folder):
         pickle.dump([1, 2, 3], f)
 
 
+def _a_folder(folder):
+    os.remove(os.path.join(folder, "data_batch_3"))
+    os.mkdir(os.path.join(folder, "data_batch_3"))
+
+
 @pytest.mark.parametrize("spoil, word", [
     (lambda folder: os.remove(os.path.join(folder, "data_batch_4")), "data_batch_4 is missing"),
     (_malformed_pickle, "data_batch_2 is not a CIFAR-10 python batch"),
@@ -132,6 +137,7 @@ def _not_a_dict(folder):
     (_bad_labels, "must be in [0, 10)"),
     (_too_few_labels, "must be 3 integer labels"),
     (_not_a_dict, "a pickled list, not a dict"),
+    (_a_folder, "data_batch_3 is a folder"),
 ])
 def test_bad_batches_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, spoil, word):
     spoil(write_batches(tmp_path / "cifar", n=3))
@@ -151,6 +157,8 @@ def test_other_bad_input_exits_2_with_one_line(tmp_path, capsys):
         (["--cifar-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n.npz")], "is not a folder"),
         (["--cifar-dir", str(tmp_path / "cifar"), "--out", str(tmp_path / "n.npz")], "fewer than the 1017 asked"),
         (["--cifar-dir", str(tmp_path / "cifar"), "--out", str(tmp_path)], "is a folder"),
+        (["--cifar-dir", str(tmp_path / "cifar"), "--out", str(tmp_path / "new") + os.sep, "--per-batch", "3"],
+         "is a folder"),
         (["--cifar-dir", str(tmp_path / "cifar"), "--out", str(tmp_path / "n.npz"), "--per-batch", "0"], "--per-batch"),
         (["--out", str(tmp_path / "n.npz")], "--cifar-dir"),
     ]
@@ -158,7 +166,24 @@ def test_other_bad_input_exits_2_with_one_line(tmp_path, capsys):
         assert tool.main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and word in err[0], (argv, err)
-    assert out.read_bytes() == b"keep me" and not (tmp_path / "n.npz").exists()
+    assert out.read_bytes() == b"keep me" and not (tmp_path / "n.npz").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_record_that_cannot_be_parsed_is_not_counted_and_stops_nothing(tmp_path, capsys):
+    """The studies' records are read before the file is written; one too deeply nested to parse is skipped like
+    any unreadable one, and the others still count."""
+    write_batches(tmp_path / "cifar", n=3)
+    out = tmp_path / "subset.npz"
+    assert tool.main(["--cifar-dir", str(tmp_path / "cifar"), "--out", str(out), "--per-batch", "3"]) in (0, 1)
+    fingerprint = load_dataset("cifar10-npz", str(out)).fingerprint()
+    studies = studies_with(tmp_path / "s", fingerprint)
+    deep = tmp_path / "s" / "study" / "cifar10-npz-resnet18" / "AT-seed9"
+    deep.mkdir()
+    (deep / "config.json").write_text("[" * 100000)
+    capsys.readouterr()
+    argv = ["--cifar-dir", str(tmp_path / "cifar"), "--out", str(out), "--per-batch", "3", "--overwrite"]
+    assert tool.main([*argv, "--studies", studies]) == 0
+    assert "equals the one recorded by the studies" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not os.path.isfile(SHARED_NPZ), reason="the shared CIFAR-10 subset is absent")

@@ -475,6 +475,46 @@ def test_entry_point_turns_an_interrupt_into_one_line(signum, code, word, capsys
     assert err.strip() == word and signal.getsignal(signal.SIGTERM) is previous
 
 
+@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_signal_held_during_start_up_ends_the_entry_point_before_its_work(signum, code, word, capsys):
+    """hold_signals (a tool's imports) keeps a signal from breaking off an import; entry_point then ends with its
+    one line without starting the work, and the handlers are those from before the hold."""
+    from utils.errors import entry_point, hold_signals
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    hold_signals()
+    os.kill(os.getpid(), signum)
+    time.sleep(0.1)  # it is held: nothing is raised here
+    started = []
+    assert entry_point(lambda: started.append(1)) == code
+    assert not started and capsys.readouterr().err.strip() == word
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["report", "benchmark", "device_check", "flags", "make_cifar10c",
+                                  "make_cifar10_subset"])
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="needs Linux's /proc")
+def test_ctrl_c_while_a_tool_loads_prints_one_line(tool, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", f"tools.{tool}", "--help"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+    def holding():  # SIGTERM caught: hold_signals has run, and the libraries' imports follow it
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+        except (OSError, StopIteration):
+            return proc.poll() is not None
+        return bool(int(caught, 16) & (1 << (signal.SIGTERM - 1)))
+
+    deadline = time.time() + 60
+    while not holding() and time.time() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and err.strip() == "interrupted (Ctrl-C)", (proc.returncode, err)
+
+
 @pytest.mark.slow
 def test_a_full_file_system_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     """A real failed write: the resumed epoch's checkpoint (larger: it stores the official masks) exceeds a file-size

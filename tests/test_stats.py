@@ -190,6 +190,10 @@ def test_mcnemar_between_two_run_folders(tmp_path, capsys):
     rows = {r["column"]: r for r in json.loads((tmp_path / "m.json").read_text())["mcnemar"]}
     assert rows["natural"]["p"] == pytest.approx(0.041389, abs=1e-6) and rows["pgd20"]["p"] == 1.0
     assert "| Natural | 50 |" in capsys.readouterr().out
+    for table_flag in (["--seeds", "1", "2"], ["--seeds"], ["--per-seed"]):  # they shape tables it does not print
+        assert report.main(["--mcnemar", str(tmp_path / "x"), str(tmp_path / "y"), *table_flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--mcnemar compares two run folders on its own" in err, err
 
 
 @pytest.mark.parametrize("case", ["other-labels", "other-fingerprint", "record-mismatch", "damaged", "float-index",
@@ -226,7 +230,7 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
                                   ["--alpha", "1e-7", "--plan", "1"], ["--alpha", "0.9", "--plan", "1"],
                                   ["--alpha", "0.8", "--plan", "1"], ["--power", "1e-300", "--plan", "1"],
                                   ["--power", "0.9999999", "--plan", "1"],
-                                  ["--bootstrap", "1"], ["--bootstrap", "99"],
+                                  ["--bootstrap", "1"], ["--bootstrap", "99"], ["--bootstrap", "1000001"],
                                   # a flag that only sets up another is refused without it, default value or not
                                   ["--power", "0.9"], ["--power", "0.8"], ["--alpha", "0.01"], ["--alpha", "0.05"],
                                   ["--bootstrap-seed", "3"], ["--bootstrap-seed", "0"], ["--bootstrap-over", "both"]])

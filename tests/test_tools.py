@@ -386,7 +386,15 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
               "percent": json.dumps({"method": "AT", "seed": 4, "natural": 175.0}),
               "edited": json.dumps({"method": "PART", "seed": 5, "natural": 1.0, "config": {"method": "AT"}}),
               "moved": json.dumps({"method": "AT", "data": "svhn", "seed": 6, "natural": 1.0,
-                                   "config": {"data": "cifar10"}})}
+                                   "config": {"data": "cifar10"}}),
+              "evalseed": json.dumps({"method": "PART", "seed": 7, "natural": 1.0,
+                                      "config": {"variant": "part", "eval_attacks": ["natural", "seed"]}}),
+              "listdata": json.dumps({"method": "PART", "seed": 8, "natural": 1.0,
+                                      "config": {"variant": "part", "data": ["cifar10"]}}),
+              "nanregion": json.dumps({"method": "PART", "seed": 9, "natural": 1.0,
+                                       "config": {"variant": "part", "region_eps": [float("nan")] * 4}}),
+              "longint": '{"method": "AT", "seed": ' + "1" * 5000 + "}",
+              "deep": "[" * 100000}
     for name, text in broken.items():
         folder = fake_run(tmp_path, name, "AT", 9, 0.0, 0.0)
         if text is None:
@@ -401,11 +409,24 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
     for name, why in [("truncated", "not valid JSON"), ("list", "JSON list"), ("latin1", "not UTF-8"),
                       ("noseed", "seed"), ("variant", "unknown variant 'nope'"), ("listvariant", "unknown variant ['part']"), ("text", "natural is 'high'"),
                       ("percent", "not an accuracy in percent"), ("edited", "its method 'PART' is not its config's 'AT'"),
-                      ("moved", "its data 'svhn' is not its config's 'cifar10'")]:
+                      ("moved", "its data 'svhn' is not its config's 'cifar10'"),
+                      ("evalseed", "impossible --eval-attacks (unknown evaluation attack 'seed'"),
+                      ("listdata", "impossible --data"), ("nanregion", "impossible --region-eps"),
+                      ("longint", "not a run's record (ValueError"), ("deep", "not a run's record (RecursionError")]:
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
     assert "good/metrics.csv: 2 malformed row(s)" in left_out  # a number that is not one, an epoch that is not one
     assert "headless/metrics.csv: has no epoch column" in left_out
     assert csv_path.is_file() and (tmp_path / "new" / "c.png").is_file()
+
+
+def test_a_report_with_no_readable_run_exits_2_naming_one(tmp_path, capsys):
+    for seed, natural in ((1, float("nan")), (2, 175.0)):
+        folder = fake_run(tmp_path, f"a{seed}", "AT", seed, 80.0, 50.0)
+        (folder / "results.json").write_text(json.dumps({"method": "AT", "seed": seed, "natural": natural}))
+    assert report.main([str(tmp_path)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1, cap
+    assert "no run could be read" in cap.err and "results.json" in cap.err and "1 more" in cap.err
 
 
 def test_report_times_sum_every_epoch_of_a_run(tmp_path, capsys):

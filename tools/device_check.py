@@ -37,10 +37,12 @@ import sys
 import tempfile
 import time
 
-import torch
-
-if __name__ == "__main__":  # run as a file (python tools/device_check.py): put the repository root on the path
+if __name__ == "__main__":  # the repository root on the path (run as a file: python tools/device_check.py), and
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from utils.errors import hold_signals
+    hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
+import torch  # noqa: E402
+
 from tools.device_speed import OFFICIAL_IMAGES, SETTINGS, WRN_FRACTION, quiet, section_speed
 from utils import ROOT
 from utils.config import script_constants

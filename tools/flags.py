@@ -19,8 +19,10 @@ import os
 import re
 import sys
 
-if __name__ == "__main__":  # run as a file (python tools/flags.py): put the repository root on the path
+if __name__ == "__main__":  # the repository root on the path (run as a file: python tools/flags.py), and
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from utils.errors import hold_signals
+    hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join("docs", "flags.md")
@@ -32,8 +34,8 @@ def build_parser():
     from utils.cli import Parser, nonempty
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=nonempty, metavar="PATH",
-                   help="the reference to write, or with --check the one to compare (default: docs/flags.md of "
-                        "this repository, wherever the command runs)")
+                   help="the reference to write (a .md file), or with --check the one to compare (default: "
+                        "docs/flags.md of this repository, wherever the command runs)")
     p.add_argument("--check", action="store_true",
                    help="write nothing: exit 0 when --out equals what would be generated, else exit 1 and name the "
                         "sections and lines that differ")
@@ -289,9 +291,13 @@ def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out, shown = (args.out, args.out) if args.out else (os.path.join(ROOT, DEFAULT_OUT), DEFAULT_OUT)
     again = "python -m tools.flags" + (f" --out {args.out}" if args.out else "")
+    if not out.endswith(".md"):  # the reference is markdown: never a source file or anything else it could replace
+        raise UsageError(f"--out {shown}: the flag reference is a markdown file; give a path ending in .md")
     if args.check:
         if os.path.isdir(out):
             raise UsageError(f"--out {shown} is a folder; give the reference's file")
+        if os.path.exists(out) and not os.path.isfile(out):
+            raise UsageError(f"--out {shown} is not a regular file (a device, pipe or socket)")
         text = generate()
         if not os.path.isfile(out):
             print(f"{shown} does not exist; write it with: {again}", file=sys.stderr)
@@ -300,7 +306,9 @@ def run(argv=None) -> int:
             with open(out, encoding="utf-8") as f:
                 old = f.read()
         except UnicodeDecodeError:
-            old = ""
+            print(f"{shown} is not UTF-8 text, so not the flag reference; regenerate it with: {again}",
+                  file=sys.stderr)
+            return 1
         if old == text:
             print(f"{shown} is up to date")
             return 0

@@ -23,8 +23,10 @@ import os
 import pickle
 import sys
 
-if __name__ == "__main__":  # run as a file (python tools/make_cifar10_subset.py): put the repository root on the path
+if __name__ == "__main__":  # the repository root on the path (run as a file: python tools/make_cifar10_subset.py), and
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from utils.errors import hold_signals
+    hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
 import numpy as np
 
 from utils.cli import POSITIVE, Parser, nonempty
@@ -65,6 +67,8 @@ def read_batch(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n images (n, 32, 32, 3) uint8 HWC and labels (n,) int64 of one CIFAR-10 python batch: a pickled dict
     with b'data' (M, 3072) uint8, each row the red, green and blue 32 x 32 planes, and b'labels' (M integers in
     [0, 10)). Raises UsageError naming the file and what is wrong."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder, not a CIFAR-10 python batch")
     if not os.path.isfile(path):
         raise UsageError(f"{path} is missing (expects the CIFAR-10 python batches data_batch_1 ... data_batch_5 and "
                          f"test_batch, as extracted from cifar-10-python.tar.gz)")
@@ -128,7 +132,7 @@ def recorded_fingerprints(studies: str) -> dict:
         try:
             with open(path, encoding="utf-8") as f:
                 fp = json.load(f).get("data_fingerprint")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue
         if isinstance(fp, str) and fp:
             out[fp] = out.get(fp, 0) + 1
@@ -162,6 +166,7 @@ def make(argv=None) -> int:
         raise UsageError(f"--out {args.out} exists; give --overwrite to replace it, or another --out")
     if args.studies and not os.path.isdir(studies):
         raise UsageError(f"--studies {args.studies} is not a folder")
+    recorded = recorded_fingerprints(studies)
     arrays = subset(args.cifar_dir, args.per_batch)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_npz(args.out, arrays)
@@ -171,7 +176,7 @@ def make(argv=None) -> int:
           f"({args.per_batch} images per batch); sha256 of the file {sha}")
     fingerprint = load_dataset("cifar10-npz", args.out).fingerprint()  # as a run computes it
     where = args.studies or os.path.relpath(studies, ROOT)
-    equal, sentence = compare(fingerprint, recorded_fingerprints(studies), where)
+    equal, sentence = compare(fingerprint, recorded, where)
     print(sentence)
     return 0 if equal else 1
 

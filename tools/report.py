@@ -35,8 +35,10 @@ import math
 import os
 import sys
 
-if __name__ == "__main__":  # run as a file (python tools/report.py): put the repository root on the path
+if __name__ == "__main__":  # the repository root on the path (run as a file: python tools/report.py), and
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from utils.errors import hold_signals
+    hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
 
 from tools.reporting.comparisons import analyse, mcnemar_rows
 from tools.reporting.groups import check_diffs, group_runs
@@ -63,7 +65,8 @@ def _mark(text: str) -> tuple[str, float]:
 
 
 def _replicates(text: str) -> int:
-    """A --bootstrap N: a whole number of at least stats.MIN_BOOTSTRAP replicates (argparse reports anything else)."""
+    """A --bootstrap N: a whole number of stats.MIN_BOOTSTRAP to stats.MAX_BOOTSTRAP replicates (argparse reports
+    anything else)."""
     try:
         n = int(text)
     except ValueError:
@@ -71,10 +74,13 @@ def _replicates(text: str) -> int:
     if n < stats.MIN_BOOTSTRAP:
         raise argparse.ArgumentTypeError(f"too few replicates ({n}) for a 95% percentile interval (its 2.5% tails "
                                          f"need at least {stats.MIN_BOOTSTRAP}); give {stats.MIN_BOOTSTRAP} or more")
+    if n > stats.MAX_BOOTSTRAP:
+        raise argparse.ArgumentTypeError(f"{n} replicates: at most {stats.MAX_BOOTSTRAP:,} (more change no printed "
+                                         f"digit of the interval)")
     return n
 
 
-_replicates.describe = f"whole number >= {stats.MIN_BOOTSTRAP}"  # as tools/flags.py shows a flag's type
+_replicates.describe = f"whole number {stats.MIN_BOOTSTRAP} to {stats.MAX_BOOTSTRAP}"  # as tools/flags.py shows it
 
 # flags that only set up another, given or not at their default: {dest: (the dest it needs, what it does)}
 NEEDS = {"power": ("plan", "--power sets the seed plan's power"),
@@ -139,8 +145,9 @@ def build_parser() -> Parser:
     add("--alpha", type=number(float, lo=stats.MIN_ALPHA, hi=1, hi_open=True), default=0.05,
         help="with --plan: two-sided significance level of the seed plan (default: 0.05)")
     add("--bootstrap", type=_replicates, metavar="N", default=0,
-        help=f"add a percentile bootstrap interval from N replicates (at least {stats.MIN_BOOTSTRAP}) resampling "
-             f"test images and seeds (needs the runs' per_image.npz; default: no bootstrap)")
+        help=f"add a percentile bootstrap interval from N replicates ({stats.MIN_BOOTSTRAP} to "
+             f"{stats.MAX_BOOTSTRAP:,}) resampling test images and seeds (needs the runs' per_image.npz; default: "
+             f"no bootstrap)")
     add("--bootstrap-seed", type=number(int, lo=0, hi=2**32 - 1), default=0,
         help="with --bootstrap: seed of the bootstrap's resampling (default: 0)")
     add("--bootstrap-over", choices=stats.BOOTSTRAP_OVER, default="both",
@@ -190,7 +197,7 @@ def report(argv=None) -> None:
     if args.mark and not args.diff:
         raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff
-                         or args.csv or args.per_seed or args.times):
+                         or args.csv or args.per_seed or args.times or args.seeds is not None):
         raise UsageError("--mcnemar compares two run folders on its own; give it without run folders or table options "
                          "(only --json)")
     if args.mcnemar and os.path.realpath(args.mcnemar[0]) == os.path.realpath(args.mcnemar[1]):
@@ -214,6 +221,9 @@ def report(argv=None) -> None:
     check_no_new_runs(outputs, args.paths)
     skipped = []
     runs, unfinished = load_runs(folders, skipped, per_image=bool(args.bootstrap))
+    if skipped and not runs:
+        more = f" (and {len(skipped) - 1} more file(s) alike)" if len(skipped) > 1 else ""
+        raise UsageError(f"no run could be read: {skipped[0][0]}: {skipped[0][1]}{more}")
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     check_diffs(tables, args.diff)
     known = set(columns(runs))

@@ -58,6 +58,34 @@ def out_of_memory(e: BaseException) -> str | None:
     return f"out of memory {where}" + (f" (tried to allocate {size})" if size else "")
 
 
+_held = {}  # while start-up signals are held: {"signals": [received], "previous": {signal: handler}}
+
+
+def hold_signals() -> None:
+    """Hold Ctrl-C and SIGTERM while a command-line tool imports its libraries (call it first thing under
+    `if __name__ == "__main__"`): an import broken off half-way can leave a library half-initialised, which ends
+    in an unrelated traceback. `entry_point` releases them and ends with the usual one line for the first one
+    received. Not in a thread other than the main one (signals are the main thread's)."""
+    import threading
+    if _held or threading.current_thread() is not threading.main_thread():
+        return
+    received = []
+    _held.update(signals=received, previous={s: signal.signal(s, lambda signum, frame: received.append(signum))
+                                             for s in (signal.SIGINT, signal.SIGTERM)})
+
+
+def release_signals() -> int | None:
+    """Stop holding (`hold_signals`), restoring the handlers from before; the first signal held meanwhile, or
+    None."""
+    if not _held:
+        return None
+    for s, handler in _held["previous"].items():
+        signal.signal(s, handler)
+    received = _held["signals"]
+    _held.clear()
+    return received[0] if received else None
+
+
 def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
     """Run `body()` as a command-line entry point and return the process exit code: body's own (None: 0);
     2 and one line for a UsageError, a failed write (OSError) or out-of-memory; a Stop's or an Interrupted's code
@@ -67,8 +95,11 @@ def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
     def on_term(signum, frame):
         raise Terminated()
 
+    held = release_signals()
     previous = signal.signal(signal.SIGTERM, on_term) if handle_sigterm else None
     try:
+        if held is not None:
+            raise KeyboardInterrupt if held == signal.SIGINT else Terminated()
         code = body()
         return 0 if code is None else int(code)
     except UsageError as e:

@@ -4,7 +4,8 @@ import json
 import math
 import os
 
-from .config import effective, upgrade
+from .config import check_saved, effective, upgrade
+from .errors import UsageError
 from .evaluate import column_value, record_columns
 from .methods import METHODS
 
@@ -33,8 +34,9 @@ def record_settings(rec: dict) -> dict:
 def read_record(folder: str, name: str = "results") -> dict:
     """The results.json of a run folder (or another record of it, <name>.json: e.g. eval_last.json, which
     --eval-only writes), checked: UTF-8 JSON holding an object with a method name and an integer seed (or one in
-    its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can be read and
-    whose method, variant, data set, model and seed are the record's. Sets 'seed' and adds 'settings'
+    its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can be read, whose every
+    setting is one its flag could have set (utils.config.check_saved), and whose method, variant, data set, model
+    and seed are the record's. Sets 'seed' and adds 'settings'
     (`record_settings`). Raises RecordError (a ValueError) naming the file and saying what is wrong, also when
     the file is missing or unreadable."""
     path = os.path.join(folder, f"{name}.json")
@@ -45,6 +47,8 @@ def read_record(folder: str, name: str = "results") -> dict:
         raise RecordError(path, "not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise RecordError(path, f"not valid JSON ({e.msg}, line {e.lineno}): truncated or damaged") from None
+    except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep to parse
+        raise RecordError(path, f"not a run's record ({type(e).__name__}: {str(e)[:80]})") from None
     except OSError as e:
         raise RecordError(path, f"cannot be read ({e.strerror})") from None
     if not isinstance(rec, dict):
@@ -63,6 +67,11 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
     if cfg and "variant" in cfg and (not isinstance(cfg["variant"], str) or cfg["variant"] not in METHODS):
         raise RecordError(path, f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
+    if cfg and "variant" in cfg:
+        try:  # every setting of the config as its flag would take it, as --resume checks a checkpoint's
+            check_saved(cfg, "config")
+        except UsageError as e:
+            raise RecordError(path, str(e).removeprefix("config: ")) from None
     try:
         rec["settings"] = record_settings(rec)
         cols = record_columns(rec)

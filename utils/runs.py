@@ -168,7 +168,7 @@ def holds_run(out: str) -> list[str]:
 
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
-    an empty path, a file where a folder is wanted or the reverse, a file that exists but is not a regular file
+    an empty path, a file where a folder is wanted or the reverse (a file name ending in a separator included), a file that exists but is not a regular file
     (a device such as /dev/full or /dev/null, a pipe: the writers replace the file whole, see `atomic_write`),
     a path under a file, or one whose nearest existing folder takes no new file (tried with an unnamed temporary
     file, which leaves nothing behind). Missing folders on the way are allowed: the writer creates them. Raises
@@ -176,7 +176,7 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
     if not path:
         raise UsageError(f"{flag} is empty; give a {'folder' if folder else 'file name'}")
     full = os.path.abspath(path)
-    if os.path.isdir(full) and not folder:
+    if (os.path.isdir(full) or path.endswith(os.sep)) and not folder:
         raise UsageError(f"{flag} {path} is a folder; give a file name")
     if not folder and os.path.exists(full) and not os.path.isfile(full):
         raise UsageError(f"{flag} {path} is not a regular file (a device, pipe or socket); give a file name")

@@ -20,6 +20,7 @@ MIN_ALPHA = 1e-6  # the smallest level the seed plan takes: below it the t quant
 MAX_POWER = 1 - 1e-6  # the largest power the seed plan takes
 SEED_CAP = 100_000  # seed counts beyond this are reported as "more than SEED_CAP", not searched
 MIN_BOOTSTRAP = 100  # fewer replicates have no 2.5% tail to read a 95% percentile interval from
+MAX_BOOTSTRAP = 1_000_000  # more change no printed digit of an interval, and only cost time
 _NC_MAX = 1e9  # |noncentrality| is clamped here: the power is already 1.0 for every allowed alpha, and scipy's
 #                noncentral t returns nan from about 3e9 on
 
