@@ -426,22 +426,30 @@ def test_two_grids_on_one_root_neither_restart_nor_mark_the_others_runs(tmp_path
 def test_the_job_lock_keeps_a_second_grid_out_while_one_decides(tmp_path):
     """While one process holds a run folder's job lock (deciding to start the run, and recording it), another's
     job.json update waits for it, and then sees what the first wrote."""
+    import threading
     folder = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", f"""
-import sys, time
+import sys
 sys.path.insert(0, {ROOT!r})
 from tools import jobs
 with jobs.job_lock({folder!r}):
     print("held", flush=True)
-    time.sleep(1.5)
+    sys.stdin.readline()  # until the test says go
     jobs.update_job({folder!r}, new=True, executor="subprocess", job_id="1", state="running")
-"""], stdout=subprocess.PIPE, text=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        t = time.time()
-        rec = jobs.update_job(folder, requeues=3)
-        assert time.time() - t > 1 and rec["job_id"] == "1" and rec["requeues"] == 3
+        got = {}
+        second = threading.Thread(target=lambda: got.update(jobs.update_job(folder, requeues=3)))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # it cannot have finished: the lock is held
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        second.join(60)
+        assert not second.is_alive() and got["job_id"] == "1" and got["requeues"] == 3
     finally:
+        holder.stdin.close()
         holder.wait(timeout=60)
 
 
