@@ -57,6 +57,8 @@ def test_report_mean_std_and_differences(tmp_path, capsys):
     # two pairs with equal differences on every seed: no spread to estimate, so no interval (not a zero-width one)
     assert diff_cells(out, "PART − AT", "Natural") == ["+4.00", "no spread (all 2 differences equal)", "paired t, n=2"]
     assert diff_cells(out, "PART − AT", "AA") == ["missing", "", ""]
+    # --diff PART AT repeats the masked row against its baseline: listed once
+    assert sum(line.startswith("| PART − AT | Natural |") for line in out.splitlines()) == 1
     # a lone TRADES seed: no std, its missing seed flagged, its AA subset size shown; PART-T wholly missing
     assert row_cells(out, "TRADES") == ["78.00 [1]", "51.00 [1]", "49.00 [1]", "47.00 [1]", "1 (missing 2)",
                                         "1000 (AA 500)"]

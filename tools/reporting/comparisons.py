@@ -95,14 +95,18 @@ def plan(a, b, col, deltas, power=0.8, alpha=0.05) -> list[dict]:
 
 def comparisons(groups, diffs):
     """[(A, B)]: each masked group against its baseline, each baseline that has no masked group, and each
-    --diff A B. A side given as a str (or None) names a row that has no finished run."""
-    pairs = [(g, baseline_of(g, groups)) for g in groups if g.masked]
-    paired = {id(b) for _, b in pairs if b is not None}
-    pairs += [(None, g) for g in groups if not g.masked and id(g) not in paired]
+    --diff A B, last. A side given as a str (or None) names a row that has no finished run. A masked row against
+    its baseline that a --diff asks for too is listed once, as the --diff."""
+    asked = []
     for a_name, b_name in diffs:
         a, b = find_group(groups, a_name), find_group(groups, b_name)
-        pairs.append((a, b) if a is not None and b is not None else (a or a_name, b or b_name))
-    return pairs
+        asked.append((a, b) if a is not None and b is not None else (a or a_name, b or b_name))
+    repeated = {(id(a), id(b)) for a, b in asked if isinstance(a, Group) and isinstance(b, Group)}
+    pairs = [(g, baseline_of(g, groups)) for g in groups if g.masked]
+    paired = {id(b) for _, b in pairs if b is not None}
+    pairs = [(a, b) for a, b in pairs if (id(a), id(b)) not in repeated]
+    pairs += [(None, g) for g in groups if not g.masked and id(g) not in paired]
+    return pairs + asked
 
 
 def pair_names(a, b) -> tuple[str, str]:
