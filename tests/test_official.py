@@ -324,18 +324,49 @@ def test_aa_official_end_to_end(tmp_path):
 
 
 def test_report_pairs_published_rows_and_shows_aa_official_after_aa(tmp_path, capsys):
+    """AT trained --as-published is AT (its official start is its own under a scalar budget): one configuration,
+    the baseline of both PART rows; the newer run of a seed is kept, here the one with the official AutoAttack."""
+    import os
     from tools import report
-    for name, argv, acc in [("AT", ["--no-mask"], 40.0), ("AT-as-published", ["--no-mask", "--as-published"], 42.0),
-                            ("PART", [], 44.0), ("PART-as-published", ["--as-published"], 47.0)]:
+    for i, (name, argv, acc) in enumerate([("AT", ["--no-mask"], 40.0),
+                                           ("AT-as-published", ["--no-mask", "--as-published"], 40.0),
+                                           ("PART", [], 44.0), ("PART-as-published", ["--as-published"], 47.0)]):
         cfg = config("part", "--data", "synthetic", *argv)
         rec = {"method": cfg["method"], "seed": 1, "natural": 80.0, "pgd20": acc, "mma": acc, "aa": acc, "n_eval": 500,
                "n_eval_aa": 500, "config": cfg, **({"aa-official": acc + 1} if cfg["as_published"] else {})}
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(rec))
+        os.utime(tmp_path / name / "results.json", (1e9 + i, 1e9 + i))
     assert report.main([str(tmp_path)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
     assert next(line for line in lines if line.startswith("| Method |")).startswith(
         "| Method | Natural | PGD-20 | MMA | AA | AA (official) |")
-    published = next(line for line in lines if line.startswith("| PART (mask_source=official, official_starts=True) −")
-                     and "| PGD-20 |" in line)
-    assert "AT (official_starts=True)" in published and "+5.00" in published  # paired with the published baseline
+    assert "two runs of one configuration with seed 1" in cap.err and "AT-as-published" in cap.err
+    assert [line.split("|")[1].strip() for line in lines if line.startswith("| AT |")] == ["AT"]
+    published = {line.split("|")[2].strip(): line for line in lines
+                 if line.startswith("| PART (mask_source=official, official_starts=True) − AT |")}
+    assert "+7.00" in published["PGD-20"] and "+7.00" in published["AA (official)"]  # 48 - 41
+
+
+def test_official_starts_of_unmasked_at_is_no_setting_of_the_run():
+    """--official-starts changes PGD / MMA only under a per-pixel budget: an unmasked train_eval_part.py run's
+    configuration is the same without it (TRADES and MART start otherwise even unmasked: theirs keeps it)."""
+    for attack in ("pgd", "mma"):
+        plain = config("part", "--no-mask", "--attack", attack)
+        assert effective(config("part", "--no-mask", "--attack", attack, "--official-starts")) == effective(plain)
+        masked = config("part", "--attack", attack)
+        assert effective(config("part", "--attack", attack, "--official-starts")) != effective(masked)
+    for variant in ("part_t", "part_m"):
+        assert effective(config(variant, "--no-mask", "--official-starts")) != effective(config(variant, "--no-mask"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["pgd", "mma"])
+def test_unmasked_at_trains_bit_for_bit_alike_with_official_starts(attack, tmp_path):
+    """What lets the report take AT --official-starts for AT: the same weights, bit for bit."""
+    from tests.test_scripts import same_weights, weights
+    argv = ["--no-mask", "--attack", attack, "--epochs", "2", "--warm-up", "0", "--eval-attacks", "natural"]
+    assert run("part", tmp_path / "ours", *argv) == 0
+    assert run("part", tmp_path / "official", *argv, "--official-starts") == 0
+    assert same_weights(weights(tmp_path / "ours" / "last.pt"), weights(tmp_path / "official" / "last.pt"))

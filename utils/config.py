@@ -445,17 +445,24 @@ def training_differences(saved: dict, new: dict, epochs_done: int) -> list[str]:
     return out
 
 
+def mask_only_keys(variant) -> tuple:
+    """The settings only a masked run of `variant` reads: MASK_KEYS, and --official-starts where the method's
+    official start differs from its own only under a per-pixel budget (Method.starts_need_mask)."""
+    return MASK_KEYS + (("official_starts",) if variant in METHODS and METHODS[variant].starts_need_mask else ())
+
+
 def effective(cfg: dict) -> dict:
     """The config keys that determine a run's numbers: training and evaluation keys, without the run-control
-    ones and without mask settings the run never used (a --no-mask run reads none; each source reads its own)."""
+    ones and without mask settings the run never used (a --no-mask run reads none, --official-starts of
+    train_eval_part.py included; each source reads its own)."""
     out = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS or k in EVAL_KEYS}
     for k in ("seed", "method", "num_classes", "image_size"):
         out.pop(k, None)
     used = set(MASK_SOURCES[cfg["mask_source"]].keys) | {"mask_source", "warm_up"} if cfg.get("mask") else set()
     if "part-pgd" in cfg.get("eval_attacks", ()):  # the mask-aware attack reads the CAM settings of every run
         used |= {"low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend"}
-    for k in MASK_KEYS:
-        if k not in used:
+    for k in mask_only_keys(cfg["variant"]):
+        if k not in used and (k in MASK_KEYS or not cfg.get("mask")):
             out.pop(k, None)
     if not METHODS[cfg["variant"]].uses_beta:
         out.pop("beta", None)

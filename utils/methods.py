@@ -79,6 +79,9 @@ class Method:
     loss: Callable
     uses_beta: bool = False
     trades_forward: bool = False  # whether --official-trades-forward applies
+    # whether --official-starts changes only masked training: PGD's and MMA's official start is uniform at the
+    # scalar eps, bit for bit their own start under a scalar budget (TRADES' and MART's differs always)
+    starts_need_mask: bool = False
 
     @property
     def attacks(self) -> tuple:
@@ -91,7 +94,8 @@ class Method:
 
 
 METHODS = {
-    "part": Method("train_eval_part.py", {"pgd": ("PART", "AT"), "mma": ("PART-MMA", "MMA")}, at_attack, at_loss),
+    "part": Method("train_eval_part.py", {"pgd": ("PART", "AT"), "mma": ("PART-MMA", "MMA")}, at_attack, at_loss,
+                   starts_need_mask=True),
     "part_t": Method("train_eval_part_t.py", {"trades": ("PART-T", "TRADES")},
                      lambda model, x, y, eps, cfg: trades_attack(model, x, y, eps, cfg["step_size"], cfg["num_steps"],
                                                                  official_start=cfg["official_starts"]),

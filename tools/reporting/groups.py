@@ -3,7 +3,7 @@ flags), one table per (data set, model); each row's label (its method and the se
 unmasked baseline, and finding a row by its label or a part of one."""
 import json
 
-from utils.config import MASK_KEYS
+from utils.config import mask_only_keys
 from utils.errors import UsageError
 from utils.evaluate import column_value
 from utils.methods import labels
@@ -40,7 +40,8 @@ class Group:
     def __init__(self, settings, method):
         self.settings, self.method, self.runs, self.label = settings, method, [], method
         self.masked = settings["mask"] if "mask" in settings else LABELS.get(method, (None, False))[1]
-        self.core = {k: v for k, v in settings.items() if k not in MASK_KEYS and k not in ("mask", "method")}
+        only_masked = mask_only_keys(settings.get("variant"))
+        self.core = {k: v for k, v in settings.items() if k not in only_masked and k not in ("mask", "method")}
 
     def stat(self, col):
         """(mean, sample std, n) of column `col` over the group's runs that have it."""

@@ -28,11 +28,12 @@ def fmt(ms, digits=2, sign=""):
     m, s, n = ms
     if n == 0:
         return "missing"
+    m = round(m, digits) + 0.0  # a float sum's -1e-16 reads as 0.00, not -0.00
     return (f"{m:{sign}.{digits}f}" if s is None else f"{m:{sign}.{digits}f} ± {s:.{digits}f}") + f" [{n}]"
 
 
 def _signed(v, digits=2):
-    return "-" if v is None else f"{v:+.{digits}f}"
+    return "-" if v is None else f"{round(v, digits) + 0.0:+.{digits}f}"  # never -0.00
 
 
 def _bound(v):
