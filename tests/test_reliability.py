@@ -480,7 +480,8 @@ def test_entry_point_turns_an_interrupt_into_one_line(signum, code, word, capsys
 def test_a_signal_held_during_start_up_ends_the_entry_point_before_its_work(signum, code, word, capsys):
     """hold_signals (a tool's imports) keeps a signal from breaking off an import; entry_point then ends with its
     one line without starting the work, and the handlers are those from before the hold."""
-    from utils.errors import entry_point, hold_signals
+    from utils.errors import entry_point
+    from utils.signals import hold_signals
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     hold_signals()
     os.kill(os.getpid(), signum)

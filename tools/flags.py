@@ -21,7 +21,7 @@ import sys
 
 if __name__ == "__main__":  # the repository root on the path (run as a file: python tools/flags.py), and
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from utils.errors import hold_signals
+    from utils.signals import hold_signals
     hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,6 +5,8 @@ import re
 import signal
 import sys
 
+from .signals import release_signals
+
 
 class UsageError(Exception):
     """Bad input from the user (flag values, paths, files). Printed without a traceback; exit code 2."""
@@ -56,34 +58,6 @@ def out_of_memory(e: BaseException) -> str | None:
     m = re.search(r"tried to allocate ([0-9.]+ ?[KMGT]i?B)", text, re.I) if size is None else None
     size = m.group(1) if m else size
     return f"out of memory {where}" + (f" (tried to allocate {size})" if size else "")
-
-
-_held = {}  # while start-up signals are held: {"signals": [received], "previous": {signal: handler}}
-
-
-def hold_signals() -> None:
-    """Hold Ctrl-C and SIGTERM while a command-line tool imports its libraries (call it first thing under
-    `if __name__ == "__main__"`): an import broken off half-way can leave a library half-initialised, which ends
-    in an unrelated traceback. `entry_point` releases them and ends with the usual one line for the first one
-    received. Not in a thread other than the main one (signals are the main thread's)."""
-    import threading
-    if _held or threading.current_thread() is not threading.main_thread():
-        return
-    received = []
-    _held.update(signals=received, previous={s: signal.signal(s, lambda signum, frame: received.append(signum))
-                                             for s in (signal.SIGINT, signal.SIGTERM)})
-
-
-def release_signals() -> int | None:
-    """Stop holding (`hold_signals`), restoring the handlers from before; the first signal held meanwhile, or
-    None."""
-    if not _held:
-        return None
-    for s, handler in _held["previous"].items():
-        signal.signal(s, handler)
-    received = _held["signals"]
-    _held.clear()
-    return received[0] if received else None
 
 
 def entry_point(body, where=lambda: "", handle_sigterm: bool = True) -> int:
