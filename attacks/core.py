@@ -77,8 +77,11 @@ def gaussian_start(x: torch.Tensor, eps: torch.Tensor, scale: float = 0.001, pro
 def ascend(model, x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, step_size: float, steps: int,
            loss_fn) -> torch.Tensor:
     """`steps` signed-gradient ascent steps on loss_fn(model(x_adv)), each followed by `project`; loss_fn sees the
-    logits in float32 (also under bf16 autocast). The model must already be frozen. Returns a detached tensor
-    shaped like x."""
+    logits in float32 (also under bf16 autocast). With no step the start is projected, so that the result always
+    lies within its budget and [0, 1], whatever the start. The model must already be frozen. Returns a detached
+    tensor shaped like x."""
+    if steps == 0:
+        return project(x_adv.detach().clone(), x, eps)
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():

@@ -10,7 +10,8 @@ def pgd(model, x, y, eps, step_size, steps, random_start=True, official_start=No
     (B, C, H, W); every element of the result lies within its own budget of x and in [0, 1].
     `official_start` (a float s) starts as the official PART code does: x + U(-s, s), clipped to [0, 1] when
     `eps` is a float (torchattacks' PGD, which the official warm-up uses) and not at all under a budget tensor
-    (the official part_pgd); every step projects as usual, so with steps >= 1 the guarantee above holds.
+    (the official part_pgd); every step projects as usual (and with no step the start is projected), so the
+    guarantee above always holds.
     Runs on the model's device; the model's mode, BN buffers and parameter gradients are left unchanged."""
     with frozen(model):
         e = as_budget(eps, x)

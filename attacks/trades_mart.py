@@ -18,7 +18,7 @@ def _gaussian_ascent(model, x, eps, step_size, steps, official_start, loss_fn):
 def trades_attack(model, x, y, eps, step_size, steps, official_start=False):
     """TRADES inner maximisation: from x + 0.001 * N(0, 1), ascend KL(p(x) || p(x_adv)) (summed).
     `y` is unused (kept so every attack has one signature). `official_start`: the start is not projected into
-    the budget and [0, 1], as in the official code. Same guarantees as attacks.pgd (with steps >= 1)."""
+    the budget and [0, 1], as in the official code. Same guarantees as attacks.pgd."""
     with frozen(model):
         with torch.no_grad():
             p_nat = F.softmax(model(x), dim=1)

@@ -136,7 +136,7 @@ def test_record_names_its_code_and_carries_robustbench_fields(tmp_path):
 
 def test_eval_only_reads_an_old_checkpoint(tmp_path, capsys):
     """A checkpoint of the previous version (config without the later keys, numpy RNG state pickled) evaluates."""
-    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+    assert run("part", tmp_path / "r", "--epochs", "1", "--warm-up", "0", "--eval-attacks", "natural") == 0
     ckpt = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     cfg = {k: v for k, v in ckpt["config"].items() if k not in (
         "mask_source", "mask_refresh", "region_eps", "data_fingerprint", "tensorboard", "eval_corruptions",

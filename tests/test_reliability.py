@@ -216,7 +216,8 @@ def finished(tmp_path_factory):
     (["--epochs", "3"], ["lr_milestones: 2 -> 3", "--lr-milestones 2"]),
     (["--mask-source", "official", "--cam", "layercam"], ["mask_source: cam -> official", "cam: gradcam -> layercam"]),
     (["--n-train", "32", "--batch-size", "16"], ["n_train: 64 -> 32", "batch_size: 32 -> 16"]),
-    (["--data", "cifar10-npz", "--data-dir", "NPZ"], ["data: synthetic -> cifar10-npz", "data_fingerprint"]),
+    (["--data", "cifar10-npz", "--data-dir", "NPZ", "--n-train", "32"],
+     ["data: synthetic -> cifar10-npz", "data_fingerprint", "n_train: 64 -> 32"]),
 ])
 def test_resume_refuses_other_training_settings(finished, argv, words, tmp_path, capsys):
     argv = [a.replace("NPZ", npz(tmp_path / "d.npz")) for a in argv]
@@ -263,7 +264,7 @@ def test_the_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
         assert code == 2 and "another process is using" in err
     finally:
         held.release()
-    assert run("part", tmp_path / "busy", "--epochs", "1", "--eval-attacks", "natural") == 0
+    assert run("part", tmp_path / "busy", "--epochs", "1", "--no-mask", "--eval-attacks", "natural") == 0
 
 
 def test_resume_drops_a_damaged_best_but_not_one_it_lacks_the_memory_to_read(tmp_path, monkeypatch):
@@ -517,15 +518,17 @@ def test_ctrl_c_while_a_tool_loads_prints_one_line(tool, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_file_system_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_a_full_file_system_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     """A real failed write: the resumed epoch's checkpoint (larger: it stores the official masks) exceeds a file-size
     limit (RLIMIT_FSIZE, in a child process). torch.save raises RuntimeError there; the run exits 2 with one line
     and last.pt of epoch 1 stays intact, with no temporary file left."""
     import resource
     out = tmp_path / "r"
     args = ["--mask-source", "official", "--mask-refresh", "2", "--lr-milestones", "9", "--eval-attacks", "natural"]
-    code, err = call("part", [*TINY, "--out", str(out), "--epochs", "1", *args], capsys)
-    assert code == 0, err
+    monkeypatch.setenv("PART_FAULT_NAN_AT", "2,0")  # stops the run after epoch 1 (exit 3)
+    code, err = call("part", [*TINY, "--out", str(out), "--epochs", "2", *args], capsys)
+    assert code == 3, err
+    monkeypatch.delenv("PART_FAULT_NAN_AT")
     before = (out / "last.pt").read_bytes()
     limit = len(before) + 4096
 
@@ -659,7 +662,7 @@ def test_interrupted_while_starting_says_what_is_left(where, tmp_path, capsys, m
         assert "interrupted (Ctrl-C)" in (tmp_path / "r" / "log.txt").read_text()
         assert (tmp_path / "r" / "config.json").exists()
     monkeypatch.undo()
-    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+    assert run("part", tmp_path / "r", "--epochs", "1", "--no-mask", "--eval-attacks", "natural") == 0
 
 
 @pytest.mark.slow
@@ -676,4 +679,4 @@ def test_interrupted_before_the_first_checkpoint_says_start_again(tmp_path):
     assert proc.returncode == 130 and "start again" in err and "--resume" not in err, err
     assert "interrupted (Ctrl-C)" in (out / "log.txt").read_text()
     # and starting again in that folder works: it holds no finished epoch
-    assert run("part", out, "--epochs", "1", "--eval-attacks", "natural") == 0
+    assert run("part", out, "--epochs", "1", "--no-mask", "--eval-attacks", "natural") == 0

@@ -44,7 +44,9 @@ def test_no_output_lands_in_a_run_folder_or_makes_one(flag, target, tmp_path, ca
     before = snapshot(root)
     extra = ["--diff", "PART", "AT"] if flag == "--plot-diff" else []
     err = refused([str(root), *extra, flag, str(root / target)], capsys, flag)
-    assert ("a run folder to the next report" if target.startswith("new/") else "a folder this command reads") in err
+    run_file = os.path.basename(target) in ("results.json", "metrics.csv", "config.json", "per_image.npz")
+    assert ("a run folder to the next report" if target.startswith("new/") else
+            "would replace the" if run_file else "a folder this command reads") in err
     assert snapshot(root) == before  # nothing written, nothing added
 
 

@@ -93,8 +93,9 @@ def test_resume_is_exact_with_every_mask_source(source, tmp_path, monkeypatch):
     assert columns(tmp_path / "whole") == columns(tmp_path / "cut")  # budgets and own-image shares too
     if refresh:  # masks stored by another number of processes are of other batches: recomputed, with a note
         cut["config"]["world_size"] = 2
-        torch.save(cut, tmp_path / "two.pt")
-        assert run("part", tmp_path / "other", *args, "--resume", str(tmp_path / "two.pt")) == 0
+        (tmp_path / "other").mkdir()
+        torch.save(cut, tmp_path / "other" / "two.pt")
+        assert run("part", tmp_path / "other", *args, "--resume", str(tmp_path / "other" / "two.pt")) == 0
         assert "not restored, recomputed" in (tmp_path / "other" / "log.txt").read_text()
 
 
@@ -158,10 +159,17 @@ def test_bad_input_exits_2_with_a_clear_message(argv, needle, tmp_path):
 
 
 def test_checkpoint_that_does_not_match_exits_2(tmp_path, capsys):
-    assert run("part", tmp_path / "r", "--epochs", "1", "--eval-attacks", "natural") == 0
+    assert run("part", tmp_path / "r", "--epochs", "1", "--warm-up", "0", "--eval-attacks", "natural") == 0
     code = main("part", constants(SCRIPTS["part"]),
-                [*TINY, "--width", "8", "--eval-only", str(tmp_path / "r" / "last.pt")])
+                ["--eval-only", str(tmp_path / "r" / "last.pt"), "--n-eval", "32", "--eval-attacks", "natural"])
     assert code == 0  # eval-only reads the model width back from the checkpoint's config
+    # a training flag that differs from the checkpoint's would be ignored: refused, the same value is not
+    code = main("part", constants(SCRIPTS["part"]), [*TINY, "--width", "8", "--eval-only", str(tmp_path / "r" / "last.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "would be ignored" in err and "--width 8 (the checkpoint's width: 4)" in err
+    assert "--epochs 2 (the checkpoint's epochs: 1)" in err and "--n-eval" not in err
+    assert main("part", constants(SCRIPTS["part"]), [*TINY, "--epochs", "1", "--warm-up", "0", "--eval-only",
+                                                    str(tmp_path / "r" / "last.pt")]) == 0
     torch.save({"model": torch.load(tmp_path / "r" / "last.pt", weights_only=False)["model"]}, tmp_path / "bare.pt")
     code = main("part", constants(SCRIPTS["part"]), [*TINY, "--width", "8", "--eval-only", str(tmp_path / "bare.pt")])
     assert code == 2 and "does not match the model" in capsys.readouterr().err

@@ -105,10 +105,12 @@ def test_report_groups_by_data_and_model(tmp_path, capsys):
 
 
 def real_run(root, name, argv, natural, seed=1, metrics=None):
-    """A run folder as the scripts write it: results.json with the resolved config, and metrics.csv."""
+    """A run folder as the scripts write it: results.json with the resolved config (2 epochs, 1 of warm-up, unless
+    argv says otherwise), and metrics.csv."""
     from tests.test_scripts import SCRIPTS, constants
     from utils.config import parse
-    cfg, _ = parse("part", constants(SCRIPTS["part"]), ["--data", "synthetic", "--seed", str(seed), *argv])
+    cfg, _ = parse("part", constants(SCRIPTS["part"]), ["--data", "synthetic", "--seed", str(seed), "--epochs", "2",
+                                                        "--warm-up", "1", *argv])
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -148,7 +150,7 @@ def test_report_keeps_configurations_apart_and_warns_on_a_duplicate_seed(tmp_pat
 
 
 def test_report_budget_columns_skip_a_blank_cell(tmp_path, capsys):
-    folder = real_run(tmp_path, "a", [], 80.0)
+    folder = real_run(tmp_path, "a", ["--epochs", "3"], 80.0)
     (folder / "metrics.csv").write_text("epoch,phase,natural,pgd20,budget_mean,eps_share\n1,warm-up,70,35,8,1\n"
                                         "2,part,80,40,7.0,0.2\n3,part,80,40,7.4,\n")  # no share at epoch 3
     assert report.main([str(tmp_path)]) == 0

@@ -64,7 +64,11 @@ FP32 = dict(channels_last=False, tf32=False, amp="none", cam_backend="grad-cam",
 def speed_setting(text: str) -> dict:
     """A setting's config values: a preset name or a '+'-joined combination of presets and SPEED_FLAGS."""
     cfg = dict(FP32)
-    for part in text.split("+"):
+    parts = text.split("+")
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r} names {', '.join(twice)} twice; name each part once")
+    for part in parts:
         if part not in PRESETS and part not in SPEED_FLAGS:
             raise argparse.ArgumentTypeError(f"unknown speed setting {part!r}; use a preset ({', '.join(PRESETS)}) or "
                                              f"'+'-joined flags ({', '.join(SPEED_FLAGS)})")
@@ -290,6 +294,10 @@ def benchmark(argv=None) -> dict:
         twice = sorted({v for v in values if values.count(v) > 1})
         if twice:  # a second timing of one name would overwrite (or, for an attack, pool with) the first
             raise UsageError(f"{flag} names {', '.join(twice)} more than once")
+    same = [(a, b) for i, a in enumerate(args.settings or []) for b in (args.settings or [])[:i]
+            if speed_setting(a) == speed_setting(b)]
+    if same:  # e.g. fast and channels_last+tf32+torch-cam: one setting timed twice under two names
+        raise UsageError(f"--settings {same[0][1]} and {same[0][0]} are the same setting; name it once")
     check_writable(args.json, "--json", folder=False)
     check_outputs_apart([("--json", args.json)], [] if args.data == "synthetic" else [args.data_dir])
     if args.epoch and args.eval:

@@ -124,10 +124,11 @@ OWNED = {"data": "the grid's --data says which", "model": "the grid's --models s
 def check_extra(study: str, rows, extra) -> str | None:
     """Why the flags after -- cannot go to every command of these rows, or None. They must parse for each row's
     script (no prefixes: the scripts' parser takes whole flag names only), must not set what the grid sets per
-    command, and must not set what any row of the study sets (that would train every row alike)."""
-    from utils.config import build_parser, explicit_flags, parse, script_constants
+    command, must not set what any row of the study sets, and must not leave two rows the same run (either would
+    train every row alike under different names)."""
+    from utils.config import build_parser, effective, explicit_flags, parse, script_constants
     from utils.errors import UsageError
-    given, varies, names = set(), {}, {}
+    given, varies, names, runs = set(), {}, {}, {}
     for row, (script, flags) in STUDIES[study].items():
         variant = script_variant(script)
         constants = script_constants(os.path.join(ROOT, script))
@@ -141,9 +142,10 @@ def check_extra(study: str, rows, extra) -> str | None:
             except UsageError as e:
                 return f"the flags after -- do not fit {script}: {str(e).removesuffix(' (see --help)')}"
             try:  # the row's own flags with them: a contradiction (e.g. --as-published --mask-source cam) stops here
-                parse(variant, constants, [*flags, *extra])
+                cfg, _ = parse(variant, constants, [*flags, *extra])
             except UsageError as e:
                 return f"row {row} with the flags after --: {str(e).removesuffix(' (see --help)')}"
+            runs[row] = (effective(cfg), sorted(cfg["eval_attacks"]))  # what it trains, and what it evaluates
     for dest in sorted(given):
         if dest in OWNED:
             return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
@@ -151,4 +153,10 @@ def check_extra(study: str, rows, extra) -> str | None:
             return (f"{names[dest]} is what the rows of study {study} set ({', '.join(varies[dest])}): passed "
                     f"after --, every row would train alike under different names; drop it (or run one command "
                     f"yourself)")
+    for i, row in enumerate(runs):  # e.g. --no-mask after -- makes every PART row AT
+        same = next((r for r in list(runs)[:i] if runs[r] == runs[row]), None)
+        if same is not None:
+            return (f"rows {same} and {row} would train and evaluate the same run under two names (with the flags "
+                    f"after --, the settings that tell them apart are not used); drop the flag that does this, or "
+                    f"choose one of the rows with --methods")
     return None

@@ -2,6 +2,7 @@
 optional packages (`check_inputs`, `check_packages`), the CAM layer (`check_cam_layer`), the data a checkpoint's model
 fits (`check_fits`) and a checkpoint's stored config (`upgrade_config`). Each raises UsageError with one line."""
 import importlib.util
+import os
 
 import torch
 
@@ -24,7 +25,8 @@ def upgrade_config(saved, where: str) -> dict:
 
 
 def check_inputs(cfg: dict, world: int) -> None:
-    """The checks that need neither data nor model: the run folder, the batch split, the optional inputs."""
+    """The checks that need neither data nor model: the run folder (a fresh run's holds no other run), the batch
+    split, the optional inputs."""
     out = cfg["out"]
     check_out_path(out)
     existing = holds_run(out)
@@ -38,6 +40,15 @@ def check_inputs(cfg: dict, world: int) -> None:
     if uses_cam(cfg) and cfg["cam_backend"] == "grad-cam":
         needs["pytorch_grad_cam"] = "the grad-cam CAM backend"
     check_packages(cfg, needs)
+
+
+def check_resume_folder(cfg: dict, path: str) -> None:
+    """A run resumes from a checkpoint of its own folder (--out): from elsewhere, its metrics.csv and checkpoints
+    would mix two runs. (Checked once the checkpoint itself has been read and found usable.)"""
+    if os.path.realpath(os.path.dirname(os.path.abspath(path))) != os.path.realpath(cfg["out"]):
+        raise UsageError(f"--resume {path} lies outside --out {cfg['out']}: a run resumes from a checkpoint of its own "
+                         f"folder (its metrics.csv and checkpoints are that run's); pass --out "
+                         f"{os.path.dirname(path) or '.'}, or copy the whole run folder and resume there")
 
 
 def check_packages(cfg: dict, needs: dict | None = None) -> None:

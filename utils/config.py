@@ -115,7 +115,7 @@ SPEC = {
 }
 
 
-def _shown(default) -> str:
+def shown(default) -> str:
     if isinstance(default, (list, tuple)):
         return " ".join(fraction_text(v) for v in default) or "none"
     return "none" if default is None else fraction_text(default)
@@ -143,7 +143,7 @@ def build_parser(variant: str, constants: dict) -> Parser:
         if isinstance(default, tuple):
             default = list(default)
         add(g, "--" + const.lower().replace("_", "-"), dest=const.lower(), default=default,
-                       help=f"{SPEC[const].help} (default: {_shown(default)})", **kwargs)
+                       help=f"{SPEC[const].help} (default: {shown(default)})", **kwargs)
     r = p.add_argument_group("run")
     add(r, "--out", type=nonempty, help="run folder, where config.json, metrics.csv, results.json and the checkpoints "
                                         "go (default: runs/<method>-<data>-<model>-seed<N>, e.g. "
@@ -385,8 +385,8 @@ def apply_as_published(variant: str, args: dict, explicit: set) -> None:
               if k != "official_trades_forward" or METHODS[variant].trades_forward}
     for key, value in preset.items():
         if key in explicit and args[key] != value:
-            raise UsageError(f"--as-published sets --{key.replace('_', '-')} {_shown(value)}, which contradicts "
-                             f"--{key.replace('_', '-')} {_shown(args[key])}; drop one of them")
+            raise UsageError(f"--as-published sets --{key.replace('_', '-')} {shown(value)}, which contradicts "
+                             f"--{key.replace('_', '-')} {shown(args[key])}; drop one of them")
     args.update(preset)
     if "eval_attacks" in explicit:
         args["as_published"] = preset
@@ -409,7 +409,21 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
         raise UsageError("--resume continues the run in --out and --overwrite deletes it; give one of them")
     explicit = explicit_flags(build_parser(variant, constants), argv)
     apply_as_published(variant, args, explicit)
-    return resolve(variant, args), explicit
+    cfg = resolve(variant, args)
+    for key, ordered in (("lr_milestones", True), ("eval_attacks", False)):  # a repeat would compound / run twice
+        values = [shown(v) for v in cfg[key]]
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice or (ordered and list(cfg[key]) != sorted(cfg[key])):
+            why = f"{', '.join(twice)} is named twice" if twice else "they are not in increasing order"
+            raise UsageError(f"--{key.replace('_', '-')} {' '.join(values)}: {why}; name each "
+                             f"{'epoch once, in increasing order' if ordered else 'attack once'}")
+    if cfg["mask"] and cfg["warm_up"] == cfg["epochs"] and not (cfg.get("eval_only") or cfg.get("resume")):
+        # it would train as its baseline and be recorded under the masked method's name (a resume is checked
+        # against its run instead)
+        baseline = METHODS[variant].label(cfg["attack"], False)
+        raise UsageError(f"--warm-up {cfg['warm_up']} covers all {cfg['epochs']} epochs, so no epoch would use a mask; "
+                         f"give a --warm-up below --epochs, or --no-mask to train plain {baseline}")
+    return cfg, explicit
 
 
 def script_constants(path: str) -> dict:
@@ -435,13 +449,13 @@ def training_differences(saved: dict, new: dict, epochs_done: int) -> list[str]:
         if key == "data_fingerprint" and a is None:  # checkpoints written before fingerprints were stored
             continue
         if a != b:
-            out.append(f"{key}: {_shown(a)} -> {_shown(b)}")
+            out.append(f"{key}: {shown(a)} -> {shown(b)}")
     if new["epochs"] < epochs_done:
         out.append(f"epochs: {new['epochs']} is fewer than the {epochs_done} epochs already done")
     if any(abs(lr_at(saved, e) - lr_at(new, e)) > 1e-15 for e in range(1, epochs_done + 1)):
-        out.append(f"lr_milestones: {_shown(saved.get('lr_milestones'))} -> {_shown(new['lr_milestones'])} "
+        out.append(f"lr_milestones: {shown(saved.get('lr_milestones'))} -> {shown(new['lr_milestones'])} "
                    f"changes the lr of epochs already trained (pass --lr-milestones "
-                   f"{_shown(saved.get('lr_milestones'))} to keep the run's schedule)")
+                   f"{shown(saved.get('lr_milestones'))} to keep the run's schedule)")
     return out
 
 

@@ -308,10 +308,10 @@ def class_list(classes) -> str:
 
 
 def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
-    """Every data set's labels, whatever loaded them: 1-D integers, one per image, within [0, num_classes), and at
-    least two classes among the training labels an epoch uses (the first `n_train`, all when 0): with one, a
-    classifier learns nothing and every number it reports is meaningless. Raises UsageError naming `where` and the
-    classes present."""
+    """Every data set's labels, whatever loaded them: 1-D integers, one per image, within [0, num_classes); no
+    `n_train` beyond the training images; and at least two classes among the training labels an epoch uses (the
+    first `n_train`, all when 0): with one, a classifier learns nothing and every number it reports is
+    meaningless. Raises UsageError naming `where` and the classes present."""
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
@@ -321,6 +321,9 @@ def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
             raise UsageError(f"{where}: the {split} labels must lie in [0, {data.num_classes}) ({data.name} has "
                              f"{data.num_classes} classes), found {int(y.min())}..{int(y.max())}")
+    if n_train > data.x_train.shape[0]:  # it would train on all of them, recorded as a subset of another size
+        raise UsageError(f"--n-train {n_train} is more than the {data.x_train.shape[0]} training images of {where}; "
+                         f"give at most {data.x_train.shape[0]}, or 0 for all")
     used = data.y_train[:train_size(data, n_train)]
     present = torch.unique(used).tolist()
     if len(present) < 2:

@@ -1,6 +1,7 @@
 """The scripts' command line (`main`: parse the flags, train or evaluate, return the exit code; `run_script`: the
 same work for a tool that trains in its own process) and --eval-only (`eval_only`: evaluate a saved checkpoint with
 the config stored in it)."""
+import json
 import os
 
 from models import CheckpointMismatch, load_checkpoint
@@ -14,7 +15,7 @@ from .errors import Stop, UsageError, entry_point
 from .evaluate import corruption_files
 from .lifecycle import train
 from .outputs import write_evaluation
-from .runs import check_out_path, check_writable, make_logger, read_checkpoint
+from .runs import check_out_path, check_writable, holds_run, make_logger, read_checkpoint
 
 
 EVAL_OVERRIDES = ("data", "data_dir", "download", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
@@ -31,12 +32,14 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
     if "out" in explicit:
         check_out_path(out)
+        check_eval_folder(out, path)
     else:
         check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
     saved = obj.get("config")
     run_cfg = dict(cfg)
     if "config" in obj:  # ours (other code's checkpoints have no config entry)
         run_cfg = upgrade_config(saved, f"--eval-only: {path}")
+        check_ignored_flags(cfg, run_cfg, explicit, path)
         for key in EVAL_OVERRIDES:
             if key in explicit or key not in run_cfg:
                 run_cfg[key] = cfg[key]
@@ -69,6 +72,46 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     stem = os.path.splitext(os.path.basename(path))[0]
     epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
     return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path, epoch)
+
+
+def _same(a, b) -> bool:
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+
+def check_ignored_flags(cfg: dict, saved: dict, explicit: set, path: str) -> None:
+    """Refuse flags given with --eval-only of our checkpoint that it would ignore: a training setting other than
+    the checkpoint's (`saved`, its upgraded config), which the evaluation takes from the checkpoint."""
+    ignored = [k for k in sorted(explicit - set(EVAL_OVERRIDES) - {"eval_only", "out", "device"})
+               if k in saved and not _same(saved[k], cfg[k])]
+    if ignored:
+        def flag(k):
+            name = "--no-mask" if k == "mask" else "--" + k.replace("_", "-")
+            return name if isinstance(cfg[k], bool) else f"{name} {config_mod.shown(cfg[k])}"
+        shown = "; ".join(f"{flag(k)} (the checkpoint's {k}: {config_mod.shown(saved[k])})" for k in ignored)
+        raise UsageError(f"--eval-only evaluates {path} with the settings it was trained with, so these flags would be "
+                         f"ignored: {shown}; drop them (it takes the data, device and evaluation flags)")
+
+
+def check_eval_folder(out: str, path: str) -> None:
+    """Refuse an --eval-only --out other than the checkpoint's own folder that holds a run (its record there
+    would pass for that run's), or an evaluation record of another checkpoint under the name this one writes."""
+    if os.path.realpath(out) == os.path.realpath(os.path.dirname(os.path.abspath(path))):
+        return
+    stem = f"eval_{os.path.splitext(os.path.basename(path))[0]}"
+    others = [f for f in holds_run(out) if not f.startswith(stem + ".") and not f.startswith(stem + "_")]
+    if any(not f.startswith("eval_") for f in others) or os.path.isfile(os.path.join(out, "config.json")):
+        raise UsageError(f"--out {out} holds a run ({', '.join(others) or 'config.json'}), and {path} is not one of "
+                         f"its checkpoints: the evaluation record would pass for that run's; choose another --out")
+    record = os.path.join(out, stem + ".json")
+    if os.path.isfile(record):
+        try:
+            with open(record) as f:
+                was = json.load(f).get("checkpoint")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            was = None
+        if not isinstance(was, str) or os.path.realpath(was) != os.path.realpath(path):
+            raise UsageError(f"--out {out} already holds {stem}.json, the evaluation of {was or 'another checkpoint'}; "
+                             f"choose another --out, or delete it")
 
 
 def _what_exists(out: str) -> str:

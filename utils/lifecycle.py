@@ -3,7 +3,7 @@ folder opened and the training modules prepared (`start`), the epochs (utils.eng
 (utils.records); Ctrl-C or SIGTERM ends it with what to do next (utils.errors.Interrupted)."""
 import os
 
-from .checks import check_inputs
+from .checks import check_inputs, check_resume_folder
 from .devices import barrier, configure_backends, pick_device, ranks_identical, setup_distributed
 from .engine import Run, build_run, prepare_training, run_epochs
 from .errors import Interrupted, Terminated, UsageError, interruption
@@ -26,6 +26,7 @@ def setup(cfg: dict) -> tuple[Run, str | None]:
     if cfg.get("resume"):
         path = os.path.join(run.out, "last.pt") if cfg["resume"] == "last" else cfg["resume"]
         resume_run(run, path)
+        check_resume_folder(cfg, path)
     return run, path
 
 
@@ -37,7 +38,7 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
     try:
         if resumed_from:
             dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
-            stale = drop_later_files(out, run.start_epoch - 1)
+            stale = drop_later_files(out, run.start_epoch - 1, resumed_from)
         else:
             clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
         log = run.log = make_logger(out)
@@ -52,7 +53,7 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
     if resumed_from:
         log.info("resumed from %s (epoch %d done)%s%s", resumed_from, run.start_epoch - 1,
                  f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "",
-                 f"; removed files of the later epochs it replaces: {', '.join(stale)}" if stale else "")
+                 f"; removed or replaced files of the later epochs it replaces: {', '.join(stale)}" if stale else "")
     for note in run.notes:
         log.warning("%s", note)
     log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",

@@ -15,13 +15,15 @@ from .runs import save_json, save_npz, save_text
 def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, folder: str, name: str,
                      checkpoint: str | None, epoch: int | None, extra: dict | None = None) -> dict:
     """Run the evaluation suite as configured and write <folder>/<name>.json (with `extra`'s fields) and .md, the
-    per-image record (`per_image_name(name)`) and, with AutoAttack, aa_log.txt. `epoch`: the epoch the checkpoint
-    holds."""
+    per-image record (`per_image_name(name)`) and, with AutoAttack, its log (`aa_log_name(name)`, this evaluation's
+    alone). `epoch`: the epoch the checkpoint holds."""
+    aa_log = os.path.join(folder, aa_log_name(name))
+    if os.path.isfile(aa_log):  # AutoAttack appends: the log of an earlier evaluation is not this record's
+        os.remove(aa_log)
     t = time.time()
     res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
                    step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
-                   batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg,
-                   aa_log=os.path.join(folder, "aa_log.txt"), log=log, progress=True)
+                   batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg, aa_log=aa_log, log=log, progress=True)
     if cfg.get("eval_corruptions"):
         res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
                                                   cfg["eval_batch_size"], log)
@@ -36,6 +38,12 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
     save_text(os.path.join(folder, f"{name}.md"), markdown_table(record, record["method"]))
     log.info("wrote %s", os.path.join(folder, f"{name}.json"))
     return record
+
+
+def aa_log_name(name: str) -> str:
+    """AutoAttack's log beside the record <name>.json: aa_log.txt for a run's results, <name>_aa_log.txt for an
+    --eval-only record."""
+    return "aa_log.txt" if name == "results" else f"{name}_aa_log.txt"
 
 
 def write_mask_figure(run: Run, n: int = 8) -> None:

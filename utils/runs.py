@@ -20,7 +20,7 @@ from .errors import UsageError, out_of_memory
 # what a run writes into its folder (--overwrite deletes exactly these)
 RUN_FILES = ("config.json", "log.txt", "metrics.csv", "last.pt", "best.pt", "results.json", "results.md", "mask.png",
              "aa_log.txt", "per_image.npz")
-RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)|eval_.+_per_image\.npz")
+RUN_PATTERN = re.compile(r"epoch_\d+\.pt|eval_.+\.(json|md)|eval_.+_per_image\.npz|eval_.+_aa_log\.txt")
 START_FILES = ("config.json", "log.txt", "metrics.csv")  # what a start that never finished an epoch leaves
 TMP_SUFFIX = re.compile(r"\.tmp\.\d+$")  # a temporary file left by a killed write
 LOCK = ".lock"
@@ -170,8 +170,9 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
     an empty path, a file where a folder is wanted or the reverse (a file name ending in a separator included), a file that exists but is not a regular file
     (a device such as /dev/full or /dev/null, a pipe: the writers replace the file whole, see `atomic_write`),
-    a path under a file, or one whose nearest existing folder takes no new file (tried with an unnamed temporary
-    file, which leaves nothing behind). Missing folders on the way are allowed: the writer creates them. Raises
+    a path under a file, a file named as a run's own file (results.json, results.md, ...) in a run folder, or one
+    whose nearest existing folder takes no new file (tried with an unnamed temporary file, which leaves nothing
+    behind). Missing folders on the way are allowed: the writer creates them. Raises
     UsageError naming `flag`."""
     if not path:
         raise UsageError(f"{flag} is empty; give a {'folder' if folder else 'file name'}")
@@ -182,6 +183,9 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
         raise UsageError(f"{flag} {path} is not a regular file (a device, pipe or socket); give a file name")
     if os.path.exists(full) and not os.path.isdir(full) and folder:
         raise UsageError(f"{flag} {path} is a file, not a folder")
+    home, name = os.path.split(os.path.realpath(full))
+    if not folder and _run_file(name) and (holds_run(home) or os.path.isfile(os.path.join(home, "config.json"))):
+        raise UsageError(f"{flag} {path} would replace the {name} of the run in {home}; write it elsewhere")
     parent = full if folder else os.path.dirname(full)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -230,10 +234,12 @@ def clear_run(out: str) -> None:
             shutil.rmtree(p)
 
 
-def drop_later_files(out: str, epoch: int) -> list[str]:
-    """When a run resumes from epoch `epoch`, remove what a later point of the trajectory it replaces wrote:
-    epoch_M.pt for M > epoch, best.pt of a later epoch, and the final record (with its per-image file and mask
-    figure). Returns the names removed."""
+def drop_later_files(out: str, epoch: int, resumed_from: str | None = None) -> list[str]:
+    """When a run resumes from epoch `epoch` (the checkpoint `resumed_from`), remove what a later point of the
+    trajectory it replaces wrote: epoch_M.pt for M > epoch, best.pt of a later epoch, the final record (with its
+    per-image file, AutoAttack log and mask figure); and when `resumed_from` is another file than last.pt, make
+    last.pt a copy of it, so that last.pt always holds the trajectory being continued. Returns the names removed
+    or replaced."""
     gone = []
     for f in sorted(os.listdir(out)):
         m = re.fullmatch(r"epoch_(\d+)\.pt", f)
@@ -244,9 +250,13 @@ def drop_later_files(out: str, epoch: int) -> list[str]:
                 later = not isinstance(saved, int) or saved > epoch
             except UsageError:
                 later = True
-        if later or f in ("results.json", "results.md", "per_image.npz", "mask.png"):
+        if later or f in ("results.json", "results.md", "per_image.npz", "aa_log.txt", "mask.png"):
             os.remove(os.path.join(out, f))
             gone.append(f)
+    last = os.path.join(out, "last.pt")
+    if resumed_from and os.path.realpath(resumed_from) != os.path.realpath(last):
+        atomic_write(last, lambda tmp: shutil.copyfile(resumed_from, tmp))
+        gone.append("last.pt")
     return gone
 
 

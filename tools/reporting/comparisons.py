@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from utils import stats
+from utils.config import training_differences
 from utils.errors import UsageError
 from utils.evaluate import column_value, per_image_name
 from utils.records import RecordError, read_record
@@ -156,6 +157,16 @@ def reference(marks, is_diff, column, d):
     return v, None if d is None or d["ci95"] is None else d["ci95"][0] <= v <= d["ci95"][1]
 
 
+def _training_differences(rec: dict, ev: dict) -> list[str]:
+    """How the checkpoint an --eval-only record `ev` evaluated was trained otherwise than the run of `rec`: its
+    training keys (utils.config.training_differences), leaving out what an evaluation may set (the data)."""
+    a, b = rec.get("config"), ev.get("config")
+    if not isinstance(a, dict) or not isinstance(b, dict) or not isinstance(a.get("epochs"), int):
+        return [] if a == b else ["its config"]
+    evaluation = ("data", "data_fingerprint", "cam_backend", "trained_on")
+    return [d for d in training_differences(a, b, a["epochs"]) if d.split(":")[0] not in evaluation]
+
+
 def mcnemar_record(folder: str) -> tuple[dict, str]:
     """(record with its 'per_image', the record's path) of a finished run for McNemar's test: results.json with
     its per-image file, or where that has none the record that --eval-only wrote into the run folder for the same
@@ -176,9 +187,12 @@ def mcnemar_record(folder: str) -> tuple[dict, str]:
             ev = read_record(folder, name)
         except RecordError as e:
             raise UsageError(f"--mcnemar: {e.path} {e.why}") from None
-        if os.path.basename(str(ev.get("checkpoint"))) != os.path.basename(ckpt) or ev["seed"] != rec["seed"]:
+        differ = _training_differences(rec, ev)
+        if os.path.basename(str(ev.get("checkpoint"))) != os.path.basename(ckpt) or ev["seed"] != rec["seed"] \
+                or ev.get("epoch") != rec.get("epoch") or differ:
             raise UsageError(f"--mcnemar: {os.path.join(folder, name + '.json')} evaluates {ev.get('checkpoint')}, "
-                             f"not this run's {ckpt}")
+                             f"not this run's {ckpt}" + (f" ({'; '.join(differ)})" if differ else
+                                                         f" (epoch {ev.get('epoch')}, seed {ev['seed']})"))
         ev["folder"] = folder
         ev["per_image"] = load_per_image(folder, ev, name)
         if ev["per_image"] is not None:

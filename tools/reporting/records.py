@@ -51,9 +51,11 @@ def _number_or_blank(v) -> bool:
         return False
 
 
-def read_run_metrics(folder):
+def read_run_metrics(folder, epochs=None):
     """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, one per epoch (the last
-    row of a repeated epoch) in epoch order, a note on what was left out or None)."""
+    row of a repeated epoch) in epoch order, a note on what was left out or None). When `epochs` (the run's
+    config) is given and those rows are not one for each epoch 1..epochs, no row is used: budget and time
+    columns from part of a run, or from rows of another run, would be a wrong number."""
     path = os.path.join(folder, "metrics.csv")
     if not os.path.exists(path):
         return [], None
@@ -73,7 +75,23 @@ def read_run_metrics(folder):
     notes = [f"{bad} malformed row(s) left out of the budget columns and curves"] if bad else []
     if repeated:
         notes.append(f"{repeated} repeated epoch row(s); the last row of each epoch is used")
-    return sorted(last.values(), key=lambda r: r["epoch"]), "; ".join(notes) or None
+    rows = sorted(last.values(), key=lambda r: r["epoch"])
+    if isinstance(epochs, int) and rows and [r["epoch"] for r in rows] != list(range(1, epochs + 1)):
+        notes.append(f"its rows cover {_epoch_span([r['epoch'] for r in rows])}, not each of the {epochs} epochs its "
+                     f"record trained; left out of the budget columns, times and curves")
+        rows = []
+    return rows, "; ".join(notes) or None
+
+
+def _epoch_span(epochs) -> str:
+    """'epochs 1-3, 5' for [1, 2, 3, 5]."""
+    parts, start = [], None
+    for i, e in enumerate(epochs):
+        start = e if start is None else start
+        if i + 1 == len(epochs) or epochs[i + 1] != e + 1:
+            parts.append(f"{start}" if start == e else f"{start}-{e}")
+            start = None
+    return ("epoch " if len(epochs) == 1 else "epochs ") + ", ".join(parts)
 
 
 def load_runs(folders, skipped=None, per_image=False):
@@ -93,7 +111,8 @@ def load_runs(folders, skipped=None, per_image=False):
             skipped.append((e.path, e.why))
             continue
         rec["folder"], rec["mtime"] = f, os.path.getmtime(path)
-        rec["metrics"], note = read_run_metrics(f)
+        cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+        rec["metrics"], note = read_run_metrics(f, cfg.get("epochs"))
         if note:
             skipped.append((os.path.join(f, "metrics.csv"), note))
         rec["per_image"] = load_per_image(f, rec) if per_image else None

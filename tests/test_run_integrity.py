@@ -1,0 +1,214 @@
+"""A record, a run folder or a table never mixes two runs, and flags that would be ignored or repeated are refused:
+resume from a checkpoint outside --out or from an earlier epoch, --eval-only into another run's folder or with
+training flags it would ignore, tool outputs over a run's own files, a study whose rows would be one run."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from tests.test_reliability import call
+from tests.test_scripts import SCRIPTS, TINY, constants, run, same_weights, weights
+from tools import benchmark, flags, report
+from tools.studies import check_extra
+from utils.config import parse
+from utils.runs import drop_later_files, read_checkpoint, read_metrics
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    """A finished 3-epoch PART run with a checkpoint of every epoch."""
+    out = tmp_path_factory.mktemp("three") / "run"
+    assert run("part", out, "--epochs", "3", "--save-freq", "1", "--eval-attacks", "natural") == 0
+    return out
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------------
+# resume
+# ----------------------------------------------------------------------------------------------------
+def test_resume_from_a_checkpoint_outside_out_is_refused_and_leaves_the_folder_alone(three, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run("part", other, "--seed", "2", "--eval-attacks", "natural") == 0
+    before = {f: (other / f).read_bytes() for f in os.listdir(other)}
+    code, err = call("part", [*TINY, "--epochs", "3", "--eval-attacks", "natural", "--resume",
+                              str(three / "epoch_1.pt"), "--out", str(other)], capsys)
+    assert code == 2 and "lies outside --out" in err and f"--out {three}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {f: (other / f).read_bytes() for f in os.listdir(other)} == before
+
+
+def test_resuming_from_an_earlier_epoch_makes_last_pt_that_epoch(three, tmp_path):
+    out = copy_run(three, tmp_path / "r")
+    gone = drop_later_files(str(out), 1, str(out / "epoch_1.pt"))
+    assert read_checkpoint(str(out / "last.pt"))["epoch"] == 1
+    assert {"epoch_2.pt", "epoch_3.pt", "results.json", "last.pt"} <= set(gone)
+    assert same_weights(weights(out / "last.pt"), weights(three / "epoch_1.pt"))
+    # resuming from last.pt itself keeps it
+    assert "last.pt" not in drop_later_files(str(out), 1, str(out / "last.pt"))
+
+
+def test_resume_from_an_earlier_epoch_then_plain_resume_continues_that_trajectory(three, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Resumed from epoch_1.pt and stopped before epoch 2 finished: the message and a plain --resume continue from
+    epoch 1, never from the discarded epoch 3, and the run ends with the weights of the uninterrupted run."""
+    out = copy_run(three, tmp_path / "r")
+    argv = [*TINY, "--epochs", "3", "--save-freq", "1", "--eval-attacks", "natural", "--out", str(out)]
+    monkeypatch.setenv("PART_FAULT_NAN_AT", "2,0")  # the first batch of epoch 2 stops the run (exit 3)
+    code, err = call("part", [*argv, "--resume", str(out / "epoch_1.pt")], capsys)
+    assert code == 3 and f"the last good checkpoint is {out / 'last.pt'} (epoch 1)" in err, err
+    monkeypatch.delenv("PART_FAULT_NAN_AT")
+    code, err = call("part", [*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert "(epoch 1 done)" in (out / "log.txt").read_text().split("resumed from")[-1].splitlines()[0]
+    assert [r["epoch"] for r in read_metrics(str(out / "metrics.csv"))] == [1, 2, 3]
+    assert same_weights(weights(out / "last.pt"), weights(three / "last.pt"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report reads budgets only from a whole metrics.csv
+# ----------------------------------------------------------------------------------------------------
+def test_report_leaves_out_the_budget_of_a_metrics_csv_that_misses_epochs(three, tmp_path, capsys):
+    out = copy_run(three, tmp_path / "r")
+    capsys.readouterr()
+    assert report.main([str(out)]) == 0
+    whole = capsys.readouterr().out
+    assert "Budget" in whole
+    lines = (out / "metrics.csv").read_text().splitlines()
+    (out / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")  # the header and the warm-up epoch only
+    assert report.main([str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "cover epoch 1, not each of the 3 epochs" in cap.out + cap.err
+    assert "Budget" not in cap.out  # no run has a budget left to show
+
+
+# ----------------------------------------------------------------------------------------------------
+# --eval-only
+# ----------------------------------------------------------------------------------------------------
+def test_eval_only_into_another_runs_folder_is_refused(three, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run("part", other, "--no-mask", "--eval-attacks", "natural") == 0
+    before = sorted(os.listdir(other))
+    code, err = call("part", ["--eval-only", str(three / "last.pt"), "--eval-attacks", "natural", "--n-eval", "8",
+                              "--out", str(other)], capsys)
+    assert code == 2 and "holds a run" in err and sorted(os.listdir(other)) == before
+    # a folder of evaluations takes records of several checkpoints, but never one over another's of its name
+    evals = tmp_path / "evals"
+    argv = ["--eval-attacks", "natural", "--n-eval", "8", "--out", str(evals)]
+    assert call("part", ["--eval-only", str(three / "last.pt"), *argv], capsys)[0] == 0
+    assert call("part", ["--eval-only", str(three / "epoch_1.pt"), *argv], capsys)[0] == 0
+    assert call("part", ["--eval-only", str(three / "last.pt"), *argv], capsys)[0] == 0  # the same one again
+    code, err = call("part", ["--eval-only", str(other / "last.pt"), *argv], capsys)
+    assert code == 2 and "already holds eval_last.json" in err
+
+
+def test_eval_only_writes_its_own_autoattack_log_name_and_clears_a_stale_one(three, tmp_path, capsys):
+    out = copy_run(three, tmp_path / "r")
+    (out / "eval_last_aa_log.txt").write_text("an earlier evaluation's log\n")
+    (out / "aa_log.txt").write_text("the run's own log\n")
+    assert call("part", ["--eval-only", str(out / "last.pt"), "--eval-attacks", "natural", "--n-eval", "8"],
+                capsys)[0] == 0
+    assert not (out / "eval_last_aa_log.txt").exists()  # no AutoAttack in this evaluation, so no log of it
+    assert (out / "aa_log.txt").read_text() == "the run's own log\n"
+
+
+def test_mcnemar_refuses_an_eval_record_of_a_checkpoint_trained_otherwise(tmp_path, capsys):
+    from tests.test_report_io import eval_only_record, refused, without_per_image
+    from tests.test_stats import image_run
+    bits = {"natural": [True, False, True, True], "pgd20": [False, False, True, False]}
+    cfg = json.loads(json.dumps(parse("part", constants(SCRIPTS["part"]), [*TINY, "--no-mask"])[0]))
+    x = image_run(tmp_path, "x", "AT", 1, bits, record={"config": cfg, "epoch": cfg["epochs"], "data": cfg["data"], "model": cfg["model"]})
+    y = image_run(tmp_path, "y", "AT", 1, bits, record={"config": cfg, "epoch": cfg["epochs"], "data": cfg["data"], "model": cfg["model"]})
+    without_per_image(y)
+    eval_only_record(y, bits)
+    rec = json.loads((y / "eval_last.json").read_text())
+    rec["config"] = {**cfg, "lr": 0.1}  # another run's last.pt evaluated into y
+    (y / "eval_last.json").write_text(json.dumps(rec))
+    refused(["--mcnemar", str(x), str(y)], capsys, "lr: 0.01 -> 0.1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# outputs of the tools never replace a run's own files
+# ----------------------------------------------------------------------------------------------------
+def test_tool_outputs_never_replace_a_runs_files(three, tmp_path, capsys):
+    out = copy_run(three, tmp_path / "r")
+    before = (out / "results.json").read_bytes(), (out / "results.md").read_bytes()
+    capsys.readouterr()
+    assert benchmark.main(["--json", str(out / "results.json"), "--width", "4"]) == 2
+    assert "would replace the results.json of the run" in capsys.readouterr().err
+    assert flags.main(["--out", str(out / "results.md")]) == 2
+    assert "would replace the results.md of the run" in capsys.readouterr().err
+    assert ((out / "results.json").read_bytes(), (out / "results.md").read_bytes()) == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# flags that would be ignored, repeated, or make rows one run
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,words", [
+    (["--epochs", "2", "--warm-up", "2"], "covers all 2 epochs"),
+    (["--epochs", "2", "--warm-up", "2", "--mask-source", "regions"], "or --no-mask to train plain AT"),
+    (["--lr-milestones", "2", "2"], "2 is named twice"),
+    (["--lr-milestones", "2", "1"], "not in increasing order"),
+    (["--eval-attacks", "natural", "pgd20", "natural"], "natural is named twice"),
+    (["--n-train", "99999"], "--n-train 99999 is more than the"),
+])
+def test_flags_that_would_mislead_are_refused(argv, words, tmp_path, capsys):
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), *argv], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unmasked_run_may_warm_up_throughout(tmp_path, capsys):
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), "--no-mask", "--epochs", "1", "--warm-up", "1",
+                              "--eval-attacks", "natural"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("study,rows,extra,words", [
+    ("cam", ["PART-gradcam", "PART-layercam"], ["--no-mask"], "rows PART-gradcam and PART-layercam would train"),
+    ("eps-low", ["PART-eps_low5", "PART-eps_low6"], ["--mask-source", "regions"], "would train and evaluate the same"),
+    ("eps-low", ["PART-eps_low5", "PART-eps_low6"], ["--warm-up", "80"], "covers all 80 epochs"),
+    ("as-published", ["AT", "AT-as-published"], ["--eval-attacks", "natural"], "rows AT and AT-as-published"),
+])
+def test_grid_refuses_flags_that_make_two_rows_one_run(study, rows, extra, words):
+    assert words in (check_extra(study, rows, extra) or "")
+
+
+def test_grid_keeps_rows_that_differ(tmp_path):
+    assert check_extra("cam", ["PART-gradcam", "PART-layercam"], ["--epochs", "12", "--warm-up", "4"]) is None
+    assert check_extra("as-published", ["AT", "PART", "PART-as-published"], ["--eval-attacks", "natural"]) is None
+
+
+@pytest.mark.parametrize("settings,words", [(["tf32+tf32"], "names tf32 twice"),
+                                            (["fast", "channels_last+tf32+torch-cam"], "are the same setting")])
+def test_benchmark_refuses_a_setting_named_twice(settings, words, tmp_path, capsys):
+    capsys.readouterr()
+    assert benchmark.main(["--settings", *settings, "--json", str(tmp_path / "b.json")]) == 2
+    assert words in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# attacks without a step
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attack", ["pgd", "mma", "trades", "mart"])
+def test_an_attack_without_steps_stays_within_every_budget(attack):
+    from attacks import mma, pgd
+    from attacks.trades_mart import mart_attack, trades_attack
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    x = torch.rand(6, 3, 4, 4)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.arange(6) % 3
+    eps = torch.where(torch.rand(6, 1, 4, 4) < 0.5, 8 / 255, 2 / 255).expand(6, 3, 4, 4)
+    run_ = {"pgd": lambda: pgd(model, x, y, eps, 2 / 255, 0, official_start=8 / 255),
+            "mma": lambda: mma(model, x, y, eps, 2 / 255, 0, official_start=8 / 255),
+            "trades": lambda: trades_attack(model, x, y, eps, 2 / 255, 0, official_start=True),
+            "mart": lambda: mart_attack(model, x, y, eps, 2 / 255, 0, official_start=True)}[attack]
+    adv = run_()
+    assert ((adv - x).abs() <= eps + 1e-7).all() and adv.min() >= 0 and adv.max() <= 1
