@@ -7,8 +7,8 @@ from .core import as_budget, ascend, frozen, gaussian_start
 
 def _gaussian_ascent(model, x, eps, step_size, steps, official_start, loss_fn):
     """From x + 0.001 * N(0, 1) (projected, or as the official code starts: not projected), `steps` projected
-    ascent steps on loss_fn; the official code clips the result to [0, 1] once more (which matters only
-    when steps is 0)."""
+    ascent steps on loss_fn; the official code clips the result to [0, 1] once more (which changes nothing:
+    every result of `ascend` is projected)."""
     e = as_budget(eps, x)
     x0 = gaussian_start(x, e, projected=not official_start)
     x_adv = ascend(model, x, x0, e, step_size, steps, loss_fn)

@@ -2,7 +2,8 @@
 import pytest
 
 from tests.test_scripts import SCRIPTS, constants
-from utils.config import build_parser, check_saved, effective, lr_at, parse
+from utils.config import build_parser, check_saved, lr_at, parse
+from utils.identity import effective
 from utils.methods import METHODS
 
 

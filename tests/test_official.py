@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from models import build_model
 from tests.test_scripts import SCRIPTS, constants, run
-from utils.config import effective, parse, training_differences, upgrade
+from utils.config import parse, upgrade
 from utils.entry import main
+from utils.identity import effective, training_differences
 from utils.methods import METHODS
 
 EPS, LOW, STEP, STEPS = 8 / 255, 7 / 255, 2 / 255, 3

@@ -150,8 +150,6 @@ def test_tool_outputs_never_replace_a_runs_files(three, tmp_path, capsys):
 # flags that would be ignored, repeated, or make rows one run
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,words", [
-    (["--epochs", "2", "--warm-up", "2"], "covers all 2 epochs"),
-    (["--epochs", "2", "--warm-up", "2", "--mask-source", "regions"], "or --no-mask to train plain AT"),
     (["--lr-milestones", "2", "2"], "2 is named twice"),
     (["--lr-milestones", "2", "1"], "not in increasing order"),
     (["--eval-attacks", "natural", "pgd20", "natural"], "natural is named twice"),
@@ -163,16 +161,34 @@ def test_flags_that_would_mislead_are_refused(argv, words, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_unmasked_run_may_warm_up_throughout(tmp_path, capsys):
-    code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), "--no-mask", "--epochs", "1", "--warm-up", "1",
-                              "--eval-attacks", "natural"], capsys)
-    assert code == 0, err
+@pytest.mark.parametrize("variant,flags", [("part", []), ("part", ["--mask-source", "regions"]),
+                                           ("part", ["--attack", "mma"]), ("part_t", []), ("part_m", [])])
+def test_a_run_that_never_leaves_its_warm_up_is_its_baseline(variant, flags):
+    """Every epoch of a masked run whose --warm-up covers them all trains the baseline at full eps: it is recorded
+    under the baseline's name and is the same configuration as the baseline's --no-mask run."""
+    from utils.identity import effective
+    from utils.methods import METHODS
+    common = ["--data", "synthetic", "--epochs", "3", *flags]
+    never = parse(variant, constants(SCRIPTS[variant]), [*common, "--warm-up", "3"])[0]
+    plain = parse(variant, constants(SCRIPTS[variant]), [*common, "--warm-up", "0", "--no-mask"])[0]
+    masked = parse(variant, constants(SCRIPTS[variant]), [*common, "--warm-up", "2"])[0]
+    assert never["method"] == plain["method"] == METHODS[variant].label(never["attack"], False)
+    assert effective(never) == effective(plain) != effective(masked)
+
+
+def test_a_run_that_never_leaves_its_warm_up_trains_as_its_baseline(tmp_path, capsys):
+    """...and trains as it: the weights of the --no-mask run, bit for bit."""
+    common = [*TINY, "--epochs", "1", "--eval-attacks", "natural"]
+    assert call("part", [*common, "--warm-up", "1", "--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert call("part", [*common, "--no-mask", "--out", str(tmp_path / "b")], capsys)[0] == 0
+    assert same_weights(weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt"))
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["method"] == "AT"
 
 
 @pytest.mark.parametrize("study,rows,extra,words", [
     ("cam", ["PART-gradcam", "PART-layercam"], ["--no-mask"], "rows PART-gradcam and PART-layercam would train"),
     ("eps-low", ["PART-eps_low5", "PART-eps_low6"], ["--mask-source", "regions"], "would train and evaluate the same"),
-    ("eps-low", ["PART-eps_low5", "PART-eps_low6"], ["--warm-up", "80"], "covers all 80 epochs"),
+    ("eps-low", ["PART-eps_low5", "PART-eps_low6"], ["--warm-up", "80"], "would train and evaluate the same"),
     ("as-published", ["AT", "AT-as-published"], ["--eval-attacks", "natural"], "rows AT and AT-as-published"),
 ])
 def test_grid_refuses_flags_that_make_two_rows_one_run(study, rows, extra, words):
@@ -212,3 +228,46 @@ def test_an_attack_without_steps_stays_within_every_budget(attack):
             "mart": lambda: mart_attack(model, x, y, eps, 2 / 255, 0, official_start=True)}[attack]
     adv = run_()
     assert ((adv - x).abs() <= eps + 1e-7).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the checks above must still let through
+# ----------------------------------------------------------------------------------------------------
+def test_mcnemar_reads_an_eval_record_beside_a_record_of_an_older_version(tmp_path, capsys):
+    """A run recorded before later keys (and the record's epoch) existed, evaluated again with --eval-only now."""
+    from tests.test_report_io import eval_only_record, without_per_image
+    from tests.test_stats import image_run
+    from utils.config import LATER_DEFAULTS
+    bits = {"natural": [True, False, True, True], "pgd20": [False, False, True, False]}
+    cfg = json.loads(json.dumps(parse("part", constants(SCRIPTS["part"]), [*TINY, "--no-mask"])[0]))
+    old = {k: v for k, v in cfg.items() if k not in LATER_DEFAULTS}
+    x = image_run(tmp_path, "x", "AT", 1, bits, record={"config": cfg, "epoch": cfg["epochs"], "data": cfg["data"],
+                                                         "model": cfg["model"]})
+    y = image_run(tmp_path, "y", "AT", 1, bits, record={"config": old, "data": cfg["data"], "model": cfg["model"]})
+    without_per_image(y)
+    eval_only_record(y, bits)
+    rec = json.loads((y / "eval_last.json").read_text())
+    (y / "eval_last.json").write_text(json.dumps({**rec, "config": cfg, "epoch": cfg["epochs"]}))
+    capsys.readouterr()
+    assert report.main(["--mcnemar", str(x), str(y)]) == 0, capsys.readouterr().err
+    assert "(eval_last.json: its --eval-only record)" in capsys.readouterr().out
+
+
+def test_eval_only_evaluates_one_checkpoint_again_from_anywhere_and_takes_run_control_flags(three, tmp_path,
+                                                                                           capsys, monkeypatch):
+    evals = tmp_path / "evals"
+    argv = ["--eval-attacks", "natural", "--n-eval", "8"]
+    monkeypatch.chdir(three.parent)
+    assert call("part", ["--eval-only", os.path.join(three.name, "last.pt"), *argv, "--out", str(evals)],
+                capsys)[0] == 0
+    moved = copy_run(three, tmp_path / "moved")  # the same checkpoint, copied elsewhere
+    monkeypatch.chdir(tmp_path)
+    code, err = call("part", ["--eval-only", str(moved / "last.pt"), *argv, "--out", "evals", "--save-freq", "3",
+                              "--no-mask-figure", "--log-interval", "7"], capsys)
+    assert code == 0, err
+
+
+def test_report_outputs_in_a_folder_of_outputs_are_replaced(three, tmp_path, capsys):
+    analysis = tmp_path / "analysis"
+    for _ in range(2):  # the same command twice: its own results.json is no run's
+        assert report.main([str(three), "--json", str(analysis / "results.json")]) == 0

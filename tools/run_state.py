@@ -27,7 +27,7 @@ def _asked(argv: tuple) -> dict:
 
 
 def _identity(cfg: dict) -> dict:
-    from utils.config import effective
+    from utils.identity import effective
     out = {k: v for k, v in effective(cfg).items() if k != "data_fingerprint"}
     out["data_dir"] = os.path.abspath(cfg["data_dir"]) if isinstance(cfg.get("data_dir"), str) else None
     return out
@@ -63,8 +63,9 @@ def results_state(folder: str, argv) -> tuple[str | None, str]:
 def _config_state(folder: str, argv) -> str | None:
     """For a folder that holds an interrupted run (last.pt): what keeps --resume from continuing it with this
     command's settings, as its config.json records them (None: nothing, or no readable config.json to tell)."""
-    from utils.config import check_saved, training_differences
+    from utils.config import check_saved
     from utils.errors import UsageError
+    from utils.identity import training_differences
     try:
         with open(os.path.join(folder, "config.json")) as f:
             saved = check_saved(json.load(f), os.path.join(folder, "config.json"))

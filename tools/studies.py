@@ -126,8 +126,9 @@ def check_extra(study: str, rows, extra) -> str | None:
     script (no prefixes: the scripts' parser takes whole flag names only), must not set what the grid sets per
     command, must not set what any row of the study sets, and must not leave two rows the same run (either would
     train every row alike under different names)."""
-    from utils.config import build_parser, effective, explicit_flags, parse, script_constants
+    from utils.config import build_parser, explicit_flags, parse, script_constants
     from utils.errors import UsageError
+    from utils.identity import effective
     given, varies, names, runs = set(), {}, {}, {}
     for row, (script, flags) in STUDIES[study].items():
         variant = script_variant(script)

@@ -45,7 +45,11 @@ def check_inputs(cfg: dict, world: int) -> None:
 def check_resume_folder(cfg: dict, path: str) -> None:
     """A run resumes from a checkpoint of its own folder (--out): from elsewhere, its metrics.csv and checkpoints
     would mix two runs. (Checked once the checkpoint itself has been read and found usable.)"""
-    if os.path.realpath(os.path.dirname(os.path.abspath(path))) != os.path.realpath(cfg["out"]):
+    try:
+        inside = os.path.samefile(os.path.dirname(os.path.abspath(path)), cfg["out"])  # links, second mounts too
+    except OSError:
+        inside = False
+    if not inside:
         raise UsageError(f"--resume {path} lies outside --out {cfg['out']}: a run resumes from a checkpoint of its own "
                          f"folder (its metrics.csv and checkpoints are that run's); pass --out "
                          f"{os.path.dirname(path) or '.'}, or copy the whole run folder and resume there")

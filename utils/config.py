@@ -39,6 +39,12 @@ MASK_KEYS = ("mask_source", "low_epsilon", "cam", "mask_rule", "cam_layer", "cam
              "region_eps", "warm_up")
 
 
+def masked_epochs(cfg: dict) -> bool:
+    """Whether any epoch of the run uses its mask source: a masked run (no --no-mask) with epochs after warm-up.
+    One whose warm-up covers every epoch trains its baseline method throughout, and is that method's run."""
+    return bool(cfg["mask"]) and cfg["warm_up"] < cfg["epochs"]
+
+
 def lr_at(cfg: dict, epoch: int) -> float:
     """The schedule: learning rate of global epoch `epoch` (1-based), lr * 0.1 ** (milestones <= epoch)."""
     return cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["lr_milestones"])
@@ -346,8 +352,8 @@ def resolve(variant: str, args: dict) -> dict:
             cfg[key] = getattr(spec, key)
     if cfg.get("lr_milestones") is None:
         cfg["lr_milestones"] = [cfg["epochs"]]
-    # a run whose budgets come from no CAM (the regions source) is its baseline method with other budgets
-    cfg["method"] = method.label(cfg["attack"], cfg["mask"] and MASK_SOURCES[cfg["mask_source"]].uses_cam)
+    # a run whose budgets come from no CAM (the regions source), or that never leaves its warm-up, is its baseline
+    cfg["method"] = method.label(cfg["attack"], masked_epochs(cfg) and MASK_SOURCES[cfg["mask_source"]].uses_cam)
     cfg["num_classes"], cfg["image_size"] = spec.num_classes, spec.image_size
     validate(cfg)
     if not cfg.get("out"):
@@ -417,12 +423,6 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
             why = f"{', '.join(twice)} is named twice" if twice else "they are not in increasing order"
             raise UsageError(f"--{key.replace('_', '-')} {' '.join(values)}: {why}; name each "
                              f"{'epoch once, in increasing order' if ordered else 'attack once'}")
-    if cfg["mask"] and cfg["warm_up"] == cfg["epochs"] and not (cfg.get("eval_only") or cfg.get("resume")):
-        # it would train as its baseline and be recorded under the masked method's name (a resume is checked
-        # against its run instead)
-        baseline = METHODS[variant].label(cfg["attack"], False)
-        raise UsageError(f"--warm-up {cfg['warm_up']} covers all {cfg['epochs']} epochs, so no epoch would use a mask; "
-                         f"give a --warm-up below --epochs, or --no-mask to train plain {baseline}")
     return cfg, explicit
 
 
@@ -432,55 +432,3 @@ def script_constants(path: str) -> dict:
     with open(path) as f:
         exec(compile(f.read(), path, "exec"), ns)
     return {k: v for k, v in ns.items() if k.isupper()}
-
-
-def training_differences(saved: dict, new: dict, epochs_done: int) -> list[str]:
-    """What keeps `new` from continuing the run whose checkpoint config is `saved` after `epochs_done`
-    epochs: one 'key: saved -> new' line per differing training key. --epochs may grow (not below the epochs
-    done) and the lr schedule must agree on the epochs already trained."""
-    skip = set(RUN_CONTROL_KEYS) | {"epochs", "lr_milestones", "method", "num_classes", "image_size"}
-    out = []
-    for key in sorted((set(saved) | set(new)) - skip):
-        a, b = saved.get(key), new.get(key)
-        if isinstance(a, tuple):
-            a = list(a)
-        if isinstance(b, tuple):
-            b = list(b)
-        if key == "data_fingerprint" and a is None:  # checkpoints written before fingerprints were stored
-            continue
-        if a != b:
-            out.append(f"{key}: {shown(a)} -> {shown(b)}")
-    if new["epochs"] < epochs_done:
-        out.append(f"epochs: {new['epochs']} is fewer than the {epochs_done} epochs already done")
-    if any(abs(lr_at(saved, e) - lr_at(new, e)) > 1e-15 for e in range(1, epochs_done + 1)):
-        out.append(f"lr_milestones: {shown(saved.get('lr_milestones'))} -> {shown(new['lr_milestones'])} "
-                   f"changes the lr of epochs already trained (pass --lr-milestones "
-                   f"{shown(saved.get('lr_milestones'))} to keep the run's schedule)")
-    return out
-
-
-def mask_only_keys(variant) -> tuple:
-    """The settings only a masked run of `variant` reads: MASK_KEYS, and --official-starts where the method's
-    official start differs from its own only under a per-pixel budget (Method.starts_need_mask)."""
-    return MASK_KEYS + (("official_starts",) if variant in METHODS and METHODS[variant].starts_need_mask else ())
-
-
-def effective(cfg: dict) -> dict:
-    """The config keys that determine a run's numbers: training and evaluation keys, without the run-control
-    ones and without mask settings the run never used (a --no-mask run reads none, --official-starts of
-    train_eval_part.py included; each source reads its own)."""
-    out = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS or k in EVAL_KEYS}
-    for k in ("seed", "method", "num_classes", "image_size"):
-        out.pop(k, None)
-    used = set(MASK_SOURCES[cfg["mask_source"]].keys) | {"mask_source", "warm_up"} if cfg.get("mask") else set()
-    if "part-pgd" in cfg.get("eval_attacks", ()):  # the mask-aware attack reads the CAM settings of every run
-        used |= {"low_epsilon", "cam", "mask_rule", "cam_layer", "cam_backend"}
-    for k in mask_only_keys(cfg["variant"]):
-        if k not in used and (k in MASK_KEYS or not cfg.get("mask")):
-            out.pop(k, None)
-    if not METHODS[cfg["variant"]].uses_beta:
-        out.pop("beta", None)
-    if not METHODS[cfg["variant"]].trades_forward:
-        out.pop("official_trades_forward", None)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
-

@@ -6,7 +6,7 @@ import os
 
 from models import CheckpointMismatch, load_checkpoint
 
-from . import config as config_mod
+from . import config as config_mod, identity
 from .checks import check_cam_layer, check_fits, check_packages, upgrade_config
 from .data import load_dataset
 from .devices import configure_backends, pick_device
@@ -32,7 +32,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     out = cfg["out"] if "out" in explicit else os.path.dirname(os.path.abspath(path))
     if "out" in explicit:
         check_out_path(out)
-        check_eval_folder(out, path)
+        check_eval_folder(out, path, obj)
     else:
         check_writable(out, "the checkpoint's folder (where the evaluation record goes; --out puts it elsewhere)")
     saved = obj.get("config")
@@ -80,8 +80,9 @@ def _same(a, b) -> bool:
 
 def check_ignored_flags(cfg: dict, saved: dict, explicit: set, path: str) -> None:
     """Refuse flags given with --eval-only of our checkpoint that it would ignore: a training setting other than
-    the checkpoint's (`saved`, its upgraded config), which the evaluation takes from the checkpoint."""
-    ignored = [k for k in sorted(explicit - set(EVAL_OVERRIDES) - {"eval_only", "out", "device"})
+    the checkpoint's (`saved`, its upgraded config), which the evaluation takes from the checkpoint. (Run-control
+    flags, which change no number, pass.)"""
+    ignored = [k for k in sorted(explicit - set(EVAL_OVERRIDES) - set(config_mod.RUN_CONTROL_KEYS))
                if k in saved and not _same(saved[k], cfg[k])]
     if ignored:
         def flag(k):
@@ -92,10 +93,32 @@ def check_ignored_flags(cfg: dict, saved: dict, explicit: set, path: str) -> Non
                          f"ignored: {shown}; drop them (it takes the data, device and evaluation flags)")
 
 
-def check_eval_folder(out: str, path: str) -> None:
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one existing folder (also through links or a second mount of it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _same_checkpoint(record: dict, obj: dict, path: str) -> bool:
+    """Whether an evaluation record evaluated the checkpoint `obj` (read from `path`): for ours, the same training
+    and epoch (wherever the files were moved since); for other code's, the same file."""
+    cfg = record.get("config")
+    if isinstance(obj.get("config"), dict) and isinstance(cfg, dict) and isinstance(cfg.get("epochs"), int):
+        try:
+            return not identity.same_training(obj["config"], cfg) and record.get("epoch") == obj.get("epoch")
+        except (KeyError, TypeError, ValueError):
+            return False
+    was = record.get("checkpoint")
+    return isinstance(was, str) and os.path.isfile(was) and os.path.samefile(was, path)
+
+
+def check_eval_folder(out: str, path: str, obj: dict) -> None:
     """Refuse an --eval-only --out other than the checkpoint's own folder that holds a run (its record there
-    would pass for that run's), or an evaluation record of another checkpoint under the name this one writes."""
-    if os.path.realpath(out) == os.path.realpath(os.path.dirname(os.path.abspath(path))):
+    would pass for that run's), or an evaluation record of another checkpoint under the name this one writes
+    (`obj`: the checkpoint read from `path`)."""
+    if same_folder(out, os.path.dirname(os.path.abspath(path))):
         return
     stem = f"eval_{os.path.splitext(os.path.basename(path))[0]}"
     others = [f for f in holds_run(out) if not f.startswith(stem + ".") and not f.startswith(stem + "_")]
@@ -106,10 +129,11 @@ def check_eval_folder(out: str, path: str) -> None:
     if os.path.isfile(record):
         try:
             with open(record) as f:
-                was = json.load(f).get("checkpoint")
-        except (OSError, ValueError, AttributeError, RecursionError):
-            was = None
-        if not isinstance(was, str) or os.path.realpath(was) != os.path.realpath(path):
+                rec = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict) or not _same_checkpoint(rec, obj, path):
+            was = rec.get("checkpoint") if isinstance(rec, dict) else None
             raise UsageError(f"--out {out} already holds {stem}.json, the evaluation of {was or 'another checkpoint'}; "
                              f"choose another --out, or delete it")
 

@@ -18,15 +18,20 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
     per-image record (`per_image_name(name)`) and, with AutoAttack, its log (`aa_log_name(name)`, this evaluation's
     alone). `epoch`: the epoch the checkpoint holds."""
     aa_log = os.path.join(folder, aa_log_name(name))
-    if os.path.isfile(aa_log):  # AutoAttack appends: the log of an earlier evaluation is not this record's
-        os.remove(aa_log)
+    aa_tmp = f"{aa_log}.tmp.{os.getpid()}"  # AutoAttack appends: this evaluation's log replaces the old one at the end
     t = time.time()
-    res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
-                   step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
-                   batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg, aa_log=aa_log, log=log, progress=True)
-    if cfg.get("eval_corruptions"):
-        res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
-                                                  cfg["eval_batch_size"], log)
+    try:
+        res = evaluate(model, data, attacks=tuple(cfg["eval_attacks"]), eps=cfg["eval_epsilon"],
+                       step_size=cfg["step_size"], n_eval=cfg["n_eval"], n_eval_aa=cfg.get("n_eval_aa", 0),
+                       batch_size=cfg["eval_batch_size"], seed=cfg["seed"], cfg=cfg, aa_log=aa_tmp, log=log,
+                       progress=True)
+        if cfg.get("eval_corruptions"):
+            res["corruptions"] = evaluate_corruptions(model, cfg["eval_corruptions"], cfg["n_eval"],
+                                                      cfg["eval_batch_size"], log)
+    except BaseException:
+        if os.path.exists(aa_tmp):
+            os.remove(aa_tmp)
+        raise
     record = make_record(cfg, res, checkpoint, time.time() - t, next(model.parameters()).device, epoch)
     record.update(extra or {})
     aa_note = f" (AA on the first {res['n_eval_aa']})" if res["n_eval_aa"] not in (None, res["n_eval"]) else ""
@@ -34,6 +39,10 @@ def write_evaluation(cfg: dict, model: torch.nn.Module, data: Dataset, log, fold
              markdown_table(record, record["method"]))
     record["per_image_file"] = per_image_name(name)
     save_npz(os.path.join(folder, record["per_image_file"]), per_image_arrays(res, data, cfg.get("data_fingerprint")))
+    if os.path.exists(aa_tmp):
+        os.replace(aa_tmp, aa_log)
+    elif os.path.exists(aa_log):  # an earlier evaluation's, which this record does not have
+        os.remove(aa_log)
     save_json(os.path.join(folder, f"{name}.json"), record)
     save_text(os.path.join(folder, f"{name}.md"), markdown_table(record, record["method"]))
     log.info("wrote %s", os.path.join(folder, f"{name}.json"))

@@ -4,9 +4,10 @@ import json
 import math
 import os
 
-from .config import check_saved, effective, upgrade
+from .config import check_saved, upgrade
 from .errors import UsageError
 from .evaluate import column_value, record_columns
+from .identity import effective
 from .methods import METHODS
 
 

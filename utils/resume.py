@@ -4,7 +4,7 @@ import torch
 
 from models import CheckpointMismatch, load_checkpoint
 
-from . import config as config_mod
+from . import identity
 from .checks import upgrade_config
 from .engine import Run
 from .errors import UsageError
@@ -27,7 +27,7 @@ def check_resume(cfg: dict, path: str) -> dict:
     best = ckpt.get("best_pgd20", -1.0)
     if isinstance(best, bool) or not isinstance(best, (int, float)) or not -1 <= best <= 100:
         raise UsageError(f"--resume: {path} records no usable best PGD-20 (best_pgd20 {best!r}); it is damaged")
-    diffs = config_mod.training_differences(saved, cfg, epoch)
+    diffs = identity.training_differences(saved, cfg, epoch)
     if diffs:
         raise UsageError(f"--resume: {path} was trained with other settings ({'; '.join(diffs)}); resume with the "
                          f"run's own settings, or start a new run in another --out")

@@ -166,6 +166,13 @@ def holds_run(out: str) -> list[str]:
     return sorted(f for f in os.listdir(out) if _run_file(f) and f not in START_FILES)
 
 
+def is_run_folder(path: str) -> bool:
+    """Whether `path` is a training run's folder: it holds the run's config.json or a checkpoint of ours (a folder
+    of a tool's outputs that happen to be named results.json or results.md is not)."""
+    return os.path.isfile(os.path.join(path, "config.json")) or \
+        any(f.endswith(".pt") and _run_file(f) for f in (os.listdir(path) if os.path.isdir(path) else ()))
+
+
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
     an empty path, a file where a folder is wanted or the reverse (a file name ending in a separator included), a file that exists but is not a regular file
@@ -184,7 +191,7 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
     if os.path.exists(full) and not os.path.isdir(full) and folder:
         raise UsageError(f"{flag} {path} is a file, not a folder")
     home, name = os.path.split(os.path.realpath(full))
-    if not folder and _run_file(name) and (holds_run(home) or os.path.isfile(os.path.join(home, "config.json"))):
+    if not folder and _run_file(name) and is_run_folder(home):
         raise UsageError(f"{flag} {path} would replace the {name} of the run in {home}; write it elsewhere")
     parent = full if folder else os.path.dirname(full)
     while not os.path.exists(parent):
@@ -241,6 +248,10 @@ def drop_later_files(out: str, epoch: int, resumed_from: str | None = None) -> l
     last.pt a copy of it, so that last.pt always holds the trajectory being continued. Returns the names removed
     or replaced."""
     gone = []
+    last = os.path.join(out, "last.pt")
+    if resumed_from and os.path.realpath(resumed_from) != os.path.realpath(last):  # first: a failed copy leaves all
+        atomic_write(last, lambda tmp: shutil.copyfile(resumed_from, tmp))
+        gone.append("last.pt")
     for f in sorted(os.listdir(out)):
         m = re.fullmatch(r"epoch_(\d+)\.pt", f)
         later = m is not None and int(m.group(1)) > epoch
@@ -253,10 +264,6 @@ def drop_later_files(out: str, epoch: int, resumed_from: str | None = None) -> l
         if later or f in ("results.json", "results.md", "per_image.npz", "aa_log.txt", "mask.png"):
             os.remove(os.path.join(out, f))
             gone.append(f)
-    last = os.path.join(out, "last.pt")
-    if resumed_from and os.path.realpath(resumed_from) != os.path.realpath(last):
-        atomic_write(last, lambda tmp: shutil.copyfile(resumed_from, tmp))
-        gone.append("last.pt")
     return gone
 
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 
 from utils import stats
-from utils.config import training_differences
 from utils.errors import UsageError
 from utils.evaluate import column_value, per_image_name
+from utils.identity import same_training
 from utils.records import RecordError, read_record
 
 from .groups import Group, baseline_of, find_group, masked_name
@@ -158,13 +158,17 @@ def reference(marks, is_diff, column, d):
 
 
 def _training_differences(rec: dict, ev: dict) -> list[str]:
-    """How the checkpoint an --eval-only record `ev` evaluated was trained otherwise than the run of `rec`: its
-    training keys (utils.config.training_differences), leaving out what an evaluation may set (the data)."""
+    """How the checkpoint an --eval-only record `ev` evaluated was trained otherwise than the run of `rec`
+    (utils.config.same_training; records of any version), and whether it holds another epoch."""
     a, b = rec.get("config"), ev.get("config")
-    if not isinstance(a, dict) or not isinstance(b, dict) or not isinstance(a.get("epochs"), int):
+    if not isinstance(a, dict) or not isinstance(b, dict) or not isinstance(a.get("epochs"), int) \
+            or not isinstance(b.get("epochs"), int):
         return [] if a == b else ["its config"]
-    evaluation = ("data", "data_fingerprint", "cam_backend", "trained_on")
-    return [d for d in training_differences(a, b, a["epochs"]) if d.split(":")[0] not in evaluation]
+    differ = same_training(a, b)
+    def epoch(r, cfg):  # older records name none: a run's record is of its last epoch
+        return r["epoch"] if isinstance(r.get("epoch"), int) else cfg["epochs"]
+    epoch_a, epoch_b = epoch(rec, a), epoch(ev, b)
+    return differ + ([] if epoch_a == epoch_b else [f"epoch {epoch_b}, the run's {epoch_a}"])
 
 
 def mcnemar_record(folder: str) -> tuple[dict, str]:
@@ -189,10 +193,10 @@ def mcnemar_record(folder: str) -> tuple[dict, str]:
             raise UsageError(f"--mcnemar: {e.path} {e.why}") from None
         differ = _training_differences(rec, ev)
         if os.path.basename(str(ev.get("checkpoint"))) != os.path.basename(ckpt) or ev["seed"] != rec["seed"] \
-                or ev.get("epoch") != rec.get("epoch") or differ:
+                or differ:
             raise UsageError(f"--mcnemar: {os.path.join(folder, name + '.json')} evaluates {ev.get('checkpoint')}, "
                              f"not this run's {ckpt}" + (f" ({'; '.join(differ)})" if differ else
-                                                         f" (epoch {ev.get('epoch')}, seed {ev['seed']})"))
+                                                         f" (seed {ev['seed']})"))
         ev["folder"] = folder
         ev["per_image"] = load_per_image(folder, ev, name)
         if ev["per_image"] is not None:

@@ -3,9 +3,9 @@ flags), one table per (data set, model); each row's label (its method and the se
 unmasked baseline, and finding a row by its label or a part of one."""
 import json
 
-from utils.config import mask_only_keys
 from utils.errors import UsageError
 from utils.evaluate import column_value
+from utils.identity import mask_only_keys
 from utils.methods import labels
 from utils.stats import mean_std
 from utils.units import fraction_text
