@@ -216,7 +216,7 @@ def finished(tmp_path_factory):
     (["--epochs", "3"], ["lr_milestones: 2 -> 3", "--lr-milestones 2"]),
     (["--mask-source", "official", "--cam", "layercam"], ["mask_source: cam -> official", "cam: gradcam -> layercam"]),
     (["--n-train", "32", "--batch-size", "16"], ["n_train: 64 -> 32", "batch_size: 32 -> 16"]),
-    (["--data", "cifar10-npz", "--data-dir", "NPZ", "--n-train", "32"],
+    (["--data", "cifar10-npz", "--data-dir", "NPZ", "--n-train", "32", "--n-eval", "16"],
      ["data: synthetic -> cifar10-npz", "data_fingerprint", "n_train: 64 -> 32"]),
 ])
 def test_resume_refuses_other_training_settings(finished, argv, words, tmp_path, capsys):
@@ -578,6 +578,11 @@ def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
     Image.fromarray(np.full((64, 64, 3), 123, np.uint8)).save(base / "train" / "n02" / "images" / "n02_9.JPEG")
     d2 = load_dataset("tinyimagenet", str(tmp_path))  # same counts, other files: the cache is rebuilt
     assert abs(int(d2.x_train[3, 0, 5, 5]) - 123) <= 2
+    # an image rewritten in place (same names, same counts): the cache is rebuilt, and the fingerprint follows
+    Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(base / "train" / "n02" / "images" / "n02_9.JPEG")
+    os.utime(base / "train" / "n02" / "images" / "n02_9.JPEG", ns=(1, 1))
+    d3 = load_dataset("tinyimagenet", str(tmp_path))
+    assert abs(int(d3.x_train[3, 0, 5, 5]) - 250) <= 2 and d3.fingerprint() != d2.fingerprint()
     (base / "train" / "n02" / "images" / "n02_9.JPEG").write_bytes(b"not a jpeg")
     with pytest.raises(DataNotFound, match="n02_9.JPEG"):
         utils.data._read_images([str(base / "train" / "n02" / "images" / "n02_9.JPEG")])

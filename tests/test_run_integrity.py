@@ -13,6 +13,7 @@ from tests.test_scripts import SCRIPTS, TINY, constants, run, same_weights, weig
 from tools import benchmark, flags, report
 from tools.studies import check_extra
 from utils.config import parse
+from utils.entry import main as main_
 from utils.runs import drop_later_files, read_checkpoint, read_metrics
 
 
@@ -271,3 +272,84 @@ def test_report_outputs_in_a_folder_of_outputs_are_replaced(three, tmp_path, cap
     analysis = tmp_path / "analysis"
     for _ in range(2):  # the same command twice: its own results.json is no run's
         assert report.main([str(three), "--json", str(analysis / "results.json")]) == 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# constants at the top of a script, subset sizes, records copied between run folders
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("const,value,words", [
+    ("EPSILON", 300, "EPSILON = 300 at the top of the script: must be a finite number in [0, 1]"),
+    ("WIDTH", 0, "WIDTH = 0"), ("MASK", "no", "must be true or false"), ("BATCH_SIZE", 0, "BATCH_SIZE = 0"),
+    ("LR", float("nan"), "LR = nan"), ("EPOCHS", 2.5, "must be a whole number"), ("EPOCHS", None, "must be set"),
+    ("CAM", "gradcamx", "must be one of gradcam"), ("REGION_EPS", (1 / 255,) * 3, "must hold 4 values"),
+    ("EPOCH", 80, "did you mean EPOCHS?"),
+])
+def test_a_bad_constant_at_the_top_of_a_script_is_one_line(const, value, words, tmp_path, capsys):
+    bad = {**constants(SCRIPTS["part"]), const: value}
+    capsys.readouterr()
+    code = main_("part", bad, ["--data", "synthetic", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+    # a flag that overrides it takes its place, and the shipped constants pass
+    if const in ("EPSILON", "WIDTH"):
+        parse("part", bad, [f"--{const.lower()}", "8/255" if const == "EPSILON" else "4"])
+    parse("part", constants(SCRIPTS["part"]), [])
+
+
+def test_a_missing_constant_is_one_line(tmp_path, capsys):
+    lost = {k: v for k, v in constants(SCRIPTS["part"]).items() if k != "WARM_UP"}
+    capsys.readouterr()
+    assert main_("part", lost, ["--data", "synthetic", "--out", str(tmp_path / "x")]) == 2
+    assert "the constant WARM_UP is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,words", [(["--n-eval", "100000"], "--n-eval 100000 is more than the"),
+                                        (["--n-eval", "16", "--n-eval-aa", "32"], "than the 16 --n-eval images")])
+def test_an_evaluation_subset_larger_than_its_set_is_refused(argv, words, tmp_path, capsys):
+    code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), *argv], capsys)
+    assert code == 2 and words in err and not (tmp_path / "x").exists(), err
+
+
+def test_a_record_copied_from_another_seeds_folder_is_left_out(three, tmp_path, capsys):
+    a = copy_run(three, tmp_path / "a")
+    cfg = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**cfg, "seed": 2}))  # the folder's run is seed 2's
+    capsys.readouterr()
+    assert report.main([str(tmp_path)]) == 2  # no run left to read
+    assert "is not the run of its folder's config.json (seed 2 in config.json, 1 here)" in capsys.readouterr().err
+
+
+def test_the_grid_does_not_take_another_seeds_record_for_a_finished_run(tmp_path):
+    from tools.run_state import results_state
+    from tools.studies import commands
+    (folder, argv), = commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [2], str(tmp_path),
+                               ["--width", "4", "--epochs", "2", "--warm-up", "1"])
+    cfg = parse("part", constants(SCRIPTS["part"]), [*argv[2:], "--seed", "1"])[0]
+    os.makedirs(folder)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"method": cfg["method"], "data": cfg["data"], "model": cfg["model"], "seed": 1, "natural": 50.0,
+                   "pgd20": 20.0, "n_eval": 500, "config": cfg}, f)
+    state, why = results_state(folder, argv)
+    assert state == "other" and "seed: 1 -> 2" in why
+
+
+def test_tool_outputs_never_replace_a_runs_job_record_or_lock(three, tmp_path, capsys):
+    out = copy_run(three, tmp_path / "r")
+    (out / "job.json").write_text("{}")
+    capsys.readouterr()
+    assert report.main([str(three), "--json", str(out / "job.json")]) == 2
+    assert "would replace the job.json of the run" in capsys.readouterr().err
+    assert (out / "job.json").read_text() == "{}"
+
+
+def test_a_baseline_without_a_masked_row_never_borrows_a_rows_label(tmp_path, capsys):
+    from tests.test_tools import real_run
+    real_run(tmp_path, "p", [], 55.0)
+    real_run(tmp_path, "a", ["--no-mask"], 52.0)
+    real_run(tmp_path, "a16", ["--no-mask", "--n-eval", "16"], 50.0)
+    capsys.readouterr()
+    assert report.main([str(tmp_path), "--diff", "PART", "AT (n_eval=16)"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| PART − AT (n_eval=16) | Natural |") == 1, out  # the --diff alone
+    assert "| PART (no run of these settings) − AT (n_eval=16) | Natural |" in out

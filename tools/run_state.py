@@ -29,6 +29,7 @@ def _asked(argv: tuple) -> dict:
 def _identity(cfg: dict) -> dict:
     from utils.identity import effective
     out = {k: v for k, v in effective(cfg).items() if k != "data_fingerprint"}
+    out["seed"] = cfg.get("seed")  # a run folder holds one seed's run: another seed's record is no finished run
     out["data_dir"] = os.path.abspath(cfg["data_dir"]) if isinstance(cfg.get("data_dir"), str) else None
     return out
 

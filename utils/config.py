@@ -6,6 +6,7 @@ their defaults are in `build_parser`. Every value is range-checked where it is p
 UsageError with one line naming the flag, which the scripts print before exiting with code 2.
 """
 import argparse
+import difflib
 import sys
 from dataclasses import dataclass
 
@@ -142,7 +143,9 @@ def build_parser(variant: str, constants: dict) -> Parser:
     g = p.add_argument_group("method (constants at the top of the script)")
     for const, default in constants.items():
         if const not in SPEC:
-            raise KeyError(f"constant {const} has no flag spec in utils/config.py")
+            near = difflib.get_close_matches(const, list(SPEC), n=1)
+            raise UsageError(f"the constant {const} at the top of the script is no setting; "
+                             + (f"did you mean {near[0]}?" if near else f"the settings are {', '.join(SPEC)}"))
         kwargs = dict(SPEC[const].kwargs)
         if const == "ATTACK":
             kwargs["choices"] = list(method.attacks)
@@ -402,6 +405,32 @@ def apply_as_published(variant: str, args: dict, explicit: set) -> None:
     explicit.add("eval_attacks")
 
 
+def check_constants(parser: Parser, constants: dict, explicit: set) -> None:
+    """Check each constant at the top of a script that no flag overrides as its flag checks what it is given
+    (argparse checks only the text of a command line, never a default): its type, range and choices. None is a
+    value only where the flag takes 'none' or is a list (its default then applies). Raises UsageError naming the
+    constant."""
+    for action in parser.flags:
+        const = action.dest.upper()
+        if const not in constants or action.dest in explicit:
+            continue
+        value = constants[const]
+        if value is None:
+            problem = None if action.nargs in ("*", "+") or _takes_none(action) else "must be set, got None"
+        else:
+            problem = _value_problem(action, list(value) if isinstance(value, tuple) else value)
+        if problem:
+            raise UsageError(f"{const} = {value!r} at the top of the script: {problem}; fix it there, or override it "
+                             f"with {action.option_strings[0]}")
+
+
+def _takes_none(action: argparse.Action) -> bool:
+    try:
+        return action.type is not None and action.type("none") is None
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
+
+
 def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     """Parse argv (default sys.argv[1:]) against the script's constants. Returns (config, explicit flags).
     Raises UsageError for any bad value."""
@@ -414,8 +443,13 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     if args.get("resume") and args.get("overwrite"):
         raise UsageError("--resume continues the run in --out and --overwrite deletes it; give one of them")
     explicit = explicit_flags(build_parser(variant, constants), argv)
+    check_constants(build_parser(variant, constants), constants, explicit)
     apply_as_published(variant, args, explicit)
-    cfg = resolve(variant, args)
+    try:
+        cfg = resolve(variant, args)
+    except KeyError as e:  # a flag of every script that has no constant: the script lost the line
+        raise UsageError(f"the constant {str(e.args[0]).upper()} is missing at the top of the script; put it back "
+                         f"(see --help of the shipped script for its default)") from None
     for key, ordered in (("lr_milestones", True), ("eval_attacks", False)):  # a repeat would compound / run twice
         values = [shown(v) for v in cfg[key]]
         twice = sorted({v for v in values if values.count(v) > 1})

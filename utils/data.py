@@ -183,7 +183,10 @@ def _tinyimagenet(root: str, download: bool = False) -> Dataset:
             f"val/images plus val/val_annotations.txt. Download http://cs231n.stanford.edu/tiny-imagenet-200.zip "
             f"and unzip it into {os.path.abspath(root)}/ (no reorganising needed).")
     tr_paths, tr_labels, te_paths, te_labels, classes = _tiny_listing(base)
-    listing = hashlib.sha256("\n".join(f"{os.path.relpath(p, base)} {y}" for p, y in
+    def entry(path, label):  # an image rewritten in place changes its size or modification time
+        st = os.stat(path)
+        return f"{os.path.relpath(path, base)} {label} {st.st_size} {st.st_mtime_ns}"
+    listing = hashlib.sha256("\n".join(entry(p, y) for p, y in
                                        zip(tr_paths + te_paths, tr_labels + te_labels)).encode()).hexdigest()
     cache = os.path.join(base, "part_cache_uint8.pt")
     if os.path.isfile(cache):  # used only when it was built from this very listing; else rebuilt
@@ -309,9 +312,9 @@ def class_list(classes) -> str:
 
 def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
     """Every data set's labels, whatever loaded them: 1-D integers, one per image, within [0, num_classes); no
-    `n_train` beyond the training images; and at least two classes among the training labels an epoch uses (the
-    first `n_train`, all when 0): with one, a classifier learns nothing and every number it reports is
-    meaningless. Raises UsageError naming `where` and the classes present."""
+    `n_train` beyond the training images (`check_counts`); and at least two classes among the training labels an
+    epoch uses (the first `n_train`, all when 0): with one, a classifier learns nothing and every number it
+    reports is meaningless. Raises UsageError naming `where` and the classes present."""
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if y.ndim != 1 or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
@@ -321,9 +324,7 @@ def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
             raise UsageError(f"{where}: the {split} labels must lie in [0, {data.num_classes}) ({data.name} has "
                              f"{data.num_classes} classes), found {int(y.min())}..{int(y.max())}")
-    if n_train > data.x_train.shape[0]:  # it would train on all of them, recorded as a subset of another size
-        raise UsageError(f"--n-train {n_train} is more than the {data.x_train.shape[0]} training images of {where}; "
-                         f"give at most {data.x_train.shape[0]}, or 0 for all")
+    check_counts(data, where, n_train)
     used = data.y_train[:train_size(data, n_train)]
     present = torch.unique(used).tolist()
     if len(present) < 2:
@@ -401,6 +402,19 @@ def epoch_permutation(n: int, generator: torch.Generator, rank: int = 0, world: 
 def batch_sizes(n: int, per: int) -> list[int]:
     """The sizes of the batches of `per` images that n images make, in order (the last one may be smaller)."""
     return [min(per, n - s) for s in range(0, n, per)]
+
+
+def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n_eval_aa: int = 0) -> None:
+    """Refuse a subset larger than what it is taken from (0 means all): --n-train beyond the training images,
+    --n-eval beyond the test images, --n-eval-aa beyond the --n-eval images. Such a run would use all of them and
+    be recorded (and grouped by the report) under a size it never had."""
+    n_test = data.x_test.shape[0]
+    for flag, n, most, of in (("--n-train", n_train, data.x_train.shape[0], f"training images of {where}"),
+                              ("--n-eval", n_eval, n_test, f"test images of {where}"),
+                              ("--n-eval-aa", n_eval_aa, n_eval or n_test,
+                               "--n-eval images" if n_eval else f"test images of {where}")):
+        if n > most:
+            raise UsageError(f"{flag} {n} is more than the {most} {of}; give at most {most}, or 0 for all")
 
 
 def train_size(data: Dataset, n_train: int = 0) -> int:

@@ -18,7 +18,8 @@ from models import build_model
 
 from .checks import check_cam_layer, uses_cam
 from .config import lr_at
-from .data import Dataset, check_labels, epoch_generator, load_dataset, num_batches, seed64, train_batches, train_size
+from .data import (Dataset, check_counts, check_labels, epoch_generator, load_dataset, num_batches, seed64,
+                   train_batches, train_size)
 from .devices import autocast, barrier, peak_memory_mb, reset_peak_memory
 from .evaluate import corruption_files, evaluate
 from .mask_sources import BudgetStats, MaskSource, make_source
@@ -81,6 +82,7 @@ def build_run(cfg: dict, rank: int, world: int, device: torch.device, data: Data
     if data is None:
         data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
     check_labels(data, cfg["data"], cfg["n_train"])  # the classes the epochs use: --n-train may leave only one
+    check_counts(data, cfg["data"], cfg["n_train"], cfg["n_eval"], cfg.get("n_eval_aa") or 0)
     cfg["data_fingerprint"] = data.fingerprint()
     cfg["num_classes"], cfg["image_size"] = data.num_classes, data.image_size
     if cfg.get("eval_corruptions"):

@@ -8,7 +8,7 @@ from models import CheckpointMismatch, load_checkpoint
 
 from . import config as config_mod, identity
 from .checks import check_cam_layer, check_fits, check_packages, upgrade_config
-from .data import load_dataset
+from .data import check_counts, load_dataset
 from .devices import configure_backends, pick_device
 from .engine import NonFinite, prepare_model
 from .errors import Stop, UsageError, entry_point
@@ -50,6 +50,9 @@ def eval_only(cfg: dict, explicit: set) -> dict:
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
     data = load_dataset(run_cfg["data"], run_cfg["data_dir"], run_cfg.get("download", False))
+    # sizes given now must fit; the checkpoint's own (on other, smaller data) are taken as "at most"
+    asked = [(run_cfg.get(k) or 0) if k in explicit else 0 for k in ("n_eval", "n_eval_aa")]
+    check_counts(data, run_cfg["data"], 0, *asked)
     run_cfg["data_fingerprint"] = data.fingerprint()
     run_cfg["num_classes"], run_cfg["image_size"] = data.num_classes, data.image_size
     if saved and (run_cfg["data"], run_cfg["data_fingerprint"]) != (saved["data"], saved.get("data_fingerprint")):

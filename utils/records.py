@@ -7,7 +7,7 @@ import os
 from .config import check_saved, upgrade
 from .errors import UsageError
 from .evaluate import column_value, record_columns
-from .identity import effective
+from .identity import effective, same_training
 from .methods import METHODS
 
 
@@ -37,9 +37,9 @@ def read_record(folder: str, name: str = "results") -> dict:
     --eval-only writes), checked: UTF-8 JSON holding an object with a method name and an integer seed (or one in
     its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can be read, whose every
     setting is one its flag could have set (utils.config.check_saved), and whose method, variant, data set, model
-    and seed are the record's. Sets 'seed' and adds 'settings'
-    (`record_settings`). Raises RecordError (a ValueError) naming the file and saying what is wrong, also when
-    the file is missing or unreadable."""
+    and seed are the record's, and (for a run's results.json) whose run is the one of its folder's config.json.
+    Sets 'seed' and adds 'settings' (`record_settings`). Raises RecordError (a ValueError) naming the file and
+    saying what is wrong, also when the file is missing or unreadable."""
     path = os.path.join(folder, f"{name}.json")
     try:
         with open(path, encoding="utf-8") as fh:
@@ -84,4 +84,25 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {c} is {v!r}, not a number")
         if v is not None and not 0 <= v <= 100:
             raise RecordError(path, f"its {c} is {v!r}, not an accuracy in percent (0 to 100)")
+    if name == "results" and cfg and "variant" in cfg:
+        other = folder_run_differences(folder, cfg)
+        if other:
+            raise RecordError(path, f"is not the run of its folder's config.json ({other}): a record copied from "
+                                    f"another run folder")
     return rec
+
+
+def folder_run_differences(folder: str, cfg: dict) -> str | None:
+    """How the run whose config.json lies in `folder` was trained otherwise than the run of `cfg` (a results.json's
+    config), e.g. another seed; None when they are one run, or when config.json is missing or unreadable."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+            own = check_saved(json.load(fh), "config.json")
+        differ = same_training(own, check_saved(cfg, "config"))
+    except (OSError, ValueError, RecursionError, UsageError, KeyError, TypeError):
+        return None
+    def said(d):  # 'seed: 1 -> 2' -> 'seed 1 in config.json, 2 here'
+        key, _, values = d.partition(": ")
+        there, _, here = values.partition(" -> ")
+        return f"{key} {there} in config.json, {here} here" if here else d
+    return "; ".join(said(d) for d in differ[:3]) or None

@@ -191,7 +191,7 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
     if os.path.exists(full) and not os.path.isdir(full) and folder:
         raise UsageError(f"{flag} {path} is a file, not a folder")
     home, name = os.path.split(os.path.realpath(full))
-    if not folder and _run_file(name) and is_run_folder(home):
+    if not folder and (_run_file(name) or name in ("job.json", LOCK)) and is_run_folder(home):
         raise UsageError(f"{flag} {path} would replace the {name} of the run in {home}; write it elsewhere")
     parent = full if folder else os.path.dirname(full)
     while not os.path.exists(parent):

@@ -110,10 +110,13 @@ def comparisons(groups, diffs):
     return pairs + asked
 
 
-def pair_names(a, b) -> tuple[str, str]:
+def pair_names(a, b, labels=()) -> tuple[str, str]:
     """The labels of a pair from `comparisons`; a missing side reads as its name, or for a baseline without a
-    masked row as the masked method's name, and a masked row without a baseline as 'its baseline'."""
-    return (a.label if isinstance(a, Group) else (a or masked_name(b)),
+    masked row as the masked method's name (marked as missing where a row of `labels` has that label, so that
+    it never reads as that row), and a masked row without a baseline as 'its baseline'."""
+    def missing(name):
+        return f"{name} (no run of these settings)" if name in labels else name
+    return (a.label if isinstance(a, Group) else (a or missing(masked_name(b))),
             b.label if isinstance(b, Group) else (b or "its baseline"))
 
 
@@ -137,10 +140,11 @@ def analyse(tables, diffs=(), deltas=(), power=0.8, alpha=0.05, bootstrap=0, boo
     for key, groups in tables.items():
         cols = columns([r for g in groups for r in g.runs])
         pairs, plans = [], []
+        labels = {g.label for g in groups}
         for a, b in comparisons(groups, diffs):
             complete = isinstance(a, Group) and isinstance(b, Group)
-            pairs.append((*pair_names(a, b), [difference(a, b, c, bootstrap, boot_seed, boot_over) if complete else None
-                                              for c in cols]))
+            pairs.append((*pair_names(a, b, labels), [difference(a, b, c, bootstrap, boot_seed, boot_over)
+                                                      if complete else None for c in cols]))
             if complete and deltas:
                 plans += [row for c in cols for row in plan(a, b, c, deltas, power, alpha)]
         # `comparisons` lists the --diff pairs last: pairs[first_diff:] are the ones --mark annotates
