@@ -327,6 +327,7 @@ def test_contradictory_report_options_exit_2_before_any_output(tmp_path, capsys)
                  ["--mcnemar", str(tmp_path / "a1"), str(tmp_path / "p1"), str(tmp_path)],
                  [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=nan"],
                  [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=inf"],
+                 [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=101"],
                  [str(tmp_path), "--diff", "PART", "AT", "--mark", "natural=1", "natural=2"]):
         assert report.main(argv) == 2
         cap = capsys.readouterr()

@@ -324,6 +324,8 @@ TOOL_BAD_INPUT = [
     (make_cifar10c, ["--out", "TMP/full"], "already holds files"),
     (make_cifar10c, ["--out", "TMP/c", "--data", "cifar10", "--data-dir", "TMP/nothing"], "not found"),
     (make_cifar10c, ["--out", "TMP/c", "--seed", "-1"], "--seed"),
+    (make_cifar10c, ["--out", "TMP/c", "--data", "synthetic", "--n", "501"], "--n 501 is more than the 500"),
+    (make_cifar10c, ["--out", "TMP/c", "--corruptions", "fog", "fog"], "names fog more than once"),
     (make_cifar10c, ["--out", ""], "must not be empty"),
     (report, ["TMP/runs", "--csv", "TMP"], "is a folder"),
     (report, ["TMP/runs", "--csv", "TMP/afile/t.csv"], "which is a file"),

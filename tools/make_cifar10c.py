@@ -71,10 +71,16 @@ def make(argv=None) -> int:
     corruption into a temporary folder beside --out that becomes --out only when complete (an interrupted or
     failed run leaves nothing). Returns 0, or 1 when no corruption could be made."""
     args = build_parser().parse_args(argv)
+    twice = sorted({c for c in args.corruptions if args.corruptions.count(c) > 1})
+    if twice:  # one file each: the count printed would not be the files written
+        raise UsageError(f"--corruptions names {', '.join(twice)} more than once; name each corruption once")
     check_writable(args.out, "--out")
     if os.path.isdir(args.out) and os.listdir(args.out):
         raise UsageError(f"--out {args.out} already holds files; give a new or empty folder (nothing is overwritten)")
     data = load_dataset(args.data, args.data_dir)
+    if args.n > data.x_test.shape[0]:
+        raise UsageError(f"--n {args.n} is more than the {data.x_test.shape[0]} test images of --data {args.data}; "
+                         f"give at most {data.x_test.shape[0]}, or 0 for all")
     try:
         import imagecorruptions
     except ImportError as e:
@@ -83,7 +89,7 @@ def make(argv=None) -> int:
     unknown = [c for c in args.corruptions if known and c not in known]
     if unknown:
         raise UsageError(f"--corruptions: imagecorruptions has no {', '.join(unknown)}; choose from {', '.join(known)}")
-    n = data.x_test.shape[0] if not args.n else min(args.n, data.x_test.shape[0])
+    n = args.n or data.x_test.shape[0]
     images = data.x_test[:n].permute(0, 2, 3, 1).numpy()
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -59,8 +59,9 @@ def _mark(text: str) -> tuple[str, float]:
         value = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected COLUMN=VALUE (e.g. natural=1.23), got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a finite number")
+    if not math.isfinite(value) or abs(value) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be a difference of accuracies in percent, "
+                                         f"-100 to 100")
     return col, value
 
 
