@@ -353,3 +353,13 @@ def test_a_baseline_without_a_masked_row_never_borrows_a_rows_label(tmp_path, ca
     out = capsys.readouterr().out
     assert out.count("| PART − AT (n_eval=16) | Natural |") == 1, out  # the --diff alone
     assert "| PART (no run of these settings) − AT (n_eval=16) | Natural |" in out
+
+
+def test_report_json_holds_the_budget_columns_of_the_table(three, tmp_path, capsys):
+    assert report.main([str(three), "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]) == 0
+    group, = json.loads((tmp_path / "r.json").read_text())["groups"]
+    row = (tmp_path / "r.csv").read_text().splitlines()
+    csv_budget = float(dict(zip(row[0].split(","), row[1].split(",")))["budget_mean"])
+    assert group["budget"]["budget_mean"]["n"] == 1 and 7 < group["budget"]["budget_mean"]["mean"] < 8
+    assert round(group["budget"]["budget_mean"]["mean"], 5) == csv_budget
+    assert 0 < group["budget"]["eps_share"]["mean"] < 1

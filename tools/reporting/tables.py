@@ -205,7 +205,8 @@ def mcnemar_json(result: dict) -> dict:
 
 
 def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_over="both") -> dict:
-    """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n),
+    """The whole report as plain data: groups (label, method, settings, seeds, per-column mean/std/n, and the
+    mean budget and share at eps over the runs whose metrics.csv has them, as the table's Budget columns),
     differences and plan (lists of flat rows; see comparisons.difference and comparisons.plan; the rows of a
     --diff pair on a `marks` column carry `reference` and `reference_inside`), unfinished folders."""
     marks = dict(marks)
@@ -216,7 +217,9 @@ def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_ove
             groups.append({"data": data, "model": model, "label": g.label, "method": g.method,
                            "seeds": sorted(r.get("seed") for r in g.runs), "folders": [r["folder"] for r in g.runs],
                            "settings": g.settings,
-                           "columns": {c: dict(zip(("mean", "std", "n"), g.stat(c))) for c in cols}})
+                           "columns": {c: dict(zip(("mean", "std", "n"), g.stat(c))) for c in cols},
+                           "budget": {k: dict(zip(("mean", "std", "n"), g.budget(k)))
+                                      for k in ("budget_mean", "eps_share")}})
         result = analysis[(data, model)]
         for i, (a, b, cells) in enumerate(result["pairs"]):
             for c, d in zip(cols, cells):
