@@ -363,3 +363,15 @@ def test_report_json_holds_the_budget_columns_of_the_table(three, tmp_path, caps
     assert group["budget"]["budget_mean"]["n"] == 1 and 7 < group["budget"]["budget_mean"]["mean"] < 8
     assert round(group["budget"]["budget_mean"]["mean"], 5) == csv_budget
     assert 0 < group["budget"]["eps_share"]["mean"] < 1
+
+
+def test_a_diff_between_rows_of_different_test_subsets_is_warned_of(tmp_path, capsys):
+    from tests.test_tools import real_run
+    real_run(tmp_path, "p", [], 55.0)
+    real_run(tmp_path, "a", ["--no-mask"], 52.0)
+    real_run(tmp_path, "a16", ["--no-mask", "--n-eval", "16"], 50.0)
+    capsys.readouterr()
+    assert report.main([str(tmp_path), "--diff", "PART", "AT"]) == 0
+    assert "evaluated on different" not in capsys.readouterr().err  # same test images: no warning
+    assert report.main([str(tmp_path), "--diff", "PART", "AT (n_eval=16)"]) == 0
+    assert "the rows were evaluated on different test images (n_eval 500 and 16)" in capsys.readouterr().err

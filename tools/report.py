@@ -41,7 +41,7 @@ if __name__ == "__main__":  # the repository root on the path (run as a file: py
     hold_signals()  # Ctrl-C / SIGTERM held until the libraries have loaded (entry_point ends with one line)
 
 from tools.reporting.comparisons import analyse, mcnemar_rows
-from tools.reporting.groups import check_diffs, group_runs
+from tools.reporting.groups import check_diffs, diff_warnings, group_runs
 from tools.reporting.panels import curves, diff_panels
 from tools.reporting.records import check_no_new_runs, columns, find_runs, load_runs
 from tools.reporting.tables import markdown, mcnemar_json, mcnemar_markdown, report_json, write_csv
@@ -227,6 +227,8 @@ def report(argv=None) -> None:
         raise UsageError(f"no run could be read: {skipped[0][0]}: {skipped[0][1]}{more}")
     tables = group_runs(runs, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     check_diffs(tables, args.diff)
+    for line in diff_warnings(tables, args.diff):
+        print(f"warning: {line}", file=sys.stderr)
     known = set(columns(runs))
     unknown = [c for c, _ in args.mark if c not in known]
     if unknown:

@@ -157,3 +157,21 @@ def check_diffs(tables, diffs) -> None:
             a = find_group(groups, a_name)
             if a is not None and a is find_group(groups, b_name):
                 raise UsageError(f"--diff {a_name!r} {b_name!r}: both name the row {a.label!r}; a row minus itself is 0")
+
+
+def diff_warnings(tables, diffs) -> list[str]:
+    """One line for each --diff whose rows were evaluated on different numbers of test images (n_eval, n_eval_aa as
+    their records say): their difference then mixes which images were drawn with what was trained."""
+    out = []
+    for (data, model), groups in tables.items():
+        for a_name, b_name in diffs:
+            a, b = find_group(groups, a_name), find_group(groups, b_name)
+            if a is None or b is None:
+                continue
+            differ = [f"{k} {a.settings[k]} and {b.settings[k]}" for k in ("n_eval", "n_eval_aa")
+                      if k in a.settings and k in b.settings and a.settings[k] != b.settings[k]]
+            if differ:
+                out.append(f"--diff {a.label!r} {b.label!r} ({data}, {model}): the rows were evaluated on different "
+                           f"test images ({'; '.join(differ)}), so their difference also holds which images each drew")
+    return out
+
