@@ -343,11 +343,16 @@ def test_tool_outputs_never_replace_a_runs_job_record_or_lock(three, tmp_path, c
     assert (out / "job.json").read_text() == "{}"
 
 
-def test_a_baseline_without_a_masked_row_never_borrows_a_rows_label(tmp_path, capsys):
+def rows_part_at_at16(root):
+    """Rows PART, AT and AT (n_eval=16): the last one evaluated on other test images."""
     from tests.test_tools import real_run
-    real_run(tmp_path, "p", [], 55.0)
-    real_run(tmp_path, "a", ["--no-mask"], 52.0)
-    real_run(tmp_path, "a16", ["--no-mask", "--n-eval", "16"], 50.0)
+    real_run(root, "p", [], 55.0)
+    real_run(root, "a", ["--no-mask"], 52.0)
+    real_run(root, "a16", ["--no-mask", "--n-eval", "16"], 50.0)
+
+
+def test_a_baseline_without_a_masked_row_never_borrows_a_rows_label(tmp_path, capsys):
+    rows_part_at_at16(tmp_path)
     capsys.readouterr()
     assert report.main([str(tmp_path), "--diff", "PART", "AT (n_eval=16)"]) == 0
     out = capsys.readouterr().out
@@ -366,10 +371,7 @@ def test_report_json_holds_the_budget_columns_of_the_table(three, tmp_path, caps
 
 
 def test_a_diff_between_rows_of_different_test_subsets_is_warned_of(tmp_path, capsys):
-    from tests.test_tools import real_run
-    real_run(tmp_path, "p", [], 55.0)
-    real_run(tmp_path, "a", ["--no-mask"], 52.0)
-    real_run(tmp_path, "a16", ["--no-mask", "--n-eval", "16"], 50.0)
+    rows_part_at_at16(tmp_path)
     capsys.readouterr()
     assert report.main([str(tmp_path), "--diff", "PART", "AT"]) == 0
     assert "evaluated on different" not in capsys.readouterr().err  # same test images: no warning
