@@ -677,7 +677,10 @@ def test_interrupted_before_the_first_checkpoint_says_start_again(tmp_path):
                              "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     deadline = time.time() + 120
-    while not (out / "config.json").exists() and time.time() < deadline:
+
+    def opened():  # the folder is open once the config is logged; config.json alone can appear while it is written
+        return (out / "log.txt").exists() and "config: " in (out / "log.txt").read_text()
+    while not opened() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
