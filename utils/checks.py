@@ -10,7 +10,7 @@ from . import config as config_mod
 from .cams import check_target_layer
 from .errors import UsageError
 from .mask_sources import MASK_SOURCES
-from .runs import check_out_path, holds_run
+from .runs import check_out_path, holds_run, same_folder
 
 
 def uses_cam(cfg: dict) -> bool:
@@ -45,11 +45,7 @@ def check_inputs(cfg: dict, world: int) -> None:
 def check_resume_folder(cfg: dict, path: str) -> None:
     """A run resumes from a checkpoint of its own folder (--out): from elsewhere, its metrics.csv and checkpoints
     would mix two runs. (Checked once the checkpoint itself has been read and found usable.)"""
-    try:
-        inside = os.path.samefile(os.path.dirname(os.path.abspath(path)), cfg["out"])  # links, second mounts too
-    except OSError:
-        inside = False
-    if not inside:
+    if not same_folder(os.path.dirname(os.path.abspath(path)), cfg["out"]):  # links, second mounts too
         raise UsageError(f"--resume {path} lies outside --out {cfg['out']}: a run resumes from a checkpoint of its own "
                          f"folder (its metrics.csv and checkpoints are that run's); pass --out "
                          f"{os.path.dirname(path) or '.'}, or copy the whole run folder and resume there")

@@ -15,7 +15,7 @@ from .errors import Stop, UsageError, entry_point
 from .evaluate import corruption_files
 from .lifecycle import train
 from .outputs import write_evaluation
-from .runs import check_out_path, check_writable, holds_run, make_logger, read_checkpoint
+from .runs import check_out_path, check_writable, holds_run, is_run_folder, make_logger, read_checkpoint, same_folder
 
 
 EVAL_OVERRIDES = ("data", "data_dir", "download", "n_eval", "n_eval_aa", "eval_attacks", "eval_batch_size",
@@ -96,14 +96,6 @@ def check_ignored_flags(cfg: dict, saved: dict, explicit: set, path: str) -> Non
                          f"ignored: {shown}; drop them (it takes the data, device and evaluation flags)")
 
 
-def same_folder(a: str, b: str) -> bool:
-    """Whether two paths name one existing folder (also through links or a second mount of it)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _same_checkpoint(record: dict, obj: dict, path: str) -> bool:
     """Whether an evaluation record evaluated the checkpoint `obj` (read from `path`): for ours, the same training
     and epoch (wherever the files were moved since); for other code's, the same file."""
@@ -125,7 +117,7 @@ def check_eval_folder(out: str, path: str, obj: dict) -> None:
         return
     stem = f"eval_{os.path.splitext(os.path.basename(path))[0]}"
     others = [f for f in holds_run(out) if not f.startswith(stem + ".") and not f.startswith(stem + "_")]
-    if any(not f.startswith("eval_") for f in others) or os.path.isfile(os.path.join(out, "config.json")):
+    if any(not f.startswith("eval_") for f in others) or is_run_folder(out):
         raise UsageError(f"--out {out} holds a run ({', '.join(others) or 'config.json'}), and {path} is not one of "
                          f"its checkpoints: the evaluation record would pass for that run's; choose another --out")
     record = os.path.join(out, stem + ".json")

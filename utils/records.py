@@ -68,9 +68,10 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
     if cfg and "variant" in cfg and (not isinstance(cfg["variant"], str) or cfg["variant"] not in METHODS):
         raise RecordError(path, f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
+    checked = None
     if cfg and "variant" in cfg:
         try:  # every setting of the config as its flag would take it, as --resume checks a checkpoint's
-            check_saved(cfg, "config")
+            checked = check_saved(cfg, "config")
         except UsageError as e:
             raise RecordError(path, str(e).removeprefix("config: ")) from None
     try:
@@ -84,8 +85,8 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {c} is {v!r}, not a number")
         if v is not None and not 0 <= v <= 100:
             raise RecordError(path, f"its {c} is {v!r}, not an accuracy in percent (0 to 100)")
-    if name == "results" and cfg and "variant" in cfg:
-        other = folder_run_differences(folder, cfg)
+    if name == "results" and checked is not None:
+        other = folder_run_differences(folder, checked)
         if other:
             raise RecordError(path, f"is not the run of its folder's config.json ({other}): a record copied from "
                                     f"another run folder")
@@ -94,11 +95,12 @@ def read_record(folder: str, name: str = "results") -> dict:
 
 def folder_run_differences(folder: str, cfg: dict) -> str | None:
     """How the run whose config.json lies in `folder` was trained otherwise than the run of `cfg` (a results.json's
-    config), e.g. another seed; None when they are one run, or when config.json is missing or unreadable."""
+    config, checked), e.g. another seed; None when they are one run, or when config.json is missing or
+    unreadable."""
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
             own = check_saved(json.load(fh), "config.json")
-        differ = same_training(own, check_saved(cfg, "config"))
+        differ = same_training(own, cfg)
     except (OSError, ValueError, RecursionError, UsageError, KeyError, TypeError):
         return None
     def said(d):  # 'seed: 1 -> 2' -> 'seed 1 in config.json, 2 here'

@@ -166,6 +166,14 @@ def holds_run(out: str) -> list[str]:
     return sorted(f for f in os.listdir(out) if _run_file(f) and f not in START_FILES)
 
 
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one existing folder (also through links or a second mount of it)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def is_run_folder(path: str) -> bool:
     """Whether `path` is a training run's folder: it holds the run's config.json or a checkpoint of ours (a folder
     of a tool's outputs that happen to be named results.json or results.md is not)."""
