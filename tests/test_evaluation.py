@@ -10,7 +10,8 @@ from tests.test_reliability import call
 from tests.test_scripts import TINY, run
 from utils.data import to_float
 from utils.errors import UsageError
-from utils.evaluate import EVAL_ATTACKS, corruption_files, eval_attack, evaluate, evaluate_corruptions
+from utils.corruptions import COMMON, EXTRA, corruption_files, evaluate_corruptions
+from utils.evaluate import EVAL_ATTACKS, eval_attack, evaluate
 from utils.mask_sources import epsilon_mask
 
 EPS, LOW = 8 / 255, 7 / 255
@@ -73,14 +74,14 @@ def test_evaluation_logs_a_line_per_attack(trained, synth, caplog):
         assert any(m.startswith(f"eval {name}: ") and "% (" in m and " s" in m for m in lines), lines
 
 
-def cifar10c(folder, data, n=40, extra_bad=None):
-    """A CIFAR-10-C folder in the published layout from the first n test images: `identity` (the clean images at
-    every severity) and `invert` (255 - x)."""
+def cifar10c(folder, data, n=40, invert="contrast"):
+    """A CIFAR-10-C folder in the published layout from the first n test images: `brightness` holds the clean
+    images at every severity (so its accuracy is the natural one) and `invert` names the file of 255 - x."""
     folder.mkdir()
     x = data.x_test[:n].permute(0, 2, 3, 1).numpy()
     y = data.y_test[:n].numpy()
-    np.save(folder / "identity.npy", np.concatenate([x] * 5))
-    np.save(folder / "invert.npy", np.concatenate([255 - x] * 5))
+    np.save(folder / "brightness.npy", np.concatenate([x] * 5))
+    np.save(folder / f"{invert}.npy", np.concatenate([255 - x] * 5))
     np.save(folder / "labels.npy", np.concatenate([y] * 5))
     return folder
 
@@ -90,13 +91,24 @@ def test_identity_corruption_equals_natural_accuracy(trained, synth, tmp_path):
     folder = cifar10c(tmp_path / "c", synth)
     res = evaluate_corruptions(model, str(folder), n_eval=24, batch_size=16)
     nat = evaluate(model, synth, attacks=("natural",), n_eval=24, batch_size=16)["natural"]
-    assert res["identity"] == [nat] * 5
-    assert len(res["invert"]) == 5 and res["mean"] == pytest.approx(np.mean(res["identity"] + res["invert"]))
+    assert res["brightness"] == [nat] * 5 and res["mean_of"] == ["brightness", "contrast"]
+    assert len(res["contrast"]) == 5 and res["mean"] == pytest.approx(np.mean(res["brightness"] + res["contrast"]))
+
+
+def test_extra_corruptions_are_reported_beside_the_mean_not_in_it(trained, synth, tmp_path):
+    """The published mean is over the fifteen common corruptions; the four extra ones stay out of it."""
+    model, _ = trained
+    folder = cifar10c(tmp_path / "c", synth, invert="saturate")
+    res = evaluate_corruptions(model, str(folder), n_eval=24, batch_size=16)
+    assert "saturate" in COMMON + EXTRA and "saturate" not in COMMON
+    assert res["mean_of"] == ["brightness"] and res["mean"] == pytest.approx(np.mean(res["brightness"]))
+    assert res["mean_extra"] == pytest.approx(np.mean(res["saturate"])) and res["saturate"] != res["brightness"]
 
 
 @pytest.mark.parametrize("damage,word", [
     ("missing", "not a folder"), ("no-labels", "labels.npy is missing"), ("not-multiple", "not a multiple of 5"),
-    ("labels-mismatch", "but labels.npy"), ("not-uint8", "uint8"), ("not-npy", "not a readable")])
+    ("labels-mismatch", "but labels.npy"), ("not-uint8", "uint8"), ("not-npy", "not a readable"),
+    ("stray-npy", "is not a CIFAR-10-C corruption")])
 def test_malformed_cifar10c_folder_exits_2(damage, word, trained, synth, tmp_path, capsys):
     folder = tmp_path / "missing"
     if damage != "missing":
@@ -104,11 +116,13 @@ def test_malformed_cifar10c_folder_exits_2(damage, word, trained, synth, tmp_pat
         if damage == "no-labels":
             (folder / "labels.npy").unlink()
         elif damage == "not-multiple":
-            np.save(folder / "identity.npy", np.zeros((198, 32, 32, 3), np.uint8))
+            np.save(folder / "brightness.npy", np.zeros((198, 32, 32, 3), np.uint8))
         elif damage == "labels-mismatch":
             np.save(folder / "labels.npy", np.zeros(195, np.int64))
         elif damage == "not-uint8":
-            np.save(folder / "invert.npy", np.zeros((200, 32, 32, 3), np.float32))
+            np.save(folder / "contrast.npy", np.zeros((200, 32, 32, 3), np.float32))
+        elif damage == "stray-npy":  # a well-formed file of a name CIFAR-10-C does not publish
+            np.save(folder / "brightness_old.npy", np.load(folder / "brightness.npy"))
         else:
             (folder / "fog.npy").write_bytes(b"garbage")
     with pytest.raises(UsageError, match=word):
@@ -128,8 +142,8 @@ def test_record_names_its_code_and_carries_robustbench_fields(tmp_path):
     assert {"clean_acc": f"{rec['natural']:.2f}", "autoattack_acc": None, "eps": "8/255", "architecture":
             "ResNet-18 (width 4)", "dataset": "synthetic", "threat_model": "Linf",
             "number_forward_passes": 1}.items() <= rec.items()
-    assert rec["cw"] <= rec["natural"] and set(rec["corruptions"]) == {"identity", "invert", "mean"}
-    assert rec["corruptions"]["identity"][0] == rec["natural"]  # the same 32 images
+    assert rec["cw"] <= rec["natural"] and set(rec["corruptions"]) == {"brightness", "contrast", "mean", "mean_of"}
+    assert rec["corruptions"]["brightness"][0] == rec["natural"]  # the same 32 images
     md = (tmp_path / "r" / "results.md").read_text()
     assert "| Natural | PGD-20 | CW-inf | CIFAR-10-C |" in md
 

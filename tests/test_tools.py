@@ -482,16 +482,18 @@ def test_make_cifar10c_writes_whole_folders_only(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return 255 - x
 
-    fake = types.SimpleNamespace(corrupt=corrupt, corruption_dict={"invert": None, "other": None})
+    fake = types.SimpleNamespace(corrupt=corrupt, corruption_dict={"saturate": None, "other": None})
     monkeypatch.setitem(sys.modules, "imagecorruptions", fake)
-    argv = ["--data", "synthetic", "--n", "2", "--out", str(tmp_path / "c"), "--corruptions", "invert"]
+    argv = ["--data", "synthetic", "--n", "2", "--out", str(tmp_path / "c"), "--corruptions", "saturate"]
     interrupt = True
     assert make_cifar10c.main(argv) == 130
     assert os.listdir(tmp_path) == [] and "interrupted" in capsys.readouterr().err
     interrupt = False
     assert make_cifar10c.main(argv) == 0
-    assert sorted(os.listdir(tmp_path / "c")) == ["invert.npy", "labels.npy"] and os.listdir(tmp_path) == ["c"]
-    assert np.load(tmp_path / "c" / "invert.npy").shape == (10, 32, 32, 3)
+    assert sorted(os.listdir(tmp_path / "c")) == ["labels.npy", "saturate.npy"] and os.listdir(tmp_path) == ["c"]
+    assert np.load(tmp_path / "c" / "saturate.npy").shape == (10, 32, 32, 3)
     assert make_cifar10c.main(argv[:-1] + ["nope"]) == 2  # an --out that holds files, and an unknown corruption
     assert make_cifar10c.main([*argv[:5], str(tmp_path / "d"), "--corruptions", "nope"]) == 2
-    assert "has no nope" in capsys.readouterr().err
+    assert "nope is not a CIFAR-10-C corruption" in capsys.readouterr().err
+    assert make_cifar10c.main([*argv[:5], str(tmp_path / "d"), "--corruptions", "fog"]) == 2  # a published name
+    assert "imagecorruptions has no fog" in capsys.readouterr().err  # the installed package cannot make

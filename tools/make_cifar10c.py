@@ -25,12 +25,11 @@ if __name__ == "__main__":  # the repository root on the path (run as a file: py
 import numpy as np
 
 from utils.cli import COUNT, Parser, nonempty, number
+from utils.corruptions import COMMON, EXTRA
 from utils.data import DATASETS, load_dataset
 from utils.errors import UsageError, entry_point
 from utils.runs import check_writable
 
-CIFAR10C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-            "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
 SEED_MAX = (2**32 - 1 - 5) // 100  # numpy's global seed, seed * 100 + severity, must stay below 2**32
 
 
@@ -57,9 +56,9 @@ def build_parser() -> Parser:
                    help="folder to write, new or empty: <corruption>.npy and labels.npy, which appear only when all "
                         "are written")
     p.add_argument("--n", type=COUNT, default=0, help="corrupt the first N test images (default 0: all)")
-    p.add_argument("--corruptions", nargs="+", default=list(CIFAR10C), metavar="NAME",
-                   help="imagecorruptions' corruption names to write, one <name>.npy each with severities 1 to 5 "
-                        "(default: the 15 of CIFAR-10-C)")
+    p.add_argument("--corruptions", nargs="+", default=list(COMMON), metavar="NAME",
+                   help="CIFAR-10-C corruption names to write with imagecorruptions, one <name>.npy each with "
+                        "severities 1 to 5 (default: the 15 common ones; the 4 extra ones may be named too)")
     p.add_argument("--seed", type=number(int, 0, SEED_MAX), default=0,
                    help="seed of the random corruptions: severity s draws from numpy's generator seeded with "
                         "seed * 100 + s, so one seed always gives the same files (default: 0)")
@@ -74,6 +73,10 @@ def make(argv=None) -> int:
     twice = sorted({c for c in args.corruptions if args.corruptions.count(c) > 1})
     if twice:  # one file each: the count printed would not be the files written
         raise UsageError(f"--corruptions names {', '.join(twice)} more than once; name each corruption once")
+    unpublished = [c for c in args.corruptions if c not in COMMON + EXTRA]
+    if unpublished:  # --eval-corruptions reads the published names only
+        raise UsageError(f"--corruptions: {', '.join(unpublished)} is not a CIFAR-10-C corruption; choose from "
+                         f"{', '.join(COMMON + EXTRA)}")
     check_writable(args.out, "--out")
     if os.path.isdir(args.out) and os.listdir(args.out):
         raise UsageError(f"--out {args.out} already holds files; give a new or empty folder (nothing is overwritten)")

@@ -21,7 +21,8 @@ from .config import lr_at
 from .data import (Dataset, check_counts, check_labels, epoch_generator, load_dataset, num_batches, seed64,
                    train_batches, train_size)
 from .devices import autocast, barrier, peak_memory_mb, reset_peak_memory
-from .evaluate import corruption_files, evaluate
+from .corruptions import corruption_files
+from .evaluate import evaluate
 from .mask_sources import BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
 from .runs import RunFolder, append_metrics, make_logger, rng_state, save_checkpoint, seed_everything, set_rng_state

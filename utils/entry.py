@@ -12,7 +12,7 @@ from .data import check_counts, load_dataset
 from .devices import configure_backends, pick_device
 from .engine import NonFinite, prepare_model
 from .errors import Stop, UsageError, entry_point
-from .evaluate import corruption_files
+from .corruptions import corruption_files
 from .lifecycle import train
 from .outputs import write_evaluation
 from .runs import check_out_path, check_writable, holds_run, is_run_folder, make_logger, read_checkpoint, same_folder

@@ -1,4 +1,4 @@
-"""The robust evaluation suite: one registry of evaluation attacks, CIFAR-10-C, and the JSON record.
+"""The robust evaluation suite: one registry of evaluation attacks and the JSON record (CIFAR-10-C: corruptions.py).
 
 Attack names (for --eval-attacks, keys of results.json, columns of the report):
   natural    clean accuracy
@@ -10,7 +10,6 @@ Attack names (for --eval-attacks, keys of results.json, columns of the report):
   aa-official  AutoAttack as the official PART code runs it (torchattacks, 10 iterations per attack), seeded,
              on the first n_eval_aa images
 """
-import os
 import platform
 import re
 import subprocess
@@ -26,7 +25,6 @@ from attacks import autoattack, autoattack_official, autoattack_version, cw, fro
 
 from . import ROOT
 from .data import Dataset, eval_batches, to_float
-from .errors import UsageError
 from .mask_sources import epsilon_mask
 from .units import fraction_text
 
@@ -134,10 +132,6 @@ def _correct(model, x, y, batch_size) -> torch.Tensor:
                           for i in range(0, x.shape[0], batch_size)])
 
 
-def _accuracy(model, x, y, batch_size):
-    return int(_correct(model, x, y, batch_size).sum())
-
-
 def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTACKS, eps: float = 8 / 255,
              step_size: float = 2 / 255, n_eval: int = 0, n_eval_aa: int = 0, batch_size: int = 256, seed: int = 0,
              cfg: dict | None = None, aa_log: str | None = None, log=None, progress: bool = False) -> dict:
@@ -192,82 +186,6 @@ def evaluate(model: torch.nn.Module, data: Dataset, *, attacks=DEFAULT_EVAL_ATTA
             result[name] = 100.0 * correct / size
             say("eval %s: %.2f%% (%d/%d) in %.1f s", name, result[name], correct, size, result["time_s"][name])
     return result
-
-
-# ----------------------------------------------------------------------------------------------------
-# CIFAR-10-C
-# ----------------------------------------------------------------------------------------------------
-def corruption_files(folder: str, num_classes: int | None = None, image_size=None) -> list[str]:
-    """The corruption names in a CIFAR-10-C folder (<name>.npy beside labels.npy), checked: each file uint8
-    (5 * N, H, W, 3) and labels.npy of the same length; when given, labels in [0, num_classes) and images of
-    `image_size` (an int, or [H, W]: the model's). Raises UsageError naming the path and the problem."""
-    if not os.path.isdir(folder):
-        raise UsageError(f"--eval-corruptions: {folder} is not a folder (expects <corruption>.npy files and "
-                         f"labels.npy, as CIFAR-10-C is published)")
-    labels_path = os.path.join(folder, "labels.npy")
-    if not os.path.isfile(labels_path):
-        raise UsageError(f"--eval-corruptions: {labels_path} is missing")
-    labels = _load_npy(labels_path, mmap=False)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) == 0 or len(labels) % 5:
-        raise UsageError(f"--eval-corruptions: {labels_path} must hold 5 * N integer labels, got {labels.dtype} "
-                         f"{labels.shape}")
-    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-        raise UsageError(f"--eval-corruptions: {labels_path} must hold labels in [0, {num_classes}) (the model's "
-                         f"classes), found {labels.min()}..{labels.max()}")
-    size = None if image_size is None else \
-        tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-    names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".npy") and f != "labels.npy")
-    if not names:
-        raise UsageError(f"--eval-corruptions: no <corruption>.npy file in {folder}")
-    for name in names:
-        path = os.path.join(folder, name + ".npy")
-        a = _load_npy(path)
-        if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
-            raise UsageError(f"--eval-corruptions: {path} must be uint8 images (5 * N, H, W, 3), got {a.dtype} {a.shape}")
-        if len(a) % 5:
-            raise UsageError(f"--eval-corruptions: {path} has {len(a)} images, not a multiple of 5 severities")
-        if len(a) != len(labels):
-            raise UsageError(f"--eval-corruptions: {path} has {len(a)} images but labels.npy {len(labels)} labels")
-        if size is not None and tuple(a.shape[1:3]) != size:
-            raise UsageError(f"--eval-corruptions: {path} holds {a.shape[1]}x{a.shape[2]} images, but the model "
-                             f"takes {size[0]}x{size[1]}")
-    return names
-
-
-def _load_npy(path, mmap=True):
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except Exception as e:
-        raise UsageError(f"--eval-corruptions: {path} is not a readable .npy file ({type(e).__name__})") from None
-
-
-def evaluate_corruptions(model: torch.nn.Module, folder: str, n_eval: int = 0, batch_size: int = 256,
-                         log=None) -> dict:
-    """Natural accuracy (percent) on every corruption of a CIFAR-10-C folder at each severity 1..5, on the
-    first n_eval images of each severity (all when 0): {name: [sev1, ..., sev5], 'mean': over names and
-    severities}. Batches are cut as the natural evaluation cuts the test set."""
-    device = next(model.parameters()).device
-    labels = torch.from_numpy(np.asarray(_load_npy(os.path.join(folder, "labels.npy"), mmap=False), dtype=np.int64))
-    out = {}
-    with frozen(model):
-        for name in corruption_files(folder):
-            images = _load_npy(os.path.join(folder, name + ".npy"))
-            per = len(images) // 5
-            n = per if not n_eval else min(n_eval, per)
-            accs = []
-            for sev in range(5):
-                lo = sev * per
-                x = torch.from_numpy(np.ascontiguousarray(images[lo:lo + n]).transpose(0, 3, 1, 2).copy())
-                correct = 0
-                for i in range(0, n, batch_size):
-                    xb = to_float(x[i:i + batch_size]).to(device)
-                    correct += _accuracy(model, xb, labels[lo + i:lo + i + xb.shape[0]].to(device), batch_size)
-                accs.append(100.0 * correct / n)
-            out[name] = accs
-            if log:
-                log.info("eval corruption %s: %s", name, " ".join(f"{a:.2f}" for a in accs))
-    out["mean"] = float(np.mean([a for k, v in out.items() for a in v]))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

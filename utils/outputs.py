@@ -7,7 +7,8 @@ import torch
 
 from .data import Dataset, to_float
 from .engine import Run
-from .evaluate import evaluate, evaluate_corruptions, make_record, markdown_table, per_image_arrays, per_image_name
+from .corruptions import evaluate_corruptions
+from .evaluate import evaluate, make_record, markdown_table, per_image_arrays, per_image_name
 from .figures import save_mask_figure
 from .runs import save_json, save_npz, save_text
 
