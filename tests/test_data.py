@@ -106,6 +106,28 @@ def test_missing_data_error_names_folder_and_fix(tmp_path, name, words):
         assert w in msg
 
 
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_present_but_damaged_data_file_is_named_as_damaged(tmp_path, name):
+    """A truncated or garbled file is no missing one: the message names the file and says it is damaged."""
+    from torchvision.datasets import CIFAR10, SVHN
+    files = ([f"cifar-10-batches-py/{f}" for f, _ in CIFAR10.train_list + CIFAR10.test_list] if name == "cifar10"
+             else [SVHN.split_list[s][1] for s in ("train", "test")])
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"half a download")
+    with pytest.raises(DataNotFound, match="is damaged") as e:
+        load_dataset(name, str(tmp_path))
+    assert str(tmp_path / files[0]) in str(e.value)
+    (tmp_path / files[0]).unlink()  # a missing file beside damaged ones: still damaged, the others named
+    with pytest.raises(DataNotFound, match="is damaged") as e:
+        load_dataset(name, str(tmp_path))
+    assert str(tmp_path / files[1]) in str(e.value)
+    for rel in files[1:]:
+        (tmp_path / rel).unlink()
+    with pytest.raises(DataNotFound, match="not found"):  # nothing present: not found, as before
+        load_dataset(name, str(tmp_path))
+
+
 def test_tinyimagenet_folder_as_distributed(tmp_path, monkeypatch):
     import utils.data
     monkeypatch.setattr(utils.data, "TINY_EXPECTED", {"classes": 2, "train": 6, "test": 2})

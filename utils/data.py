@@ -82,13 +82,27 @@ def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, siz
 # ----------------------------------------------------------------------------------------------------
 # real data sets
 # ----------------------------------------------------------------------------------------------------
-def _torchvision(cls, name: str, root: str, download: bool, files: str, url: str, **splits):
-    """Load a torchvision data set's two splits; a missing folder or a failed download is a DataNotFound
-    that names the folder and the manual fix."""
+def _damaged(root: str, files) -> str | None:
+    """The first of `files` ((path under root, md5) pairs) that is present but does not match its checksum."""
+    from torchvision.datasets.utils import check_integrity
+    for rel, md5 in files:
+        path = os.path.join(root, rel)
+        if os.path.isfile(path) and not check_integrity(path, md5):
+            return rel
+    return None
+
+
+def _torchvision(cls, name: str, root: str, download: bool, files: str, url: str, checked, **splits):
+    """Load a torchvision data set's two splits; a missing folder, a failed download or a file present but
+    damaged (`checked`: its (path, md5) pairs) is a DataNotFound that names the folder or file and the fix."""
     try:
         return [cls(root, download=download, **kw) for kw in splits.values()]
     except Exception as e:  # torchvision raises RuntimeError when files are missing, URLError/OSError offline
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        bad = _damaged(root, checked)
+        if bad:
+            raise DataNotFound(f"{name}: {os.path.join(os.path.abspath(root), bad)} is damaged (it does not match its "
+                               f"published checksum); delete it, then fetch {url} again (--download, or by hand)") from None
         if download:
             raise DataNotFound(f"downloading {name} into {os.path.abspath(root)} failed ({reason}); on a machine "
                                f"without network access fetch {url} by hand and put {files} in that folder") from None
@@ -98,8 +112,9 @@ def _torchvision(cls, name: str, root: str, download: bool, files: str, url: str
 
 def _cifar10(root: str, download: bool) -> Dataset:
     from torchvision.datasets import CIFAR10
+    checked = [(os.path.join(CIFAR10.base_folder, f), md5) for f, md5 in CIFAR10.train_list + CIFAR10.test_list]
     tr, te = _torchvision(CIFAR10, "CIFAR-10", root, download, "cifar-10-batches-py/ (extracted)",
-                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", checked,
                           train={"train": True}, test={"train": False})
     return Dataset("cifar10", _hwc_to_chw(tr.data), torch.tensor(tr.targets), _hwc_to_chw(te.data),
                    torch.tensor(te.targets), 10)
@@ -107,8 +122,9 @@ def _cifar10(root: str, download: bool) -> Dataset:
 
 def _svhn(root: str, download: bool) -> Dataset:
     from torchvision.datasets import SVHN
+    checked = [tuple(SVHN.split_list[split][1:]) for split in ("train", "test")]
     tr, te = _torchvision(SVHN, "SVHN", root, download, "train_32x32.mat and test_32x32.mat",
-                          "http://ufldl.stanford.edu/housenumbers/{train,test}_32x32.mat",
+                          "http://ufldl.stanford.edu/housenumbers/{train,test}_32x32.mat", checked,
                           train={"split": "train"}, test={"split": "test"})
     return Dataset("svhn", torch.from_numpy(tr.data), torch.from_numpy(tr.labels.astype(np.int64)),
                    torch.from_numpy(te.data), torch.from_numpy(te.labels.astype(np.int64)), 10)
