@@ -12,7 +12,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_scripts import same_weights, weights
+from tests.test_reliability import call
+from tests.test_scripts import TINY, same_weights, weights
 from tools import executors, gpus, grid, jobs, run_state, studies
 from utils.config import parse, script_constants
 from utils.errors import UsageError
@@ -646,6 +647,23 @@ def test_status_names_the_state_of_every_run(tmp_path, capsys):
     assert "--run resumes it" in state["PART-official-seed2"]
     assert state["PART-permuted-seed2"].startswith("not started ")
     assert out[-1] == "8 runs: 1 finished, 1 running, 1 queued, 1 requeued, 1 failed, 2 interrupted, 1 not started"
+
+
+def test_a_row_folder_that_is_a_file_or_a_link_to_nothing_reads_alike_in_status_and_run(tmp_path, capsys):
+    """--status says what --run does: both name the file or the dangling link and start nothing there."""
+    cmds = studies.commands("mask-source", ["synthetic"], ["resnet18"], ["AT"], [1, 2], str(tmp_path), tag="")
+    (a, argv_a), (b, argv_b) = cmds
+    os.makedirs(os.path.dirname(a))
+    open(a, "w").close()
+    os.symlink(str(tmp_path / "gone"), b)
+    for folder, argv, word in ((a, argv_a, "is a file, not a folder"), (b, argv_b, "which does not exist")):
+        state, detail = run_state.run_status(folder, argv)
+        assert state == "failed" and word in detail and "--run does not start it" in detail
+        kind, message = run_state.blocker(folder, argv)
+        assert kind == "refused" and word in message
+    assert not os.path.lexists(tmp_path / "gone") and os.path.isfile(a)
+    code, err = call("part", [*TINY, "--out", b], capsys)
+    assert code == 2 and "which does not exist" in err and not os.path.lexists(tmp_path / "gone")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def _config_state(folder: str, argv) -> str | None:
 def folder_problem(folder: str, argv, results: tuple | None = None) -> str | None:
     """Why this command must not run in its folder, as the grid runs it (it adds --resume to an interrupted run and
     nothing else), with what to do; None when it may. `results`: results_state's answer, when known."""
+    from utils.errors import UsageError
+    from utils.runs import check_writable
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # a file, or a link to nothing: the run would refuse it
+        try:
+            check_writable(folder, "--out", folder=True)
+        except UsageError as e:
+            return f"{e} (the grid writes this row's run there; --root or --tag choose another place)"
     kind, detail = results or results_state(folder, argv)
     move = "move that folder away (or delete it), or give another --root or --tag"
     if kind == "damaged":

@@ -183,7 +183,8 @@ def is_run_folder(path: str) -> bool:
 
 def check_writable(path: str, flag: str, folder: bool = True) -> None:
     """Refuse, before any work, an output path (a folder, or a file when not `folder`) that cannot be written:
-    an empty path, a file where a folder is wanted or the reverse (a file name ending in a separator included), a file that exists but is not a regular file
+    an empty path, a file where a folder is wanted or the reverse (a file name ending in a separator included), a
+    folder that is a link to nothing, a file that exists but is not a regular file
     (a device such as /dev/full or /dev/null, a pipe: the writers replace the file whole, see `atomic_write`),
     a path under a file, a file named as a run's own file (results.json, results.md, ...) in a run folder, or one
     whose nearest existing folder takes no new file (tried with an unnamed temporary file, which leaves nothing
@@ -198,6 +199,9 @@ def check_writable(path: str, flag: str, folder: bool = True) -> None:
         raise UsageError(f"{flag} {path} is not a regular file (a device, pipe or socket); give a file name")
     if os.path.exists(full) and not os.path.isdir(full) and folder:
         raise UsageError(f"{flag} {path} is a file, not a folder")
+    if folder and os.path.islink(full) and not os.path.exists(full):
+        raise UsageError(f"{flag} {path} is a link to {os.readlink(full)}, which does not exist; create that folder "
+                         f"or remove the link")
     home, name = os.path.split(os.path.realpath(full))
     if not folder and (_run_file(name) or name in ("job.json", LOCK)) and is_run_folder(home):
         raise UsageError(f"{flag} {path} would replace the {name} of the run in {home}; write it elsewhere")
