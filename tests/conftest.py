@@ -44,7 +44,7 @@ def trained(synth, tmp_path_factory):
     the model in eval mode. Under pytest-xdist the first worker to ask trains it and saves the weights beside the
     workers' temporary folders; the others load them."""
     from models import build_model
-    from utils.data import to_float
+    from utils.batches import to_float
     torch.manual_seed(0)
     model = build_model("resnet18", 10, width=8)
     if not os.environ.get("PYTEST_XDIST_WORKER"):
@@ -71,7 +71,7 @@ def train_naturally(model, synth):
     (BatchNorm statistics of a tiny set)."""
     import torch.nn.functional as F
 
-    from utils.data import epoch_generator, train_batches
+    from utils.batches import epoch_generator, train_batches
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for epoch in range(10):
         for group in opt.param_groups:

@@ -6,7 +6,7 @@ import torch
 
 from attacks import autoattack, cw, mart_attack, mma, pgd, trades_attack
 from models import build_model
-from utils.data import to_float
+from utils.batches import to_float
 from utils.evaluate import evaluate, markdown_table
 from utils.methods import mart_loss, trades_loss
 

@@ -7,7 +7,7 @@ from utils.cams import compute_cam, find_target_layer
 from utils.figures import save_mask_figure
 from utils.mask_rules import jet_table, mask_from_cam
 from utils.mask_sources import epsilon_mask
-from utils.data import to_float
+from utils.batches import to_float
 
 EPS, LOW = 8 / 255, 7 / 255
 

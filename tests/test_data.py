@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.conftest import SHARED_NPZ, tiny_imagenet_folder
-from utils.data import (DataNotFound, epoch_generator, load_dataset, random_crop_flip, synthetic, eval_batches,
-                        train_batches)
+from utils.batches import epoch_generator, random_crop_flip, eval_batches, train_batches
+from utils.data import DataNotFound, load_dataset, synthetic
 
 
 def test_synthetic_is_deterministic():

@@ -8,7 +8,7 @@ import torch
 
 from tests.test_reliability import call
 from tests.test_scripts import TINY, run
-from utils.data import to_float
+from utils.batches import to_float
 from utils.errors import UsageError
 from utils.corruptions import COMMON, EXTRA, corruption_files, evaluate_corruptions
 from utils.evaluate import EVAL_ATTACKS, eval_attack, evaluate

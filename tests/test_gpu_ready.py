@@ -11,7 +11,8 @@ from models import build_model
 from tests.test_scripts import SCRIPTS, constants, run, same_weights, weights
 from utils import mask_rules
 from utils.config import parse, upgrade
-from utils.data import synthetic, to_float
+from utils.batches import to_float
+from utils.data import synthetic
 from utils.devices import configure_backends
 from utils.identity import effective, training_differences
 from utils.methods import mart_attack, trades_attack

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from models import build_model
-from utils.data import epoch_generator, epoch_permutation, synthetic, to_float, train_batches
+from utils.batches import epoch_generator, epoch_permutation, to_float, train_batches
+from utils.data import synthetic
 from utils.mask_rules import mask_from_cam
 from utils.mask_sources import (MASK_SOURCES, BudgetStats, derangement, epsilon_mask, make_source,
                                 official_postprocess, region_budget, source_generator)

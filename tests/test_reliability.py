@@ -597,7 +597,8 @@ def test_tinyimagenet_half_copied_or_stale_cache(tmp_path, monkeypatch):
 def test_permuted_control_never_gives_an_image_its_own_mask():
     """An epoch of 5 images in batches of 2: the batches of two swap their masks, and the last batch (one image)
     takes the mask of an image of the previous batch. Masks are stood in for by the images themselves."""
-    from utils.data import epoch_generator, synthetic, train_batches
+    from utils.batches import epoch_generator, train_batches
+    from utils.data import synthetic
     from utils.mask_sources import PermutedSource
     data = synthetic(n_train=5, n_test=2)
     cfg = {"epsilon": 8 / 255, "low_epsilon": 7 / 255, "mask": True, "epochs": 2, "warm_up": 1, "batch_size": 2,

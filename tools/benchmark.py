@@ -43,7 +43,8 @@ from utils import ROOT
 from utils.cams import find_target_layer, unwrap
 from utils.config import MAX_WIDTH, eval_attack, parse, script_constants
 from utils.cli import POSITIVE, Parser, nonempty, number
-from utils.data import DATASETS, load_dataset, to_float
+from utils.batches import to_float
+from utils.data import DATASETS, load_dataset
 from utils.devices import (autocast, configure_backends, device_name, peak_memory_mb, pick_device, reset_peak_memory,
                            synchronize)
 from utils.engine import build_run, prepare_model, prepare_training, train_epoch

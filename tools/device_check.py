@@ -47,7 +47,8 @@ from tools.device_speed import OFFICIAL_IMAGES, SETTINGS, WRN_FRACTION, quiet, s
 from utils import ROOT
 from utils.config import script_constants
 from utils.cli import Parser, nonempty
-from utils.data import load_dataset, synthetic, to_float
+from utils.batches import to_float
+from utils.data import load_dataset, synthetic
 from utils.devices import configure_backends, device_name, pick_device
 from utils.entry import run_script
 from utils.errors import Interrupted, Terminated, UsageError, entry_point, interruption

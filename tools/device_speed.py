@@ -9,7 +9,8 @@ import time
 import torch
 
 from tools.benchmark import bench_epochs, official_image_pass, speed_setting
-from utils.data import Dataset, to_float
+from utils.batches import to_float
+from utils.data import Dataset
 from utils.devices import peak_memory_unmeasured, synchronize
 
 # the goals on one H100/H200 (reported with their figures, never failed)

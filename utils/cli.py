@@ -49,7 +49,7 @@ def _describe(kind, lo, hi, lo_open, hi_open, optional) -> str:
 BUDGET = number(float, 0, 1)
 COUNT = number(int, 0)
 POSITIVE = number(int, 1)
-SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.data.seed64)
+SEED = number(int, 0, 2**64 - 1)  # torch's seed range; the seeds derived from it wrap (utils.batches.seed64)
 
 def nonempty(text: str) -> str:
     """An argparse type for paths and names: any text but the empty string (which would mean the current folder)."""

@@ -13,7 +13,7 @@ import torch
 
 from attacks import frozen
 
-from .data import to_float
+from .batches import to_float
 from .errors import UsageError
 
 COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",

@@ -18,8 +18,8 @@ from models import build_model
 
 from .checks import check_cam_layer, uses_cam
 from .config import lr_at
-from .data import (Dataset, check_counts, check_labels, epoch_generator, load_dataset, num_batches, seed64,
-                   train_batches, train_size)
+from .batches import epoch_generator, num_batches, seed64, train_batches
+from .data import Dataset, check_counts, check_labels, load_dataset, train_size
 from .devices import autocast, barrier, peak_memory_mb, reset_peak_memory
 from .corruptions import corruption_files
 from .evaluate import evaluate

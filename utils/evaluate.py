@@ -24,7 +24,8 @@ import torch
 from attacks import autoattack, autoattack_official, autoattack_version, cw, frozen, mma, pgd, torchattacks_version
 
 from . import ROOT
-from .data import Dataset, eval_batches, to_float
+from .batches import eval_batches, to_float
+from .data import Dataset
 from .mask_sources import epsilon_mask
 from .units import fraction_text
 

@@ -20,7 +20,8 @@ import torch
 
 from .cams import compute_cam, layer_cams
 from .errors import UsageError
-from .data import batch_sizes, epoch_generator, epoch_permutation, seed64, train_batches, train_size
+from .batches import batch_sizes, epoch_generator, epoch_permutation, seed64, train_batches
+from .data import train_size
 from .mask_rules import device_copy, mask_from_cam
 
 

@@ -5,7 +5,8 @@ import time
 
 import torch
 
-from .data import Dataset, to_float
+from .batches import to_float
+from .data import Dataset
 from .engine import Run
 from .corruptions import evaluate_corruptions
 from .evaluate import evaluate, make_record, markdown_table, per_image_arrays, per_image_name
