@@ -70,7 +70,7 @@ def bad_file(tmp, kind):
 def cifar10c_folder(path, labels=None, size=32, n=5):
     """A CIFAR-10-C-style folder of one corruption: (5 * n, size, size, 3) uint8 images and their labels."""
     path.mkdir()
-    np.save(path / "noise.npy", np.zeros((5 * n, size, size, 3), np.uint8))
+    np.save(path / "gaussian_noise.npy", np.zeros((5 * n, size, size, 3), np.uint8))
     np.save(path / "labels.npy", np.arange(5 * n) % 10 if labels is None else np.asarray(labels))
     return str(path)
 
@@ -549,7 +549,7 @@ def test_download_failure_is_one_line(tmp_path, capsys, monkeypatch):
     import torchvision.datasets
     from urllib.error import URLError
 
-    class Offline:
+    class Offline(torchvision.datasets.CIFAR10):  # its file list and checksums, and no network
         def __init__(self, *a, **k):
             raise URLError("[Errno -3] Temporary failure in name resolution")
 
