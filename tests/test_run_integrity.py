@@ -305,8 +305,7 @@ def test_a_missing_constant_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,words", [(["--n-eval", "100000"], "--n-eval 100000 is more than the"),
-                                        (["--n-eval", "16", "--n-eval-aa", "32"], "than the 16 --n-eval images"),
-                                        (["--n-eval-epoch", "100000"], "--n-eval-epoch 100000 is more than the")])
+                                        (["--n-eval", "16", "--n-eval-aa", "32"], "than the 16 --n-eval images")])
 def test_an_evaluation_subset_larger_than_its_set_is_refused(argv, words, tmp_path, capsys):
     code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), *argv], capsys)
     assert code == 2 and words in err and not (tmp_path / "x").exists(), err

@@ -351,15 +351,13 @@ def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
                          f"needs at least two classes")
 
 
-def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n_eval_aa: int = 0,
-                 n_eval_epoch: int = 0) -> None:
+def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n_eval_aa: int = 0) -> None:
     """Refuse a subset larger than what it is taken from (0 means all): --n-train beyond the training images,
-    --n-eval and --n-eval-epoch beyond the test images, --n-eval-aa beyond the --n-eval images. Such a run would use all of them and
+    --n-eval beyond the test images, --n-eval-aa beyond the --n-eval images. Such a run would use all of them and
     be recorded (and grouped by the report) under a size it never had."""
     n_test = data.x_test.shape[0]
     for flag, n, most, of in (("--n-train", n_train, data.x_train.shape[0], f"training images of {where}"),
                               ("--n-eval", n_eval, n_test, f"test images of {where}"),
-                              ("--n-eval-epoch", n_eval_epoch, n_test, f"test images of {where}"),
                               ("--n-eval-aa", n_eval_aa, n_eval or n_test,
                                "--n-eval images" if n_eval else f"test images of {where}")):
         if n > most:
