@@ -6,7 +6,7 @@ import os
 
 from .config import check_saved, upgrade
 from .errors import UsageError
-from .evaluate import column_value, record_columns
+from .evaluate import AA_NAMES, column_value, record_columns
 from .identity import effective, same_training
 from .methods import METHODS
 
@@ -85,12 +85,56 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {c} is {v!r}, not a number")
         if v is not None and not 0 <= v <= 100:
             raise RecordError(path, f"its {c} is {v!r}, not an accuracy in percent (0 to 100)")
+    if checked is not None:
+        problem = size_problem(rec, checked, name)
+        if problem:
+            raise RecordError(path, f"{problem}: the record does not come from the configuration it holds")
     if name == "results" and checked is not None:
         other = folder_run_differences(folder, checked)
         if other:
             raise RecordError(path, f"is not the run of its folder's config.json ({other}): a record copied from "
                                     f"another run folder")
     return rec
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def size_problem(rec: dict, cfg: dict, name: str) -> str | None:
+    """What in a record disagrees with the config (checked) it holds, as utils.evaluate writes them: the test-set
+    size n_test, the images evaluated (n_eval: the config's --n-eval, at most n_test, 0 meaning all), those under
+    AutoAttack (n_eval_aa: None without aa / aa-official, else the config's --n-eval-aa, at most n_test, 0 meaning
+    n_eval), the radius (eval_epsilon) and the epoch of the checkpoint (a run's results.json: the config's last,
+    --epochs; another record: a count or None). None when all agree. A field the record lacks (records of older
+    versions, or made by other code) is not checked; the sizes are checked only against an n_test."""
+    if "n_test" in rec:
+        n_test = rec["n_test"]
+        if not _count(n_test) or n_test < 1:
+            return f"its n_test {n_test!r} is not a test-set size"
+        n_eval = min(cfg["n_eval"], n_test) if cfg.get("n_eval") else n_test
+        if "n_eval" in rec and (rec["n_eval"] != n_eval or not _count(rec["n_eval"])):
+            return f"its n_eval {rec['n_eval']!r} is not the {n_eval} images its config's --n-eval " \
+                   f"{cfg.get('n_eval') or 0} takes of {n_test}"
+        attacks = cfg.get("eval_attacks") or ()
+        n_aa = (min(cfg["n_eval_aa"], n_test) if cfg.get("n_eval_aa") else n_eval) \
+            if any(a in attacks for a in AA_NAMES) else None
+        if "n_eval_aa" in rec and (rec["n_eval_aa"] != n_aa or not (n_aa is None or _count(rec["n_eval_aa"]))):
+            return f"its n_eval_aa {rec['n_eval_aa']!r} is not the {n_aa} its config's --n-eval-aa and " \
+                   f"--eval-attacks give"
+    if "eval_epsilon" in rec:
+        eps = rec["eval_epsilon"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or \
+                not math.isclose(eps, cfg["eval_epsilon"], rel_tol=1e-9, abs_tol=1e-12):
+            return f"its eval_epsilon {eps!r} is not its config's {cfg['eval_epsilon']!r}"
+    if "epoch" in rec:
+        epoch = rec["epoch"]
+        if name == "results" and epoch != cfg["epochs"]:
+            return f"its epoch {epoch!r} is not its config's last ({cfg['epochs']}), which a run's results.json " \
+                   f"holds"
+        if epoch is not None and (not _count(epoch) or epoch < 0):
+            return f"its epoch {epoch!r} is not an epoch count"
+    return None
 
 
 def folder_run_differences(folder: str, cfg: dict) -> str | None:

@@ -10,6 +10,7 @@ from utils.errors import UsageError
 from utils.evaluate import column_value, per_image_name
 from utils.identity import same_training
 from utils.records import RecordError, read_record
+from utils.units import fraction_text
 
 from .groups import Group, baseline_of, find_group, masked_name
 from .records import columns, load_per_image
@@ -214,10 +215,22 @@ def mcnemar_record(folder: str) -> tuple[dict, str]:
                      f"training script's --eval-only, which writes {name}.json and {per_image_name(name)} there")
 
 
+ATTACK_KEYS = ("eval_epsilon", "step_size")  # what a run's evaluation attacks take from its config
+
+
+def attack_differences(a: dict, b: dict) -> list[str]:
+    """How the evaluation attacks of two records differ ('eval_epsilon 8/255 and 4/255'): the radius and the PGD
+    step each took from its config. Empty when they agree or a record has no config to say."""
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    return [f"{k} {fraction_text(sa[k])} and {fraction_text(sb[k])}" for k in ATTACK_KEYS
+            if k in sa and k in sb and sa[k] != sb[k]]
+
+
 def mcnemar_rows(folder_a: str, folder_b: str) -> dict:
     """The exact McNemar test per attack between two finished runs evaluated on the same test images (each run's
     record from `mcnemar_record`): {'records': [path of A's record, B's], 'rows': one row {'column', 'n', 'acc_a',
-    'acc_b', 'only_a', 'only_b', 'p'} per attack both have a per-image record of}. Raises UsageError when a run
+    'acc_b', 'only_a', 'only_b', 'p'} per attack both have a per-image record of, 'attack_differences':
+    `attack_differences` (the attacks of one name were not the same attack: the table says so)}. Raises UsageError when a run
     has no usable record or per-image file, or the runs share no attack or scored one on different test images."""
     (a, path_a), (b, path_b) = mcnemar_record(folder_a), mcnemar_record(folder_b)
     cols = [c for c in a["per_image"]["columns"] if c in b["per_image"]["columns"]]
@@ -231,4 +244,4 @@ def mcnemar_rows(folder_a: str, folder_b: str) -> dict:
         t = stats.mcnemar(a["per_image"]["columns"][c], b["per_image"]["columns"][c])
         rows.append({"column": c, "n": t.n, "acc_a": t.acc_a, "acc_b": t.acc_b, "only_a": t.only_a,
                      "only_b": t.only_b, "p": t.p})
-    return {"records": [path_a, path_b], "rows": rows}
+    return {"records": [path_a, path_b], "rows": rows, "attack_differences": attack_differences(a, b)}

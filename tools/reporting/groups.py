@@ -161,17 +161,25 @@ def check_diffs(tables, diffs) -> None:
 
 def diff_warnings(tables, diffs) -> list[str]:
     """One line for each --diff whose rows were evaluated on different numbers of test images (n_eval, n_eval_aa as
-    their records say): their difference then mixes which images were drawn with what was trained."""
+    their records say): their difference then mixes which images were drawn with what was trained; and one for
+    each whose rows were attacked with a different radius or PGD step (eval_epsilon, step_size): their difference
+    then mixes the attacks with what was trained."""
     out = []
     for (data, model), groups in tables.items():
         for a_name, b_name in diffs:
             a, b = find_group(groups, a_name), find_group(groups, b_name)
             if a is None or b is None:
                 continue
-            differ = [f"{k} {a.settings[k]} and {b.settings[k]}" for k in ("n_eval", "n_eval_aa")
-                      if k in a.settings and k in b.settings and a.settings[k] != b.settings[k]]
-            if differ:
-                out.append(f"--diff {a.label!r} {b.label!r} ({data}, {model}): the rows were evaluated on different "
-                           f"test images ({'; '.join(differ)}), so their difference also holds which images each drew")
+            def differ(keys, show=str):
+                return [f"{k} {show(a.settings[k])} and {show(b.settings[k])}" for k in keys
+                        if k in a.settings and k in b.settings and a.settings[k] != b.settings[k]]
+            where = f"--diff {a.label!r} {b.label!r} ({data}, {model})"
+            images, attacks = differ(("n_eval", "n_eval_aa")), differ(("eval_epsilon", "step_size"), fraction_text)
+            if images:
+                out.append(f"{where}: the rows were evaluated on different test images ({'; '.join(images)}), so "
+                           f"their difference also holds which images each drew")
+            if attacks:
+                out.append(f"{where}: the rows were attacked with different settings ({'; '.join(attacks)}), so "
+                           f"their difference also holds the attacks")
     return out
 

@@ -40,6 +40,7 @@ def check_no_new_runs(outputs, paths) -> None:
 
 
 METRIC_NUMBERS = ("lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "epoch_time_s", "eval_time_s")
+_AT_MOST = {"natural": 100.0, "pgd20": 100.0, "eps_share": 1.0}  # every other column: at least 0, no upper bound
 
 
 def _number_or_blank(v) -> bool:
@@ -51,11 +52,36 @@ def _number_or_blank(v) -> bool:
         return False
 
 
-def read_run_metrics(folder, epochs=None):
-    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers, one per epoch (the last
-    row of a repeated epoch) in epoch order, a note on what was left out or None). When `epochs` (the run's
-    config) is given and those rows are not one for each epoch 1..epochs, no row is used: budget and time
-    columns from part of a run, or from rows of another run, would be a wrong number."""
+def budget_bound(cfg: dict) -> float:
+    """The largest mean budget (in 1/255) a run of settings `cfg` can record: 255 times the largest radius they
+    hold (--epsilon, and --low-epsilon and --region-eps where its mask source reads them); 255 (the whole [0, 1]
+    range) without one."""
+    radii = [cfg.get("epsilon"), cfg.get("low_epsilon"), *(cfg.get("region_eps") or [])]
+    radii = [r for r in radii if isinstance(r, (int, float)) and not isinstance(r, bool)]
+    return 255.0 * max(radii) if radii else 255.0
+
+
+def _out_of_range(row: dict, most_budget: float) -> str | None:
+    """'eps_share 5.0' when a number of the row lies outside what its column can hold (accuracies in [0, 100], the
+    share at eps in [0, 1], the mean budget in [0, most_budget], losses, rates and times at least 0); else None."""
+    for k in METRIC_NUMBERS:
+        if row.get(k) in (None, ""):
+            continue
+        v = float(row[k])
+        most = most_budget + 1e-3 if k == "budget_mean" else _AT_MOST.get(k, math.inf)  # budgets are rounded
+        if not 0 <= v <= most:
+            return f"{k} {row[k]}"
+    return None
+
+
+def read_run_metrics(folder, cfg=None):
+    """(rows of metrics.csv whose epoch is a whole number and whose numbers are numbers within their column's
+    range, one per epoch (the last row of a repeated epoch) in epoch order, a note on what was left out or None).
+    `cfg`: the run's settings (utils.records.record_settings: the radii its mask source used, its epochs). When
+    it gives the epochs and those rows are not one for each epoch 1..epochs, no row is used:
+    budget and time columns from part of a run, or from rows of another run, would be a wrong number."""
+    cfg = cfg or {}
+    epochs = cfg.get("epochs")
     path = os.path.join(folder, "metrics.csv")
     if not os.path.exists(path):
         return [], None
@@ -70,9 +96,16 @@ def read_run_metrics(folder, epochs=None):
         return [], "has no epoch column (not a metrics.csv); left out of the budget columns and curves"
     good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
     bad = total - len(good)
+    most = budget_bound(cfg)
+    outside = [(r, _out_of_range(r, most)) for r in good]
+    outside = [(r, why) for r, why in outside if why]
+    good = [r for r in good if not any(r is o for o, _ in outside)]
     last = {r["epoch"]: r for r in good}  # as a resume trims it: one row per epoch, the last one seen
     repeated = len(good) - len(last)
     notes = [f"{bad} malformed row(s) left out of the budget columns and curves"] if bad else []
+    if outside:
+        notes.append(f"{len(outside)} row(s) with a number its column cannot hold (epoch {outside[0][0]['epoch']}: "
+                     f"{outside[0][1]}) left out of the budget columns and curves")
     if repeated:
         notes.append(f"{repeated} repeated epoch row(s); the last row of each epoch is used")
     rows = sorted(last.values(), key=lambda r: r["epoch"])
@@ -111,8 +144,7 @@ def load_runs(folders, skipped=None, per_image=False):
             skipped.append((e.path, e.why))
             continue
         rec["folder"], rec["mtime"] = f, os.path.getmtime(path)
-        cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
-        rec["metrics"], note = read_run_metrics(f, cfg.get("epochs"))
+        rec["metrics"], note = read_run_metrics(f, rec["settings"])
         if note:
             skipped.append((os.path.join(f, "metrics.csv"), note))
         rec["per_image"] = load_per_image(f, rec) if per_image else None

@@ -196,12 +196,17 @@ def mcnemar_markdown(folder_a: str, folder_b: str, result: dict) -> str:
            "Right for B only | Exact McNemar p |", "|---|---|---|---|---|---|---|"]
     out += [f"| {column_title(r['column'])} | {r['n']} | {r['acc_a']:.2f} | {r['acc_b']:.2f} | {r['only_a']} | "
             f"{r['only_b']} | {r['p']:.4g} |" for r in result["rows"]]
+    if result.get("attack_differences"):
+        out += ["", f"Note: A and B were attacked with different settings ({'; '.join(result['attack_differences'])}): "
+                    f"each attack's row compares each model under its own attack, not one attack"]
     return "\n".join(out) + "\n"
 
 
 def mcnemar_json(result: dict) -> dict:
-    """McNemar's test as JSON: {'mcnemar': its rows, 'records': the two records' paths}."""
-    return {"mcnemar": result["rows"], "records": result["records"]}
+    """McNemar's test as JSON: {'mcnemar': its rows, 'records': the two records' paths, 'attack_differences': how
+    their attacks differed ([] when they were the same)}."""
+    return {"mcnemar": result["rows"], "records": result["records"],
+            "attack_differences": result.get("attack_differences", [])}
 
 
 def report_json(tables, analysis, unfinished=(), bootstrap=0, marks=(), boot_over="both") -> dict:
