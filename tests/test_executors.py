@@ -88,6 +88,9 @@ def wait_for(predicate, timeout=600):
     ("mask-source", ["--mask"], "--mask/--no-mask is what the rows"),
     ("eps-low", ["--low-epsilon=6/255"], "--low-epsilon is what the rows of study eps-low set"),
     ("main", ["--beta", "3"], "do not fit train_eval_part.py"),  # TRADES / MART only: every row must take it
+    ("figure1", ["--epochs", "2", "--width", "4", "--epochs=3"], "--epochs is given twice after -- (--epochs and "
+                                                                 "--epochs=3)"),
+    ("main", ["--eval-attacks", "natural", "--eval-attacks", "pgd20"], "--eval-attacks is given twice"),
 ])
 def test_flags_after_dashdash_that_the_grid_or_a_row_sets_are_refused(study, extra, word, capsys):
     assert word in refused(capsys, ["--study", study, "--data", "synthetic", "--models", "resnet18", "--", *extra])

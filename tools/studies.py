@@ -124,17 +124,19 @@ OWNED = {"data": "the grid's --data says which", "model": "the grid's --models s
 def check_extra(study: str, rows, extra) -> str | None:
     """Why the flags after -- cannot go to every command of these rows, or None. They must parse for each row's
     script (no prefixes: the scripts' parser takes whole flag names only), must not set what the grid sets per
-    command, must not set what any row of the study sets, and must not leave two rows the same run (either would
-    train every row alike under different names)."""
+    command, must not set what any row of the study sets, must not give one flag twice (the last would win while
+    the folder tag names both), and must not leave two rows the same run (either would train every row alike under
+    different names)."""
     from utils.config import build_parser, explicit_flags, parse, script_constants
     from utils.errors import UsageError
     from utils.identity import effective
-    given, varies, names, runs = set(), {}, {}, {}
+    given, varies, names, runs, options = set(), {}, {}, {}, {}
     for row, (script, flags) in STUDIES[study].items():
         variant = script_variant(script)
         constants = script_constants(os.path.join(ROOT, script))
         parser = build_parser(variant, constants)
         names.update({a.dest: "/".join(a.option_strings) for a in parser.flags})
+        options.update({o: a.dest for a in parser.flags for o in a.option_strings})
         for dest in explicit_flags(parser, flags):
             varies.setdefault(dest, []).append(row)
         if row in rows:
@@ -147,6 +149,14 @@ def check_extra(study: str, rows, extra) -> str | None:
             except UsageError as e:
                 return f"row {row} with the flags after --: {str(e).removesuffix(' (see --help)')}"
             runs[row] = (effective(cfg), sorted(cfg["eval_attacks"]))  # what it trains, and what it evaluates
+    seen = {}
+    for a in extra:
+        dest = options.get(a.partition("=")[0]) if a.startswith("-") else None
+        if dest in seen:
+            return (f"{names[dest]} is given twice after -- ({seen[dest]} and {a}): the last would win while the "
+                    f"folder tag names both; give it once")
+        if dest is not None:
+            seen[dest] = a
     for dest in sorted(given):
         if dest in OWNED:
             return f"{names[dest]} is set by the grid for each command: {OWNED[dest]}"
