@@ -41,7 +41,8 @@ from attacks import pgd
 from models import MODELS
 from utils import ROOT
 from utils.cams import find_target_layer, unwrap
-from utils.config import MAX_WIDTH, eval_attack, parse, script_constants
+from utils.config import parse, script_constants
+from utils.flag_spec import MAX_WIDTH, eval_attack
 from utils.cli import POSITIVE, Parser, nonempty, number
 from utils.batches import to_float
 from utils.data import DATASETS, load_dataset

@@ -177,7 +177,7 @@ def _gpu_id(text: str) -> str:
 
 
 def build_parser():
-    from utils.config import SPEC
+    from utils.flag_spec import SPEC
     from utils.cli import Parser, nonempty, number
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study", choices=list(STUDIES), default="main", help="which study (default: main)")
