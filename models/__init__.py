@@ -24,7 +24,7 @@ class CheckpointMismatch(ValueError):
 def extract_state_dict(obj) -> dict:
     """The model weights inside a loaded checkpoint: ours ({'model': ...}), {'state_dict': ...}, or a bare
     state dict; a DataParallel/DDP `module.` prefix is stripped and the WRN's unused `sub_block1` dropped. Raises
-    CheckpointMismatch when it has such an entry but none of them is a dict."""
+    CheckpointMismatch when it has such an entry but none of them is a dict, or the weights are no dict of names."""
     keys = [k for k in ("model", "state_dict", "model_state_dict") if isinstance(obj, dict) and k in obj]
     if keys and not any(isinstance(obj[k], dict) for k in keys):
         raise CheckpointMismatch(f"its {keys[0]!r} entry is a {type(obj[keys[0]]).__name__}, not a state dict")
@@ -32,6 +32,11 @@ def extract_state_dict(obj) -> dict:
         if isinstance(obj[key], dict):
             obj = obj[key]
             break
+    if not isinstance(obj, dict):
+        raise CheckpointMismatch(f"it holds a {type(obj).__name__}, not a state dict")
+    odd = [repr(k) for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CheckpointMismatch(f"its state dict has keys that are not parameter names: {', '.join(odd[:5])}")
     out = {}
     for k, v in obj.items():
         if k.startswith("module."):

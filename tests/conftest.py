@@ -102,3 +102,12 @@ def tiny_imagenet_folder(root, wnids, per_class, train_value, val_value):
         ann.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
     return base
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    """A finished 3-epoch PART run with a checkpoint of every epoch (one per test module that asks)."""
+    from tests.test_scripts import run
+    out = tmp_path_factory.mktemp("three") / "run"
+    assert run("part", out, "--epochs", "3", "--save-freq", "1", "--eval-attacks", "natural") == 0
+    return out

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 
-from tests.test_run_integrity import three  # noqa: F401  (the module's fixture: a finished 3-epoch PART run)
 from tools import report
 from utils.records import RecordError, read_record
 
@@ -23,7 +22,7 @@ def edit_json(path, **fields):
                                         ({"eval_epsilon": 4 / 255}, "its eval_epsilon 0.0156"),
                                         ({"epoch": 2}, "its epoch 2 is not its config's last (3)"),
                                         ({"epoch": "3"}, "its epoch '3' is not")])
-def test_a_record_that_disagrees_with_its_config_is_left_out(three, tmp_path, edit, words, capsys):  # noqa: F811
+def test_a_record_that_disagrees_with_its_config_is_left_out(three, tmp_path, edit, words, capsys):
     run = shutil.copytree(three, tmp_path / "runs" / "r")
     assert read_record(str(run))["n_eval"] == 32  # untouched, it is read
     edit_json(run / "results.json", **edit)
@@ -36,7 +35,7 @@ def test_a_record_that_disagrees_with_its_config_is_left_out(three, tmp_path, ed
     assert f"r/results.json: its {next(iter(edit))}" in out.split("Files left out")[1]
 
 
-def test_an_eval_only_record_of_another_epoch_is_read(three, tmp_path):  # noqa: F811
+def test_an_eval_only_record_of_another_epoch_is_read(three, tmp_path):
     """--eval-only of epoch_1.pt writes epoch 1: only a run's results.json must hold the config's last epoch."""
     run = shutil.copytree(three, tmp_path / "r")
     shutil.copy(run / "results.json", run / "eval_epoch_1.json")
@@ -49,7 +48,7 @@ def test_an_eval_only_record_of_another_epoch_is_read(three, tmp_path):  # noqa:
 
 @pytest.mark.parametrize("column,value", [("eps_share", "5.0"), ("budget_mean", "-1"), ("budget_mean", "9.5"),
                                           ("natural", "150"), ("epoch_time_s", "-3")])
-def test_a_metrics_row_out_of_its_columns_range_is_left_out(three, tmp_path, column, value, capsys):  # noqa: F811
+def test_a_metrics_row_out_of_its_columns_range_is_left_out(three, tmp_path, column, value, capsys):
     """The run's rows then no longer cover every epoch, so its budget and time columns show nothing rather than
     a mean over the rows that remain; the budget's bound is the run's own largest radius (8/255 here)."""
     run = shutil.copytree(three, tmp_path / "r")
@@ -66,7 +65,7 @@ def test_a_metrics_row_out_of_its_columns_range_is_left_out(three, tmp_path, col
     assert group["budget"]["budget_mean"]["n"] == 0
 
 
-def test_mcnemar_and_diff_say_when_the_runs_were_attacked_otherwise(three, tmp_path, capsys):  # noqa: F811
+def test_mcnemar_and_diff_say_when_the_runs_were_attacked_otherwise(three, tmp_path, capsys):
     x = shutil.copytree(three, tmp_path / "x")
     y = shutil.copytree(three, tmp_path / "y")
     assert report.main(["--mcnemar", str(x), str(y), "--json", str(tmp_path / "m.json")]) == 0

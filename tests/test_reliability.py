@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -59,6 +60,11 @@ def bad_file(tmp, kind):
     if kind == "truncated":
         npz(p)
         p.write_bytes(p.read_bytes()[:3000])
+        return str(p)
+    if kind == "not-npy":  # a zip whose members are text, not .npy files: np.load hands back their bytes
+        with zipfile.ZipFile(p, "w") as z:
+            for k in ("x_train", "y_train", "x_test", "y_test"):
+                z.writestr(f"{k}.npy", "some text")
         return str(p)
     if kind == "pickled":
         np.savez(p, x_train=np.array([{"a": 1}] * 40, dtype=object), y_train=np.arange(40), x_test=np.zeros(1),
@@ -135,6 +141,7 @@ BAD_INPUT = [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
     ("empty", "N, H, W > 0"), ("zero-size", "N, H, W > 0"), ("float-labels", "integer"),
     ("random-bytes", "not a readable"), ("truncated", "not a readable"), ("pickled", "not a readable"),
+    ("not-npy", "x_train, y_train, x_test, y_test are not arrays"),
     ("one-class", "training labels hold only class 3 (cifar10-npz has 10 classes)")]] + [
     ("part", ["--data", "cifar10-npz", "--data-dir", "TMP/first-one-class.npz", "--n-train", "20"], 2,
      "the first 20 training labels (--n-train 20) hold only class 3")]
@@ -146,7 +153,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(300))
     torch.save({"model": {}}, tmp_path / "weights_only.pt")
     for kind in ("float", "int16", "label999", "long-labels", "empty", "zero-size", "float-labels", "random-bytes",
-                 "truncated", "pickled", "one-class", "first-one-class"):
+                 "truncated", "pickled", "not-npy", "one-class", "first-one-class"):
         bad_file(tmp_path, kind)
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals" / "eval_last.json").write_text("{}")
@@ -290,11 +297,12 @@ def test_resume_from_an_earlier_checkpoint_rebuilds_metrics_and_drops_later_file
     args = ["--epochs", "3", "--lr-milestones", "3", "--save-freq", "1", "--eval-attacks", "natural"]
     assert run("part", out, *args) == 0
     whole = weights(out / "last.pt")
-    (out / "metrics.csv").write_text((out / "metrics.csv").read_text() + "garbage,\x00\x01,,\n3x,1\n")
+    huge = "1,warm-up," + "9" * 200_000  # a field past the csv module's limit: that line alone is unreadable
+    (out / "metrics.csv").write_text((out / "metrics.csv").read_text() + f"garbage,\x00\x01,,\n{huge}\n3x,1\n")
     code, err = call("part", [*TINY, "--out", str(out), *args, "--resume", str(out / "epoch_1.pt")], capsys)
     assert code == 0, err
     log = (out / "log.txt").read_text()
-    assert "dropped 4 unreadable or later line(s)" in log and "epoch_2.pt" in log and "results.json" in log
+    assert "dropped 5 unreadable or later line(s)" in log and "epoch_2.pt" in log and "results.json" in log
     rows = (out / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"] and rows[0].startswith("epoch,phase")
     assert same_weights(whole, weights(out / "last.pt"))
@@ -317,18 +325,24 @@ def _damage(ckpt, how):
                                  "32.0": 32.0, "[32]": [32]}[value]
     elif key == "weight":
         name = next(k for k, v in c["model"].items() if v.is_floating_point())
-        c["model"][name] = {"int": 3, "nan": torch.full_like(c["model"][name], float("nan")),
-                            "long": c["model"][name].long()}[value]
+        if value == "key":  # a key that is no parameter name
+            c["model"][7] = c["model"].pop(name)
+        else:
+            c["model"][name] = {"int": 3, "nan": torch.full_like(c["model"][name], float("nan")),
+                                "long": c["model"][name].long(), "half": c["model"][name].half()}[value]
     elif key == "running_var":
         name = next(k for k in c["model"] if k.endswith("running_var"))
         c["model"][name] = -c["model"][name]
     elif key.startswith("optimizer."):
         c["optimizer"] = {**ckpt["optimizer"], "param_groups": [dict(g) for g in ckpt["optimizer"]["param_groups"]],
                           "state": {i: dict(s) for i, s in ckpt["optimizer"]["state"].items()}}
+        buf = c["optimizer"]["state"][0]["momentum_buffer"]
         if key == "optimizer.momentum":
             c["optimizer"]["param_groups"][0]["momentum"] = 5.0
+        elif value == "none":
+            c["optimizer"]["state"] = {}
         else:
-            c["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3)
+            c["optimizer"]["state"][0]["momentum_buffer"] = {"shape": torch.zeros(3), "half": buf.half()}[value]
     else:
         c[key] = {"{}": {}, "str": "1", "int": 5, "rng": {"torch": 5}, "huge": 10**9, "none": None, "500": 500.0}[value]
     return c
@@ -343,12 +357,15 @@ DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=
                     ("weight=long", "other dtypes"), ("running_var=neg", "negative variances"),
                     ("model=none", "not a state dict"), ("config=none", "not a dict"),
                     ("config.variant=part_t", "(part_t)"), ("config.eval_attacks=[]", "at least one"),
-                    ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size")]
+                    ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size"),
+                    ("weight=key", "keys that are not parameter names: 7")]
 # resume reads the config and weights through the same checks as --eval-only: a few of those, and its own
 DAMAGED_FOR_RESUME = [DAMAGED_FOR_EVAL[i] for i in (0, 2, 4, 7, 10, 12)] + [
     ("optimizer={}", "optimizer state"), ("epoch=str", "no usable epoch"), ("epoch=huge", "no usable epoch"),
     ("rng=rng", "RNG state"), ("best_pgd20=str", "best PGD-20"), ("best_pgd20=500", "best PGD-20"),
-    ("optimizer.momentum=5", "momentum 5.0"), ("optimizer.buffer=shape", "momentum buffer")]
+    ("optimizer.momentum=5", "momentum 5.0"), ("optimizer.buffer=shape", "momentum buffer"),
+    ("optimizer.buffer=none", "no momentum buffer"), ("optimizer.buffer=half", "not a finite float32 tensor"),
+    (DAMAGED_FOR_EVAL[-1]), ("weight=half", "another precision than the run saves")]
 
 
 @pytest.mark.parametrize("how,word", DAMAGED_FOR_EVAL)

@@ -17,14 +17,6 @@ from utils.entry import main as main_
 from utils.runs import drop_later_files, read_checkpoint, read_metrics
 
 
-@pytest.fixture(scope="module")
-def three(tmp_path_factory):
-    """A finished 3-epoch PART run with a checkpoint of every epoch."""
-    out = tmp_path_factory.mktemp("three") / "run"
-    assert run("part", out, "--epochs", "3", "--save-freq", "1", "--eval-attacks", "natural") == 0
-    return out
-
-
 def copy_run(src, dst):
     shutil.copytree(src, dst)
     return dst

@@ -1,8 +1,10 @@
 """The report's statistics (utils/stats.py) against independent computations and published power tables, and
 the report's intervals, seed plan, bootstrap, McNemar test and JSON on run folders built here."""
+import io
 import json
 import math
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -135,6 +137,12 @@ def image_run(root, name, method, seed, bits: dict, labels=None, fingerprint="ab
     return folder
 
 
+def npy_bytes(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def grid_of_runs(tmp_path, seeds=(1, 2, 3), n=300):
     rng = np.random.default_rng(1)
     for s in seeds:
@@ -197,7 +205,8 @@ def test_mcnemar_between_two_run_folders(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["other-labels", "other-fingerprint", "record-mismatch", "damaged", "float-index",
-                                  "negative-index", "2d-labels", "n_test-vector"])
+                                  "negative-index", "2d-labels", "n_test-vector", "labels-not-npy",
+                                  "column-not-npy"])
 def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, capsys):
     bits = {"natural": [True, False, True, True], "pgd20": [False, False, True, False]}
     image_run(tmp_path, "x", "AT", 1, bits)
@@ -216,6 +225,13 @@ def test_per_image_records_that_do_not_pair_or_match_exit_2(case, tmp_path, caps
             arrays = {k: z[k] for k in z.files}
         key, arrays[key] = hand_edited[case]
         np.savez(y / "per_image.npz", **arrays)
+    if case.endswith("-not-npy"):  # a member that is no .npy file: np.load hands back its bytes
+        with np.load(y / "per_image.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(y / "per_image.npz", "w") as zf:
+            for k, v in arrays.items():
+                bad = k == ("labels" if case == "labels-not-npy" else "natural")
+                zf.writestr(f"{k}.npy", b"not an array" if bad else npy_bytes(v))
     for argv in (["--mcnemar", str(tmp_path / "x"), str(y)], [str(tmp_path), "--bootstrap", "100"]):
         assert report.main(argv) == 2
         err = capsys.readouterr().err.strip()

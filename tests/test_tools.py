@@ -399,6 +399,9 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
                                       "config": {"variant": "part", "data": ["cifar10"]}}),
               "nanregion": json.dumps({"method": "PART", "seed": 9, "natural": 1.0,
                                        "config": {"variant": "part", "region_eps": [float("nan")] * 4}}),
+              "pifint": json.dumps({"method": "AT", "seed": 10, "natural": 1.0, "per_image_file": 5}),
+              "pifpath": json.dumps({"method": "AT", "seed": 11, "natural": 1.0,
+                                     "per_image_file": "../good/per_image.npz"}),
               "longint": '{"method": "AT", "seed": ' + "1" * 5000 + "}",
               "deep": "[" * 100000}
     for name, text in broken.items():
@@ -418,6 +421,8 @@ def test_report_leaves_out_broken_files_and_names_them(tmp_path, capsys):
                       ("moved", "its data 'svhn' is not its config's 'cifar10'"),
                       ("evalseed", "impossible --eval-attacks (unknown evaluation attack 'seed'"),
                       ("listdata", "impossible --data"), ("nanregion", "impossible --region-eps"),
+                      ("pifint", "its per_image_file 5 is not the name of a file beside it"),
+                      ("pifpath", "per_image_file '../good/per_image.npz' is not the name"),
                       ("longint", "not a run's record (ValueError"), ("deep", "not a run's record (RecursionError")]:
         assert f"{name}/results.json: " in left_out and why in left_out, (name, left_out)
     assert "good/metrics.csv: 2 malformed row(s)" in left_out  # a number that is not one, an epoch that is not one

@@ -253,6 +253,10 @@ def _cifar10_npz(path: str, download: bool = False) -> Dataset:
             if missing:
                 raise UsageError(f"{path} lacks the keys {missing} (expects x_train, y_train, x_test, y_test)")
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+        if not_arrays:  # np.load returns the raw bytes of a member that is no .npy
+            raise UsageError(f"{path}: {', '.join(not_arrays)} {'is' if len(not_arrays) == 1 else 'are'} not "
+                             f"arrays (members that are no .npy file); cifar10-npz reads an np.savez archive")
     except UsageError:
         raise
     except Exception as e:  # not a zip, truncated, pickled objects, ...

@@ -37,8 +37,8 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
     run.folder = RunFolder(out)
     try:
         if resumed_from:
+            dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)  # before any file goes
             stale = drop_later_files(out, run.start_epoch - 1, resumed_from)
-            dropped = truncate_metrics(os.path.join(out, "metrics.csv"), run.start_epoch - 1)
         else:
             clear_run(out)  # --overwrite, or the leftovers of a start that never finished an epoch
         log = run.log = make_logger(out)

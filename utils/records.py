@@ -37,7 +37,8 @@ def read_record(folder: str, name: str = "results") -> dict:
     --eval-only writes), checked: UTF-8 JSON holding an object with a method name and an integer seed (or one in
     its config), accuracies that are numbers in [0, 100] or null, and a config (if any) that can be read, whose every
     setting is one its flag could have set (utils.config.check_saved), and whose method, variant, data set, model
-    and seed are the record's, and (for a run's results.json) whose run is the one of its folder's config.json.
+    and seed are the record's, and (for a run's results.json) whose run is the one of its folder's config.json;
+    sizes, radius and epoch as the config gives them (`size_problem`); a per_image_file that names a file beside it.
     Sets 'seed' and adds 'settings' (`record_settings`). Raises RecordError (a ValueError) naming the file and
     saying what is wrong, also when the file is missing or unreadable."""
     path = os.path.join(folder, f"{name}.json")
@@ -68,6 +69,9 @@ def read_record(folder: str, name: str = "results") -> dict:
             raise RecordError(path, f"its {key} {rec[key]!r} is not its config's {cfg[key]!r}")
     if cfg and "variant" in cfg and (not isinstance(cfg["variant"], str) or cfg["variant"] not in METHODS):
         raise RecordError(path, f"unknown variant {cfg['variant']!r} (known: {', '.join(METHODS)})")
+    pif = rec.get("per_image_file")
+    if pif is not None and (not isinstance(pif, str) or not pif or os.path.basename(pif) != pif or pif in (".", "..")):
+        raise RecordError(path, f"its per_image_file {pif!r} is not the name of a file beside it")
     checked = None
     if cfg and "variant" in cfg:
         try:  # every setting of the config as its flag would take it, as --resume checks a checkpoint's

@@ -2,7 +2,7 @@
 into the run (`resume_run`: weights, optimiser, RNG and mask-source state, epoch, best)."""
 import torch
 
-from models import CheckpointMismatch, load_checkpoint
+from models import CheckpointMismatch, extract_state_dict, load_checkpoint
 
 from . import identity
 from .checks import upgrade_config
@@ -41,6 +41,12 @@ def resume_run(run: Run, path: str) -> None:
         load_checkpoint(run.model, path, obj=ckpt)
     except CheckpointMismatch as e:
         raise UsageError(f"--resume: {e}") from None
+    own = run.model.state_dict()
+    retyped = [f"{k} ({str(v.dtype).removeprefix('torch.')}, the model's {str(own[k].dtype).removeprefix('torch.')})"
+               for k, v in extract_state_dict(ckpt).items() if k in own and v.dtype != own[k].dtype]
+    if retyped:  # loading casts them: the run would go on from weights other than those it saved
+        raise UsageError(f"--resume: {path} holds weights of another precision than the run saves "
+                         f"({', '.join(retyped[:3])}{' ...' if len(retyped) > 3 else ''}); it is not this run's")
     mask_state = ckpt.get("mask_source") or {}
     saved_world = ckpt["config"].get("world_size")
     if mask_state and saved_world not in (None, run.world):  # its masks are of other batches: recomputed instead
@@ -63,18 +69,24 @@ def resume_run(run: Run, path: str) -> None:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a saved SGD state into `optimizer` (built from this run's config). Raises ValueError unless the state's
-    settings other than lr are the optimizer's and every momentum buffer is a finite tensor of its parameter's
-    shape (the run then stops, so the optimizer is not restored)."""
+    settings other than lr are the optimizer's and, with momentum, every parameter has a momentum buffer that is a
+    finite tensor of its parameter's shape and dtype (the run then stops, so the optimizer is not restored)."""
     before = optimizer.state_dict()["param_groups"]
-    optimizer.load_state_dict(state)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    momentum = any(group.get("momentum") for group in optimizer.param_groups)
     problem = None
+    for i, p in enumerate(params):  # the saved buffers as saved: loading would cast them to the parameter's dtype
+        buf = state["state"].get(i, {}).get("momentum_buffer")
+        if buf is None and momentum:  # every parameter takes a step in each epoch
+            problem = "no momentum buffer for a parameter, which a run with momentum has after its first step"
+        elif buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape or buf.dtype != p.dtype
+                                  or not bool(torch.isfinite(buf).all())):
+            problem = (f"a momentum buffer that is not a finite {str(p.dtype).removeprefix('torch.')} tensor of its "
+                       f"parameter's shape {tuple(p.shape)}")
+    if problem:
+        raise ValueError(problem)
+    optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, before):
         for key, value in own.items():
             if key not in ("params", "lr", "initial_lr") and group.get(key) != value:
-                problem = f"{key} {group.get(key)!r} where this run's config sets {value!r}"
-        for p in group["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None and (not torch.is_tensor(buf) or buf.shape != p.shape or not bool(torch.isfinite(buf).all())):
-                problem = f"a momentum buffer that is not a finite tensor of its parameter's shape {tuple(p.shape)}"
-    if problem:
-        raise ValueError(problem)
+                raise ValueError(f"{key} {group.get(key)!r} where this run's config sets {value!r}")

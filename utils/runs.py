@@ -355,17 +355,26 @@ def append_metrics(path: str, row: dict) -> None:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The readable rows of a metrics.csv (a row whose epoch is not a whole number is skipped)."""
+    """The readable rows of a metrics.csv: each line is read on its own, so a line that is no CSV row (a field
+    past the csv module's size limit, a broken quote) or whose epoch is not a whole number is skipped, never the
+    file."""
     if not os.path.exists(path):
         return []
-    rows = []
     with open(path, newline="", errors="replace") as f:
-        for r in csv.DictReader(f):
-            try:
+        lines = f.read().split("\n")  # this module writes no field with a newline in it
+    try:
+        header = next(csv.reader([lines[0].rstrip("\r")]), [])
+    except csv.Error:
+        return []
+    rows = []
+    for line in lines[1:]:
+        try:
+            r = next(csv.DictReader([line.rstrip("\r")], fieldnames=header), None)
+            if r is not None:
                 r["epoch"] = int(r.get("epoch") or "")
-            except ValueError:
-                continue
-            rows.append(r)
+                rows.append(r)
+        except (csv.Error, ValueError, TypeError):
+            continue
     return rows
 
 

@@ -88,11 +88,11 @@ def read_run_metrics(folder, cfg=None):
     try:
         rows = read_metrics(path)
         with open(path, newline="", errors="replace") as f:  # every row, to count those read_metrics skips
-            reader = csv.DictReader(f)
-            total = sum(1 for _ in reader)
+            header, total = f.readline(), sum(1 for line in f if line.strip())
+        fields = next(csv.reader([header.strip()]), [])
     except (csv.Error, OSError, UnicodeError) as e:
         return [], f"cannot be read ({type(e).__name__}: {e}); left out of the budget columns and curves"
-    if reader.fieldnames and "epoch" not in reader.fieldnames:
+    if fields and "epoch" not in fields:
         return [], "has no epoch column (not a metrics.csv); left out of the budget columns and curves"
     good = [r for r in rows if all(_number_or_blank(r.get(k)) for k in METRIC_NUMBERS)]
     bad = total - len(good)
@@ -168,6 +168,10 @@ def load_per_image(folder: str, rec: dict, name: str = "results") -> dict | None
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - a damaged zip member raises zlib.error, NotImplementedError, ...
         raise UsageError(f"{path} is not a readable per-image record ({type(e).__name__})") from None
+    not_arrays = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+    if not_arrays:  # np.load returns the raw bytes of a member that is no .npy
+        raise UsageError(f"{path} is not a per-image record ({', '.join(not_arrays[:3])}: members that are no .npy "
+                         f"file)")
     out = {"columns": {}, "test_set": {}}
     fingerprint = str(arrays.get("data_fingerprint", ""))
     labels, n_test = arrays.get("labels"), arrays.get("n_test", np.int64(-1))
