@@ -91,7 +91,8 @@ def test_identity_corruption_equals_natural_accuracy(trained, synth, tmp_path):
     folder = cifar10c(tmp_path / "c", synth)
     res = evaluate_corruptions(model, str(folder), n_eval=24, batch_size=16)
     nat = evaluate(model, synth, attacks=("natural",), n_eval=24, batch_size=16)["natural"]
-    assert res["brightness"] == [nat] * 5 and res["mean_of"] == ["brightness", "contrast"]
+    assert res["brightness"] == [nat] * 5 and res["mean_of"] == ["brightness", "contrast"] and res["images"] == 24
+    assert evaluate_corruptions(model, str(folder), n_eval=0, batch_size=16)["images"] == 40  # all of a severity
     assert len(res["contrast"]) == 5 and res["mean"] == pytest.approx(np.mean(res["brightness"] + res["contrast"]))
 
 
@@ -142,7 +143,9 @@ def test_record_names_its_code_and_carries_robustbench_fields(tmp_path):
     assert {"clean_acc": f"{rec['natural']:.2f}", "autoattack_acc": None, "eps": "8/255", "architecture":
             "ResNet-18 (width 4)", "dataset": "synthetic", "threat_model": "Linf",
             "number_forward_passes": 1}.items() <= rec.items()
-    assert rec["cw"] <= rec["natural"] and set(rec["corruptions"]) == {"brightness", "contrast", "mean", "mean_of"}
+    assert rec["cw"] <= rec["natural"]
+    assert set(rec["corruptions"]) == {"brightness", "contrast", "mean", "mean_of", "images"}
+    assert rec["corruptions"]["images"] == rec["n_eval"] == 32
     assert rec["corruptions"]["brightness"][0] == rec["natural"]  # the same 32 images
     md = (tmp_path / "r" / "results.md").read_text()
     assert "| Natural | PGD-20 | CW-inf | CIFAR-10-C |" in md

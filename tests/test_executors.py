@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_reliability import call
-from tests.test_scripts import TINY, same_weights, weights
+from tests.test_scripts import TINY, same_weights, set_flag, weights
 from tools import executors, gpus, grid, jobs, run_state, studies
 from utils.config import parse, script_constants
 from utils.errors import UsageError
@@ -702,7 +702,7 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
     epoch 3 of the resumed run; Ctrl-C, then SIGTERM to the grid stop the child (its lock released) with exit 130 /
     143 and one line; the same command then finishes the run from its last.pt."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "grid.py"), *GRID, "--methods", "AT", "--root", "runs",
-           "--tag", "", "--run", "--", *EXTRA, "--epochs", "3"]
+           "--tag", "", "--run", "--", *set_flag(EXTRA, "--epochs", "3")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
     folder = str(tmp_path / "runs" / "synthetic-resnet18" / "AT-seed1")
@@ -768,8 +768,8 @@ def test_after_kill_9_of_the_grid_status_and_job_json_tell_what_is_true(tmp_path
     once it has finished on its own, finished, and job.json says so (not 'running' forever)."""
     root = tmp_path / "runs"
     argv = [*GRID, "--methods", "AT", "--root", str(root), "--tag", ""]
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "grid.py"), *argv, "--run", "--", *EXTRA, "--epochs", "3"]
-    status = [*argv, "--status", "--", *EXTRA, "--epochs", "3"]
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "grid.py"), *argv, "--run", "--", *set_flag(EXTRA, "--epochs", "3")]
+    status = [*argv, "--status", "--", *set_flag(EXTRA, "--epochs", "3")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = "1"
     folder = str(root / "synthetic-resnet18" / "AT-seed1")

@@ -136,6 +136,7 @@ BAD_INPUT = [
     ("part", ["--eval-corruptions", "TMP/c10c-999"], 2, "[0, 10)"),
     ("part", ["--eval-corruptions", "TMP/c10c-neg"], 2, "[0, 10)"),
     ("part", ["--eval-corruptions", "TMP/c10c-64px"], 2, "64x64"),
+    ("part", ["--eval-corruptions", "TMP/c10c-small"], 2, "holds 5 images per severity, fewer than --n-eval 32"),
     ("part", ["--eval-only", "TMP/weights_only.pt", "--out", "/proc/part_eval_test"], 2, "cannot create or write"),
 ] + [("part", ["--data", "cifar10-npz", "--data-dir", f"TMP/{k}.npz"], 2, word) for k, word in [
     ("float", "uint8"), ("int16", "uint8"), ("label999", "[0, 10)"), ("long-labels", "25 labels for 20"),
@@ -160,6 +161,7 @@ def test_bad_input_exits_2_with_one_line(variant, argv, code, word, tmp_path, ca
     cifar10c_folder(tmp_path / "c10c-999", labels=np.r_[np.zeros(24, int), 999])
     cifar10c_folder(tmp_path / "c10c-neg", labels=np.r_[np.zeros(24, int), -1])
     cifar10c_folder(tmp_path / "c10c-64px", size=64)
+    cifar10c_folder(tmp_path / "c10c-small")  # 5 images per severity, TINY evaluates 32
     argv = [a.replace("TMP", str(tmp_path)) for a in argv]
     out = tmp_path / "run"
     got, err = call(variant, [*TINY, "--out", str(out), *argv], capsys)
@@ -358,6 +360,7 @@ DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=
                     ("model=none", "not a state dict"), ("config=none", "not a dict"),
                     ("config.variant=part_t", "(part_t)"), ("config.eval_attacks=[]", "at least one"),
                     ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size"),
+                    ("epoch=int", "no usable epoch (epoch 5 of the 2"), ("epoch=str", "no usable epoch"),
                     ("weight=key", "keys that are not parameter names: 7")]
 # resume reads the config and weights through the same checks as --eval-only: a few of those, and its own
 DAMAGED_FOR_RESUME = [DAMAGED_FOR_EVAL[i] for i in (0, 2, 4, 7, 10, 12)] + [

@@ -15,6 +15,18 @@ from utils.entry import main
 TINY = ["--data", "synthetic", "--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32",
         "--n-train", "64", "--num-steps", "2", "--n-eval", "32", "--n-eval-epoch", "32",
         "--eval-attacks", "natural", "pgd20", "mma", "--eval-batch-size", "32", "--no-mask-figure"]
+
+
+def set_flag(argv, flag, *values):
+    """`argv` with the values of `flag` (present in it; its values run to the next --flag) replaced by `values`:
+    the grid refuses a flag given twice after --."""
+    i = argv.index(flag)
+    j = i + 1
+    while j < len(argv) and not argv[j].startswith("--"):
+        j += 1
+    return [*argv[:i], flag, *values, *argv[j:]]
+
+
 SCRIPTS = {"part": "train_eval_part.py", "part_t": "train_eval_part_t.py", "part_m": "train_eval_part_m.py"}
 
 
@@ -207,8 +219,8 @@ def test_two_process_torchrun_on_cpu_equals_two_local_submitit_tasks(tmp_path, m
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert grid.main(["--study", "mask-source", "--methods", "PART-cam", "--data", "synthetic", "--models",
                           "resnet18", "--seeds", "1", "--root", str(tmp_path / "grid"), "--tag", "", "--executor",
-                          "local", "--tasks-per-node", "2", "--wait", "--run", "--", *TINY[2:],
-                          "--eval-attacks", "natural"]) == 0
+                          "local", "--tasks-per-node", "2", "--wait", "--run", "--",
+                          *set_flag(TINY[2:], "--eval-attacks", "natural")]) == 0
         assert "2 process(es)" in (local / "log.txt").read_text()
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 0, err[-3000:]

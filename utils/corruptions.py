@@ -21,11 +21,11 @@ COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glas
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 
-def corruption_files(folder: str, num_classes: int | None = None, image_size=None) -> list[str]:
+def corruption_files(folder: str, num_classes: int | None = None, image_size=None, n_eval: int = 0) -> list[str]:
     """The corruption names in a CIFAR-10-C folder (<name>.npy beside labels.npy), checked: every other .npy is a
     published corruption name; each file uint8 (5 * N, H, W, 3) and labels.npy of the same length; when given,
-    labels in [0, num_classes) and images of `image_size` (an int, or [H, W]: the model's). Raises UsageError
-    naming the path and the problem."""
+    labels in [0, num_classes), images of `image_size` (an int, or [H, W]: the model's) and at least `n_eval`
+    images per severity (--n-eval; 0: all). Raises UsageError naming the path and the problem."""
     if not os.path.isdir(folder):
         raise UsageError(f"--eval-corruptions: {folder} is not a folder (expects <corruption>.npy files and "
                          f"labels.npy, as CIFAR-10-C is published)")
@@ -60,6 +60,9 @@ def corruption_files(folder: str, num_classes: int | None = None, image_size=Non
         if size is not None and tuple(a.shape[1:3]) != size:
             raise UsageError(f"--eval-corruptions: {path} holds {a.shape[1]}x{a.shape[2]} images, but the model "
                              f"takes {size[0]}x{size[1]}")
+    if n_eval and n_eval > len(labels) // 5:  # it would evaluate fewer images than the record's n_eval says
+        raise UsageError(f"--eval-corruptions: {folder} holds {len(labels) // 5} images per severity, fewer than "
+                         f"--n-eval {n_eval}; give --n-eval at most {len(labels) // 5}, or 0 for all")
     return names
 
 
@@ -77,14 +80,14 @@ def _mean(accs: dict, names) -> float | None:
 
 def evaluate_corruptions(model: torch.nn.Module, folder: str, n_eval: int = 0, batch_size: int = 256,
                          log=None) -> dict:
-    """Natural accuracy (percent) on every corruption of a CIFAR-10-C folder at each severity 1..5, on the
-    first n_eval images of each severity (all when 0): {name: [sev1, ..., sev5], 'mean': over the common
-    corruptions found and their severities (None when the folder holds extra ones only), 'mean_of': the names
-    averaged, 'mean_extra': over the extra ones found (only when there are any)}. Batches are cut as the natural
-    evaluation cuts the test set."""
+    """Natural accuracy (percent) on every corruption of a CIFAR-10-C folder at each severity 1..5, on the first
+    n_eval images of each severity (all when 0, at most what the folder holds): {name: [sev1, ..., sev5], 'mean':
+    over the common corruptions found and their severities (None when the folder holds extra ones only),
+    'mean_of': the names averaged, 'mean_extra': over the extra ones found (only when there are any), 'images':
+    the images of each severity scored}. Batches are cut as the natural evaluation cuts the test set."""
     device = next(model.parameters()).device
     labels = torch.from_numpy(np.asarray(_load_npy(os.path.join(folder, "labels.npy"), mmap=False), dtype=np.int64))
-    accs = {}
+    accs, n = {}, 0
     with frozen(model), torch.no_grad():
         for name in corruption_files(folder):
             images = _load_npy(os.path.join(folder, name + ".npy"))
@@ -105,7 +108,7 @@ def evaluate_corruptions(model: torch.nn.Module, folder: str, n_eval: int = 0, b
                 log.info("eval corruption %s: %s", name, " ".join(f"{a:.2f}" for a in row))
     common = [n for n in COMMON if n in accs]
     extra = [n for n in EXTRA if n in accs]
-    out = dict(accs, mean=_mean(accs, common), mean_of=common)
+    out = dict(accs, mean=_mean(accs, common), mean_of=common, images=n)
     if extra:
         out["mean_extra"] = _mean(accs, extra)
     if log:

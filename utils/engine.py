@@ -87,7 +87,7 @@ def build_run(cfg: dict, rank: int, world: int, device: torch.device, data: Data
     cfg["data_fingerprint"] = data.fingerprint()
     cfg["num_classes"], cfg["image_size"] = data.num_classes, data.image_size
     if cfg.get("eval_corruptions"):
-        corruption_files(cfg["eval_corruptions"], data.num_classes, data.image_size)
+        corruption_files(cfg["eval_corruptions"], data.num_classes, data.image_size, cfg["n_eval"])
     data = data.to(device)
     seed_everything(cfg["seed"])
     model = prepare_model(cfg, data.num_classes, device)

@@ -46,6 +46,11 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         run_cfg["device"] = cfg["device"]  # where this evaluation runs, not where training ran
         run_cfg = config_mod.resolve(run_cfg["variant"], run_cfg)
         check_fits(saved, run_cfg["data"], run_cfg["num_classes"])
+        epoch = obj.get("epoch")  # the record names it: it must be one this config trains
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)
+                                  or not 1 <= epoch <= run_cfg["epochs"]):
+            raise UsageError(f"--eval-only: {path} records no usable epoch (epoch {epoch!r} of the "
+                             f"{run_cfg['epochs']} its config trains); it is damaged")
     check_packages(run_cfg)
     device = pick_device(run_cfg["device"], 0)
     configure_backends(run_cfg, device)
@@ -61,7 +66,7 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         run_cfg["trained_on"] = {"data": saved["data"], "data_dir": saved.get("data_dir"),
                                  "data_fingerprint": saved.get("data_fingerprint")}
     if run_cfg.get("eval_corruptions"):
-        corruption_files(run_cfg["eval_corruptions"], data.num_classes, data.image_size)
+        corruption_files(run_cfg["eval_corruptions"], data.num_classes, data.image_size, asked[0])
     data = data.to(device)
     model = prepare_model(run_cfg, data.num_classes, device)
     try:
@@ -73,7 +78,9 @@ def eval_only(cfg: dict, explicit: set) -> dict:
         check_cam_layer(model, run_cfg, data.image_size)
     os.makedirs(out, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
-    epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
+    epoch = obj.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:  # other code's checkpoints: kept if a count
+        epoch = None
     return write_evaluation(run_cfg, model, data, make_logger(None), out, f"eval_{stem}", path, epoch)
 
 
