@@ -147,6 +147,7 @@ def test_tool_outputs_never_replace_a_runs_files(three, tmp_path, capsys):
     (["--lr-milestones", "2", "1"], "not in increasing order"),
     (["--eval-attacks", "natural", "pgd20", "natural"], "natural is named twice"),
     (["--n-train", "99999"], "--n-train 99999 is more than the"),
+    (["--n-train", "16"], "--batch-size 32 is more than the 16 training images an epoch uses (synthetic, --n-train)"),
 ])
 def test_flags_that_would_mislead_are_refused(argv, words, tmp_path, capsys):
     code, err = call("part", [*TINY, "--out", str(tmp_path / "x"), *argv], capsys)

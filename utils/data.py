@@ -355,10 +355,12 @@ def check_labels(data: Dataset, where: str, n_train: int = 0) -> None:
                          f"needs at least two classes")
 
 
-def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n_eval_aa: int = 0) -> None:
+def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n_eval_aa: int = 0,
+                 batch_size: int = 0) -> None:
     """Refuse a subset larger than what it is taken from (0 means all): --n-train beyond the training images,
-    --n-eval beyond the test images, --n-eval-aa beyond the --n-eval images. Such a run would use all of them and
-    be recorded (and grouped by the report) under a size it never had."""
+    --n-eval beyond the test images, --n-eval-aa beyond the --n-eval images, and a --batch-size beyond the
+    training images an epoch uses. Such a run would use all of them and be recorded (and grouped by the report)
+    under a size it never had."""
     n_test = data.x_test.shape[0]
     for flag, n, most, of in (("--n-train", n_train, data.x_train.shape[0], f"training images of {where}"),
                               ("--n-eval", n_eval, n_test, f"test images of {where}"),
@@ -366,6 +368,10 @@ def check_counts(data: Dataset, where: str, n_train: int = 0, n_eval: int = 0, n
                                "--n-eval images" if n_eval else f"test images of {where}")):
         if n > most:
             raise UsageError(f"{flag} {n} is more than the {most} {of}; give at most {most}, or 0 for all")
+    n = train_size(data, n_train)
+    if batch_size > n:  # every epoch would be one batch of n
+        raise UsageError(f"--batch-size {batch_size} is more than the {n} training images an epoch uses "
+                         f"({where}{', --n-train' if n_train else ''}); give at most {n}")
 
 
 def train_size(data: Dataset, n_train: int = 0) -> int:

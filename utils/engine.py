@@ -83,7 +83,7 @@ def build_run(cfg: dict, rank: int, world: int, device: torch.device, data: Data
     if data is None:
         data = load_dataset(cfg["data"], cfg["data_dir"], cfg["download"])
     check_labels(data, cfg["data"], cfg["n_train"])  # the classes the epochs use: --n-train may leave only one
-    check_counts(data, cfg["data"], cfg["n_train"], cfg["n_eval"], cfg.get("n_eval_aa") or 0)
+    check_counts(data, cfg["data"], cfg["n_train"], cfg["n_eval"], cfg.get("n_eval_aa") or 0, cfg["batch_size"])
     cfg["data_fingerprint"] = data.fingerprint()
     cfg["num_classes"], cfg["image_size"] = data.num_classes, data.image_size
     if cfg.get("eval_corruptions"):
