@@ -2,10 +2,14 @@
 epoch disagree with its config is left out, a metrics.csv row with a number its column cannot hold is left out,
 and two runs attacked with different settings are never compared as if under one attack."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
+from tests.conftest import ROOT
 from tools import report
 from utils.records import RecordError, read_record
 
@@ -80,3 +84,18 @@ def test_mcnemar_and_diff_say_when_the_runs_were_attacked_otherwise(three, tmp_p
     assert report.main([str(x), str(y), "--diff", "PART (eval_epsilon=4/255)", "PART (eval_epsilon=8/255)"]) == 0
     err = capsys.readouterr().err
     assert "the rows were attacked with different settings (eval_epsilon 4/255 and 8/255)" in err, err
+
+
+def test_the_report_never_waits_on_a_fifo_in_a_run_folder(three, tmp_path):
+    """A FIFO where a run's config.json, metrics.csv or results.json should be (open() would wait for a writer
+    forever): the report finishes, names the metrics.csv it could not read and counts the run without a record
+    as unfinished. In a subprocess, so that a wait fails the test rather than hanging it."""
+    a = shutil.copytree(three, tmp_path / "runs" / "a")
+    b = shutil.copytree(three, tmp_path / "runs" / "b")
+    for path in (a / "config.json", a / "metrics.csv", b / "results.json"):
+        os.remove(path)
+        os.mkfifo(path)
+    proc = subprocess.run([sys.executable, "-m", "tools.report", str(tmp_path / "runs")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "a/metrics.csv: cannot be read (OSError" in proc.stdout and f"- {b}" in proc.stdout, proc.stdout

@@ -15,7 +15,8 @@ import torch
 from tests.conftest import ROOT
 from tests.test_scripts import SCRIPTS, TINY, constants, run, same_weights, weights
 from utils.entry import main
-from utils.runs import RunFolder, atomic_write, save_json, truncate_metrics
+from utils.metrics_csv import truncate_metrics
+from utils.runs import RunFolder, atomic_write, save_json
 
 
 def call(variant, argv, capsys):

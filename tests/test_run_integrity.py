@@ -14,7 +14,8 @@ from tools import benchmark, flags, report
 from tools.studies import check_extra
 from utils.config import parse
 from utils.entry import main as main_
-from utils.runs import drop_later_files, read_checkpoint, read_metrics
+from utils.metrics_csv import read_metrics
+from utils.runs import drop_later_files, read_checkpoint
 
 
 def copy_run(src, dst):

@@ -332,6 +332,7 @@ TOOL_BAD_INPUT = [
     (report, ["TMP/runs", "--plot", "TMP/curves.xyz"], ".xyz"),
     (report, ["TMP/nothing"], "no such file"),
     (report, ["TMP/runs", "--seeds", "x"], "--seeds"),
+    (report, ["TMP/runs", "--seeds", "1", "2", "1"], "--seeds names 1 more than once"),
     (report, ["TMP/runs", "--json", "TMP"], "is a folder"),
     (report, ["TMP/runs", "--diff", "a", "b", "--plot-diff", "TMP/d.xyz"], ".xyz"),
     (report, ["--mcnemar", "TMP/runs", "TMP/nothing"], "results.json"),

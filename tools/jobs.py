@@ -45,8 +45,9 @@ def end_state(code: int | None) -> str:
 def read_job(folder: str) -> dict:
     """The run folder's job record, or {} when it has none, or an unreadable or damaged one (not a JSON object, or
     a field of another type than JOB_FIELDS gives)."""
+    from utils.runs import open_regular
     try:
-        with open(os.path.join(folder, JOB_FILE)) as f:
+        with open_regular(os.path.join(folder, JOB_FILE)) as f:
             rec = json.load(f)
     except (OSError, ValueError):
         return {}

@@ -195,6 +195,9 @@ def report(argv=None) -> None:
     twice = sorted({c for c, _ in args.mark if [m for m, _ in args.mark].count(c) > 1})
     if twice:
         raise UsageError(f"--mark names {', '.join(twice)} more than once; give one reference value per column")
+    twice = sorted({s for s in args.seeds or [] if args.seeds.count(s) > 1})
+    if twice:
+        raise UsageError(f"--seeds names {', '.join(map(str, twice))} more than once; give each seed once")
     if args.mark and not args.diff:
         raise UsageError("--mark sets reference values beside the --diff A B differences; give at least one --diff")
     if args.mcnemar and (args.paths or args.diff or args.plan or args.bootstrap or args.plot or args.plot_diff

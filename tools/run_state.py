@@ -67,8 +67,9 @@ def _config_state(folder: str, argv) -> str | None:
     from utils.config import check_saved
     from utils.errors import UsageError
     from utils.identity import training_differences
+    from utils.runs import open_regular
     try:
-        with open(os.path.join(folder, "config.json")) as f:
+        with open_regular(os.path.join(folder, "config.json")) as f:
             saved = check_saved(json.load(f), os.path.join(folder, "config.json"))
     except (OSError, ValueError, UsageError):
         return None
@@ -198,10 +199,11 @@ def preflight(todo, world: int) -> None:
 # --status
 # ----------------------------------------------------------------------------------------------------
 def _progress(folder: str) -> str:
-    from utils.runs import read_metrics
+    from utils.metrics_csv import read_metrics
+    from utils.runs import open_regular
     rows = read_metrics(os.path.join(folder, "metrics.csv"))
     try:
-        with open(os.path.join(folder, "config.json")) as f:
+        with open_regular(os.path.join(folder, "config.json")) as f:
             epochs = json.load(f).get("epochs", "?")
     except (OSError, ValueError, AttributeError):
         return "starting"
@@ -209,9 +211,10 @@ def _progress(folder: str) -> str:
 
 
 def _last_log_line(folder: str) -> str:
+    from utils.runs import open_regular
     try:
-        with open(os.path.join(folder, "log.txt"), "rb") as f:
-            f.seek(max(0, os.path.getsize(f.name) - 4000))
+        with open_regular(os.path.join(folder, "log.txt"), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4000))
             lines = [l.strip() for l in f.read().decode("utf8", "replace").splitlines() if l.strip()]
         return lines[-1] if lines else "(log.txt is empty)"
     except OSError:

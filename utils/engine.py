@@ -25,7 +25,8 @@ from .corruptions import corruption_files
 from .evaluate import evaluate
 from .mask_sources import BudgetStats, MaskSource, make_source
 from .methods import METHODS, TrainLoss
-from .runs import RunFolder, append_metrics, make_logger, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .metrics_csv import append_metrics
+from .runs import RunFolder, make_logger, rng_state, save_checkpoint, seed_everything, set_rng_state
 
 
 class NonFinite(RuntimeError):

@@ -9,7 +9,8 @@ from .engine import Run, build_run, prepare_training, run_epochs
 from .errors import Interrupted, Terminated, UsageError, interruption
 from .outputs import write_evaluation, write_mask_figure
 from .resume import resume_run
-from .runs import RunFolder, clear_run, drop_later_files, make_logger, save_json, truncate_metrics
+from .metrics_csv import truncate_metrics
+from .runs import RunFolder, clear_run, drop_later_files, make_logger, save_json
 
 
 def setup(cfg: dict) -> tuple[Run, str | None]:

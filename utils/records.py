@@ -9,6 +9,7 @@ from .errors import UsageError
 from .evaluate import AA_NAMES, column_value, record_columns
 from .identity import effective, same_training
 from .methods import METHODS
+from .runs import open_regular
 
 
 class RecordError(ValueError):
@@ -43,7 +44,7 @@ def read_record(folder: str, name: str = "results") -> dict:
     saying what is wrong, also when the file is missing or unreadable."""
     path = os.path.join(folder, f"{name}.json")
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open_regular(path, encoding="utf-8") as fh:
             rec = json.load(fh)
     except UnicodeDecodeError:
         raise RecordError(path, "not UTF-8 text") from None
@@ -146,7 +147,7 @@ def folder_run_differences(folder: str, cfg: dict) -> str | None:
     config, checked), e.g. another seed; None when they are one run, or when config.json is missing or
     unreadable."""
     try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+        with open_regular(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
             own = check_saved(json.load(fh), "config.json")
         differ = same_training(own, cfg)
     except (OSError, ValueError, RecursionError, UsageError, KeyError, TypeError):

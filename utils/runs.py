@@ -1,5 +1,4 @@
 """A run folder: its guard and lock, logger, config, per-epoch metrics CSV, atomic checkpoints, JSON records."""
-import csv
 import errno
 import fcntl
 import json
@@ -9,6 +8,7 @@ import pickle
 import re
 import random
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -29,6 +29,20 @@ LOCK = ".lock"
 # ----------------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------------
+def open_regular(path: str, mode: str = "r", **kwargs):
+    """open(path, mode, **kwargs) for reading, of a regular file only: a FIFO, device, socket or folder raises
+    OSError (EINVAL) at once, where open() would block on a FIFO with no writer, or read a device without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return open(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def atomic_write(path: str, write) -> None:
     """Call write(tmp_path), fsync it, then rename it over `path`: a crash never leaves a half-written file,
     and a failed write (a full disk) removes its temporary file and leaves `path` as it was. A failed write
@@ -334,67 +348,3 @@ def make_logger(out_dir: str | None, name: str = "part") -> logging.Logger:
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
-
-
-# ----------------------------------------------------------------------------------------------------
-# metrics.csv
-# ----------------------------------------------------------------------------------------------------
-METRIC_FIELDS = ["epoch", "phase", "lr", "loss", "natural", "pgd20", "budget_mean", "eps_share", "own_mask_share",
-                 "epoch_time_s", "eval_time_s", "peak_mem_mb"]  # later columns are blank in older files
-
-
-def append_metrics(path: str, row: dict) -> None:
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k) for k in METRIC_FIELDS})
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_metrics(path: str) -> list[dict]:
-    """The readable rows of a metrics.csv: each line is read on its own, so a line that is no CSV row (a field
-    past the csv module's size limit, a broken quote) or whose epoch is not a whole number is skipped, never the
-    file."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", errors="replace") as f:
-        lines = f.read().split("\n")  # this module writes no field with a newline in it
-    try:
-        header = next(csv.reader([lines[0].rstrip("\r")]), [])
-    except csv.Error:
-        return []
-    rows = []
-    for line in lines[1:]:
-        try:
-            r = next(csv.DictReader([line.rstrip("\r")], fieldnames=header), None)
-            if r is not None:
-                r["epoch"] = int(r.get("epoch") or "")
-                rows.append(r)
-        except (csv.Error, ValueError, TypeError):
-            continue
-    return rows
-
-
-def truncate_metrics(path: str, last_epoch: int) -> int:
-    """Rewrite metrics.csv with its readable rows of epochs 1..last_epoch (one per epoch, the last one seen),
-    in the current columns; a resumed run appends the rest. Returns how many lines were dropped."""
-    if not os.path.exists(path):
-        return 0
-    with open(path, errors="replace") as f:
-        lines = max(sum(1 for _ in f) - 1, 0)
-    keep = {}
-    for r in read_metrics(path):
-        if 1 <= r["epoch"] <= last_epoch:
-            keep[r["epoch"]] = r
-    rows = [keep[e] for e in sorted(keep)]
-
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-    atomic_write(path, write)
-    return lines - len(rows)

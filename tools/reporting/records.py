@@ -9,7 +9,8 @@ import numpy as np
 from utils.errors import UsageError
 from utils.evaluate import AA_NAMES, column_value, per_image_name, record_columns
 from utils.records import RecordError, read_record
-from utils.runs import read_metrics
+from utils.metrics_csv import read_metrics
+from utils.runs import open_regular
 
 
 RUN_MARKERS = ("config.json", "results.json")  # a folder holding either is a run folder
@@ -87,7 +88,7 @@ def read_run_metrics(folder, cfg=None):
         return [], None
     try:
         rows = read_metrics(path)
-        with open(path, newline="", errors="replace") as f:  # every row, to count those read_metrics skips
+        with open_regular(path, newline="", errors="replace") as f:  # every row, to count those read_metrics skips
             header, total = f.readline(), sum(1 for line in f if line.strip())
         fields = next(csv.reader([header.strip()]), [])
     except (csv.Error, OSError, UnicodeError) as e:
