@@ -325,7 +325,7 @@ def _damage(ckpt, how):
             del c["config"][name]
         else:
             c["config"][name] = {"nan": float("nan"), "str": "8/255", "zzz": "zzz", "part_t": "part_t", "[]": [],
-                                 "32.0": 32.0, "[32]": [32]}[value]
+                                 "32.0": 32.0, "[32]": [32], "[2,1]": [2, 1], "nat2": ["natural", "natural"]}[value]
     elif key == "weight":
         name = next(k for k, v in c["model"].items() if v.is_floating_point())
         if value == "key":  # a key that is no parameter name
@@ -361,6 +361,8 @@ DAMAGED_FOR_EVAL = [("config.variant=DEL", "no known method"), ("config.variant=
                     ("model=none", "not a state dict"), ("config=none", "not a dict"),
                     ("config.variant=part_t", "(part_t)"), ("config.eval_attacks=[]", "at least one"),
                     ("config.image_size=32.0", "image size"), ("config.image_size=[32]", "image size"),
+                    ("config.lr_milestones=[2,1]", "--lr-milestones 2 1: they are not in increasing order"),
+                    ("config.eval_attacks=nat2", "--eval-attacks natural natural: natural is named twice"),
                     ("epoch=int", "no usable epoch (epoch 5 of the 2"), ("epoch=str", "no usable epoch"),
                     ("weight=key", "keys that are not parameter names: 7")]
 # resume reads the config and weights through the same checks as --eval-only: a few of those, and its own

@@ -262,6 +262,8 @@ def check_saved(saved, where: str) -> dict:
         return resolve(variant, upgrade(saved))
     except KeyError as e:
         raise UsageError(f"{where}: its stored config lacks the setting {e}") from None
+    except UsageError as e:  # settings that contradict each other (validate)
+        raise UsageError(f"{where}: its stored config ({variant}) is impossible: {e}") from None
     except UsageError as e:
         raise UsageError(f"{where}: its stored config is inconsistent: {e}") from None
     except (TypeError, ValueError, AttributeError) as e:
@@ -293,7 +295,15 @@ def resolve(variant: str, args: dict) -> dict:
 
 
 def validate(cfg: dict) -> None:
-    """Checks that involve more than one value (single values are checked when parsed)."""
+    """Checks that involve more than one value (single values are checked when parsed), of flags and of configs
+    read back alike."""
+    for key, ordered in (("lr_milestones", True), ("eval_attacks", False)):  # a repeat would compound / run twice
+        values = [shown(v) for v in cfg[key]]
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice or (ordered and list(cfg[key]) != sorted(cfg[key])):
+            why = f"{', '.join(twice)} is named twice" if twice else "they are not in increasing order"
+            raise UsageError(f"--{key.replace('_', '-')} {' '.join(values)}: {why}; name each "
+                             f"{'epoch once, in increasing order' if ordered else 'attack once'}")
     if not 0 <= cfg["warm_up"] <= cfg["epochs"]:
         raise UsageError(f"--warm-up ({cfg['warm_up']}) must be between 0 and --epochs ({cfg['epochs']})")
     if cfg["low_epsilon"] > cfg["epsilon"]:
@@ -378,13 +388,6 @@ def parse(variant: str, constants: dict, argv=None) -> tuple[dict, set]:
     except KeyError as e:  # a flag of every script that has no constant: the script lost the line
         raise UsageError(f"the constant {str(e.args[0]).upper()} is missing at the top of the script; put it back "
                          f"(see --help of the shipped script for its default)") from None
-    for key, ordered in (("lr_milestones", True), ("eval_attacks", False)):  # a repeat would compound / run twice
-        values = [shown(v) for v in cfg[key]]
-        twice = sorted({v for v in values if values.count(v) > 1})
-        if twice or (ordered and list(cfg[key]) != sorted(cfg[key])):
-            why = f"{', '.join(twice)} is named twice" if twice else "they are not in increasing order"
-            raise UsageError(f"--{key.replace('_', '-')} {' '.join(values)}: {why}; name each "
-                             f"{'epoch once, in increasing order' if ordered else 'attack once'}")
     return cfg, explicit
 
 
