@@ -99,3 +99,16 @@ def test_the_report_never_waits_on_a_fifo_in_a_run_folder(three, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "a/metrics.csv: cannot be read (OSError" in proc.stdout and f"- {b}" in proc.stdout, proc.stdout
+
+
+def test_open_regular_refuses_what_is_no_regular_file_and_passes_open_errors_through(tmp_path):
+    from utils.runs import open_regular
+    os.mkfifo(tmp_path / "fifo")
+    for path in (tmp_path / "fifo", tmp_path):
+        with pytest.raises(OSError, match="not a regular file"):
+            open_regular(path)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(LookupError):  # open()'s own error, not a second close of its descriptor
+        open_regular(tmp_path / "f.txt", encoding="no-such-codec")
+    with open_regular(tmp_path / "f.txt") as f:
+        assert f.read() == "x"

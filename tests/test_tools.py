@@ -314,6 +314,7 @@ TOOL_BAD_INPUT = [
     (benchmark, ["--epoch", "--iters", "3"], "--iters does nothing with --epoch"),  # it timed one epoch
     (benchmark, ["--eval", "--batch-size=64"], "--batch-size does nothing with --eval"),
     (benchmark, ["--batch-size", "501"], "--batch-size 501 is more than"),  # synthetic: 2000 train, 500 test images
+    (benchmark, ["--epoch", "--n-train", "4", "--batch-size", "8"], "--batch-size 8 is more than the 4 training"),
     (benchmark, ["--eval", "--eval-batch-size", "501"], "--eval-batch-size 501 is more than"),
     # an output is never a file the tool reads (here the data file it would time on)
     (benchmark, ["--data", "cifar10-npz", "--data-dir", "TMP/afile", "--json", "TMP/afile"], "which this command reads"),

@@ -243,8 +243,10 @@ def section_bf16(rep: Report, device: torch.device, size: dict, work: str, data_
     on = "synthetic"
     if data_dir:
         run, on = {**run, "data": "cifar10-npz", "data-dir": data_dir}, "the subset"
-    if not size["width"]:  # the full check: full-width model, all training images, 1000 test images
-        run.update({"width": None, "n-train": 0, "n-eval": 1000, "eval-batch-size": 500, "num-steps": 10})
+    if not size["width"]:  # the full check: full-width model, all training images, 1000 test images (all 500 of
+        # the synthetic set, which has fewer)
+        run.update({"width": None, "n-train": 0, "n-eval": 1000 if data_dir else 0, "eval-batch-size": 500,
+                    "num-steps": 10})
 
     def check():
         res = {}

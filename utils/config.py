@@ -48,8 +48,6 @@ def lr_at(cfg: dict, epoch: int) -> float:
     return cfg["lr"] * 0.1 ** sum(epoch >= m for m in cfg["lr_milestones"])
 
 
-# 1024 gives a ResNet-18 of 2.86e9 parameters (11.4 GB in fp32; counted on the meta device): wider is no model
-# one trains here, and its allocation is refused late or not at all (memory overcommit)
 def shown(default) -> str:
     if isinstance(default, (list, tuple)):
         return " ".join(fraction_text(v) for v in default) or "none"
@@ -264,8 +262,6 @@ def check_saved(saved, where: str) -> dict:
         raise UsageError(f"{where}: its stored config lacks the setting {e}") from None
     except UsageError as e:  # settings that contradict each other (validate)
         raise UsageError(f"{where}: its stored config ({variant}) is impossible: {e}") from None
-    except UsageError as e:
-        raise UsageError(f"{where}: its stored config is inconsistent: {e}") from None
     except (TypeError, ValueError, AttributeError) as e:
         raise UsageError(f"{where}: its stored config is malformed ({type(e).__name__}: {e})") from None
 

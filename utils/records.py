@@ -127,7 +127,7 @@ def size_problem(rec: dict, cfg: dict, name: str) -> str | None:
         if "n_eval_aa" in rec and (rec["n_eval_aa"] != n_aa or not (n_aa is None or _count(rec["n_eval_aa"]))):
             return f"its n_eval_aa {rec['n_eval_aa']!r} is not the {n_aa} its config's --n-eval-aa and " \
                    f"--eval-attacks give"
-    if "eval_epsilon" in rec:
+    if "eval_epsilon" in rec and "eval_epsilon" in cfg:  # configs of the earliest versions lack it
         eps = rec["eval_epsilon"]
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or \
                 not math.isclose(eps, cfg["eval_epsilon"], rel_tol=1e-9, abs_tol=1e-12):

@@ -37,10 +37,10 @@ def open_regular(path: str, mode: str = "r", **kwargs):
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
         os.set_blocking(fd, True)
-        return open(fd, mode, **kwargs)
     except BaseException:
         os.close(fd)
         raise
+    return open(fd, mode, **kwargs)  # closes fd itself when it fails
 
 
 def atomic_write(path: str, write) -> None:
