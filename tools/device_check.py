@@ -68,7 +68,7 @@ FULL = dict(width=None, n=64, run_width=16, run_train=512, run_batch=128, steps=
             speed_images=50000, speed_batch=128, settings=SETTINGS, official=OFFICIAL_IMAGES,
             wrn_images=int(50000 * WRN_FRACTION), wrn_width=None, wrn_settings=("tf32",), timeout=600)
 QUICK = dict(width=8, n=16, run_width=4, run_train=64, run_batch=32, steps=2, epochs_bf16=2,
-             speed_images=64, speed_batch=32, settings=("fp32",), official=4, wrn_images=16, wrn_width=1,
+             speed_images=64, speed_batch=32, settings=("fp32",), official=4, wrn_images=32, wrn_width=1,
              wrn_settings=("fp32",), timeout=300)
 
 
