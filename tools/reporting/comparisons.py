@@ -12,7 +12,7 @@ from utils.identity import same_training
 from utils.records import RecordError, read_record
 from utils.units import fraction_text
 
-from .groups import Group, baseline_of, find_group, masked_name
+from .groups import ATTACK_KEYS, Group, baseline_of, find_group, masked_name
 from .records import columns, load_per_image
 
 
@@ -213,9 +213,6 @@ def mcnemar_record(folder: str) -> tuple[dict, str]:
     raise UsageError(f"--mcnemar: {folder} has no per-image record ({own}, nor {per_image_name(name)} of an "
                      f"--eval-only evaluation); evaluate {os.path.join(folder, os.path.basename(ckpt))} with the "
                      f"training script's --eval-only, which writes {name}.json and {per_image_name(name)} there")
-
-
-ATTACK_KEYS = ("eval_epsilon", "step_size")  # what a run's evaluation attacks take from its config
 
 
 def attack_differences(a: dict, b: dict) -> list[str]:

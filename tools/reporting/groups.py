@@ -159,6 +159,9 @@ def check_diffs(tables, diffs) -> None:
                 raise UsageError(f"--diff {a_name!r} {b_name!r}: both name the row {a.label!r}; a row minus itself is 0")
 
 
+ATTACK_KEYS = ("eval_epsilon", "step_size")  # what a run's evaluation attacks take from its config
+
+
 def diff_warnings(tables, diffs) -> list[str]:
     """One line for each --diff whose rows were evaluated on different numbers of test images (n_eval, n_eval_aa as
     their records say): their difference then mixes which images were drawn with what was trained; and one for
@@ -174,7 +177,7 @@ def diff_warnings(tables, diffs) -> list[str]:
                 return [f"{k} {show(a.settings[k])} and {show(b.settings[k])}" for k in keys
                         if k in a.settings and k in b.settings and a.settings[k] != b.settings[k]]
             where = f"--diff {a.label!r} {b.label!r} ({data}, {model})"
-            images, attacks = differ(("n_eval", "n_eval_aa")), differ(("eval_epsilon", "step_size"), fraction_text)
+            images, attacks = differ(("n_eval", "n_eval_aa")), differ(ATTACK_KEYS, fraction_text)
             if images:
                 out.append(f"{where}: the rows were evaluated on different test images ({'; '.join(images)}), so "
                            f"their difference also holds which images each drew")
