@@ -114,6 +114,8 @@ def test_plot_diff_names_each_panels_data_set_when_there_are_several(tmp_path, c
     assert report.main([str(tmp_path), "--diff", "PART", "AT", "--plot-diff", str(tmp_path / "d.png")]) == 0
     titles = [ax.get_title() for ax in drawn[0].axes]
     assert titles == [f"{c}\nPART − AT\n{d}, resnet18" for d in ("cifar10", "svhn") for c in ("Natural", "PGD-20")]
+    cells = [(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in drawn[0].axes]
+    assert cells == [(0, 0), (0, 1), (1, 0), (1, 1)]  # a row per data set, a column per accuracy column
     from tools.reporting.comparisons import analyse  # one data set: no data set in the titles, as before
     from tools.reporting.groups import group_runs
     from tools.reporting.panels import diff_panels

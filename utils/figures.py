@@ -1,5 +1,6 @@
 """Figures (matplotlib, no pyplot state): the mask picture of a run and the training curves of a report."""
 import os
+import textwrap
 
 import numpy as np
 import torch
@@ -85,17 +86,26 @@ def save_curves(path: str, groups: dict) -> None:
 
 
 def save_paired_differences(path: str, panels: list[dict]) -> None:
-    """One panel per (difference, column): the per-seed differences A - B as dots (labelled by seed), their mean
-    with its 95% interval as an error bar (without an interval, the mean alone and the panel's 'note' saying
+    """One panel per (difference, column), laid out as a grid with a row per difference (and data set) and a
+    column per accuracy column: the per-seed differences A - B as dots (labelled by seed), their mean with its
+    95% interval as an error bar (without an interval, the mean alone and the panel's 'note' saying
     why), zero as a grey line and, where a panel has 'mark' (a reference value such as a published effect), a
     dashed red line. Each panel is {'title', 'seeds', 'values', 'mean', 'ci95' ([lo, hi] or None), 'note' (why
     there is no interval, or None), 'mark' (float or None), 'mark_label', 'pair' (the difference's name),
     'where' (its data set and model where the panels span several, else None)}."""
-    fig = _figure(3.2 * len(panels), 3.8)
     one_pair = len({(p["pair"], p.get("where")) for p in panels}) == 1
+    rows = list(dict.fromkeys((p["pair"], p.get("where")) for p in panels))
+    cols = list(dict.fromkeys(p["title"] for p in panels))
+    fig = _figure(3.2 * len(cols), 3.8 * len(rows))
     if one_pair:
         fig.suptitle(panels[0]["pair"] + (f" ({panels[0]['where']})" if panels[0].get("where") else ""), fontsize=10)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    grid = fig.subplots(len(rows), len(cols), squeeze=False)
+    axes = []
+    for p in panels:
+        axes.append(grid[rows.index((p["pair"], p.get("where")))][cols.index(p["title"])])
+    for ax in grid.flat:  # a difference without one of the columns leaves its cell empty
+        if ax not in axes:
+            ax.set_axis_off()
     for ax, p in zip(axes, panels):
         xs = np.linspace(-0.25, 0.25, len(p["values"])) if len(p["values"]) > 1 else np.zeros(1)
         ax.scatter(xs, p["values"], s=18, color="tab:blue", zorder=3, label="per seed")
@@ -116,7 +126,8 @@ def save_paired_differences(path: str, panels: list[dict]) -> None:
         ax.set_xlim(-0.6, 1.0)
         ax.set_xticks([])
         where = f"\n{p['where']}" if p.get("where") and not one_pair else ""
-        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{p['pair']}{where}", fontsize=10 if one_pair else 7)
+        pair = textwrap.fill(p["pair"], 46)  # long row names would run into the next panel's title
+        ax.set_title(p["title"] if one_pair else f"{p['title']}\n{pair}{where}", fontsize=10 if one_pair else 7)
         ax.set_ylabel("difference (accuracy points)")
         ax.grid(alpha=0.3, axis="y")
     legend = {}  # every panel's entries, once each (a panel without an interval has its own)
