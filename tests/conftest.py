@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -15,6 +16,12 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 if _WORKERS > 1:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(min(THREADS, torch.get_num_threads()))
+
+# A suite started in the background by a non-interactive shell (`cmd &`, as some CI runners do) inherits SIGINT
+# ignored, and so would every process a test starts: the Ctrl-C tests need it delivered, as in a terminal. A
+# Python handler (unlike SIG_IGN) is reset to the default in the processes the tests start.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_NPZ = os.path.join(ROOT, "..", "shared", "data", "cifar10_subset.npz")
 
