@@ -277,6 +277,31 @@ def test_the_run_folder_is_locked_while_a_run_uses_it(tmp_path, capsys):
     assert run("part", tmp_path / "busy", "--epochs", "1", "--no-mask", "--eval-attacks", "natural") == 0
 
 
+def test_a_run_in_progress_is_named_as_such_not_as_a_run_to_resume(finished, tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    for f in ("last.pt", "results.json", "metrics.csv", "config.json"):
+        (busy / f).write_bytes((finished / f).read_bytes())
+    held = RunFolder(str(busy))
+    try:  # the same command again while the first runs: --resume or --overwrite would only meet the lock
+        code, err = call("part", [*TINY, "--out", str(busy)], capsys)
+        assert code == 2 and "another process is using" in err and "--resume" not in err, err
+    finally:
+        held.release()
+    code, err = call("part", [*TINY, "--out", str(busy)], capsys)  # released: the folder holds a run again
+    assert code == 2 and "holds another run" in err and "--resume" in err, err
+    for flag in ("--eval-only", "--resume"):  # the folder, not its checkpoint
+        code, err = call("part", [*TINY, "--out", str(busy), flag, str(busy)], capsys)
+        assert code == 2 and "is a folder" in err and str(busy / "last.pt") in err and err.count("\n") == 1, err
+    before = json.loads((busy / "results.json").read_text())  # --resume of a finished run: the evaluation again
+    code, err = call("part", [*TINY, "--out", str(busy), "--resume"], capsys)
+    assert code == 0, err
+    resumed = (busy / "log.txt").read_text().split("resumed from")[-1].splitlines()[0]
+    assert "(epoch 2 done: training is finished, the final evaluation runs again)" in resumed, resumed
+    assert "the record it evaluates anew" in resumed and "results.json" in resumed, resumed
+    assert json.loads((busy / "results.json").read_text())["natural"] == before["natural"]
+
+
 def test_resume_drops_a_damaged_best_but_not_one_it_lacks_the_memory_to_read(tmp_path, monkeypatch):
     """drop_later_files: a best.pt whose epoch is not a number is damaged and goes; a best.pt that cannot be read
     for want of memory stays, and the allocation failure is raised as such (not read as damage)."""

@@ -52,9 +52,12 @@ def open_folder(run: Run, resumed_from: str | None) -> None:
         raise
     log.info("config: %s", " ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
     if resumed_from:
-        log.info("resumed from %s (epoch %d done)%s%s", resumed_from, run.start_epoch - 1,
+        done = run.start_epoch - 1 >= cfg["epochs"]  # a finished run: nothing to train, the evaluation again
+        replaced = "the record it evaluates anew" if done else "the later epochs it replaces"
+        log.info("resumed from %s (epoch %d done%s)%s%s", resumed_from, run.start_epoch - 1,
+                 ": training is finished, the final evaluation runs again" if done else "",
                  f"; dropped {dropped} unreadable or later line(s) of metrics.csv" if dropped else "",
-                 f"; removed or replaced files of the later epochs it replaces: {', '.join(stale)}" if stale else "")
+                 f"; removed or replaced files of {replaced}: {', '.join(stale)}" if stale else "")
     for note in run.notes:
         log.warning("%s", note)
     log.info("data %s: %d train / %d test images, %d classes; model %s (%d parameters) on %s, %d process(es)",

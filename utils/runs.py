@@ -105,6 +105,10 @@ def save_checkpoint(path: str, state: dict) -> None:
 def read_checkpoint(path: str) -> dict:
     """A checkpoint's content as a dict. Ours (and plain state dicts) load with weights_only=True; an older or
     foreign pickle falls back to a full load. Raises UsageError, naming the file, when it cannot be read."""
+    if os.path.isdir(path):
+        hint = f"; give its checkpoint, e.g. {os.path.join(path, 'last.pt')}" if \
+            os.path.isfile(os.path.join(path, "last.pt")) else ""
+        raise UsageError(f"{path} is a folder, not a checkpoint file{hint}")
     if not os.path.isfile(path):
         raise UsageError(f"no checkpoint at {path}")
     try:
@@ -293,6 +297,31 @@ def drop_later_files(out: str, epoch: int, resumed_from: str | None = None) -> l
     return gone
 
 
+def in_use_message(out: str) -> str:
+    return (f"another process is using the run folder {out} (it holds the lock on {os.path.join(out, LOCK)}); "
+            f"wait for it or choose another --out")
+
+
+def in_use(out: str) -> bool:
+    """Whether another process holds the lock of the run folder `out`, i.e. a run is in progress there. Takes no
+    lock itself and never blocks (not even on a FIFO in the lock's place)."""
+    try:
+        fd = os.open(os.path.join(out, LOCK), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunFolder:
     """Create (if needed) and exclusively lock a run folder for the life of a run. On a failed start,
     `abandon()` removes the folder again if this run created it and wrote nothing that matters into it."""
@@ -309,8 +338,7 @@ class RunFolder:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self.fd)
-            raise UsageError(f"another process is using the run folder {out} (it holds the lock on "
-                             f"{os.path.join(out, LOCK)}); wait for it or choose another --out") from None
+            raise UsageError(in_use_message(out)) from None
 
     @property
     def held(self) -> bool:
