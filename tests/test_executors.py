@@ -17,6 +17,7 @@ from tests.test_scripts import TINY, same_weights, set_flag, weights
 from tools import executors, gpus, grid, jobs, run_state, studies
 from utils.config import parse, script_constants
 from utils.errors import UsageError
+from utils.runs import lock_holder
 
 GRID = ["--study", "mask-source", "--data", "synthetic", "--models", "resnet18", "--seeds", "1"]
 EXTRA = ["--width", "4", "--epochs", "2", "--warm-up", "1", "--batch-size", "32", "--n-train", "64", "--num-steps", "2",
@@ -726,7 +727,7 @@ def test_grid_stops_its_children_on_ctrl_c_and_sigterm_and_the_same_command_then
         rec = jobs.read_job(folder)
         # recorded as interrupted (not failed): the same command resumes it
         assert rec["state"] == "interrupted" and rec["exit_code"] == code and not jobs.pid_alive(rec["pid"])
-        assert jobs.lock_holder(folder) is None
+        assert lock_holder(folder) is None
         assert "--resume" in rec["error"]  # the child's own last line: how to continue
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr

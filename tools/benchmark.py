@@ -327,9 +327,10 @@ def benchmark(argv=None) -> dict:
         raise UsageError(f"--batch-size {args.batch_size} is more than the {n_train} training or {n_test} test images "
                          f"of {args.data} (a batch of each is timed): images/s would count images never used; give at "
                          f"most {min(n_train, n_test)}")
-    if args.epoch and args.batch_size > min(args.n_train or n_train, n_train):
-        raise UsageError(f"--batch-size {args.batch_size} is more than the {min(args.n_train or n_train, n_train)} "
-                         f"training images an --epoch timing uses; give at most {min(args.n_train or n_train, n_train)}")
+    epoch_images = min(args.n_train or n_train, n_train)
+    if args.epoch and args.batch_size > epoch_images:
+        raise UsageError(f"--batch-size {args.batch_size} is more than the {epoch_images} training images an --epoch "
+                         f"timing uses; give at most {epoch_images}")
     record = {"device": library_versions(device)["device"], "versions": library_versions(device), "data": args.data,
               "width": args.width, "threads": torch.get_num_threads(), "clock": args.clock, "results": {},
               "interrupted": None}

@@ -6,7 +6,7 @@ that a pid reused by another process is not taken for the run's), start times, r
 requeued, finished, failed, interrupted), exit code and the last line of the run's error output. It is read and
 written under the folder's job lock (.job.lock), under which a grid also decides to start the run. Whether the
 process a record names still runs the run is told from /proc (`process_alive`), and whether a run is in progress on
-this machine from the run folder's own lock (.lock, held by the training: `lock_holder`).
+this machine from the run folder's own lock (.lock, held by the training: `utils.runs.lock_holder`).
 """
 import fcntl
 import json
@@ -191,26 +191,6 @@ def process_alive(rec: dict) -> bool | None:
     if isinstance(command, list) and len(command) > 1 and args[1:] == [str(a) for a in command[1:]]:
         return True
     return rec.get("executor") == "local" and any("submitit" in a for a in args)
-
-
-def lock_holder(folder: str) -> int | None:
-    """The process holding the run folder's lock (a run in progress on this machine), from /proc/locks; None when
-    nobody holds it or this system cannot tell. Reads only: taking the lock could make a starting run fail."""
-    try:
-        st = os.stat(os.path.join(folder, ".lock"))
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split()
-        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
-            continue
-        dev_inode = parts[5].split(":")
-        if len(dev_inode) == 3 and int(dev_inode[2]) == st.st_ino and \
-                (int(dev_inode[0], 16), int(dev_inode[1], 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
-            return int(parts[4])
-    return None
 
 
 def last_line(text: str) -> str:

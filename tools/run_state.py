@@ -12,8 +12,9 @@ import re
 import socket
 
 from tools.executors import EXECUTORS
-from tools.jobs import JOB_FILE, LIVE_STATES, lock_holder, now, read_job, update_job
+from tools.jobs import JOB_FILE, LIVE_STATES, now, read_job, update_job
 from tools.studies import script_variant
+from utils.runs import lock_holder
 
 
 # ----------------------------------------------------------------------------------------------------

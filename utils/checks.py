@@ -10,7 +10,7 @@ from . import config as config_mod
 from .cams import check_target_layer
 from .errors import UsageError
 from .mask_sources import MASK_SOURCES
-from .runs import check_out_path, holds_run, in_use, in_use_message, same_folder
+from .runs import check_out_path, holds_run, in_use_message, lock_holder, same_folder
 
 
 def uses_cam(cfg: dict) -> bool:
@@ -31,7 +31,7 @@ def check_inputs(cfg: dict, world: int) -> None:
     check_out_path(out)
     existing = holds_run(out)
     if existing and not (cfg.get("resume") or cfg.get("overwrite")):
-        if in_use(out):  # a run in progress: --resume or --overwrite would only meet its lock
+        if lock_holder(out):  # a run in progress: --resume or --overwrite would only meet its lock
             raise UsageError(in_use_message(out))
         resume = "add --resume to continue it, " if any(f.endswith(".pt") for f in existing) else ""
         raise UsageError(f"{out} holds another run ({', '.join(existing)}); {resume}add --overwrite to delete its "

@@ -100,9 +100,7 @@ def save_paired_differences(path: str, panels: list[dict]) -> None:
     if one_pair:
         fig.suptitle(panels[0]["pair"] + (f" ({panels[0]['where']})" if panels[0].get("where") else ""), fontsize=10)
     grid = fig.subplots(len(rows), len(cols), squeeze=False)
-    axes = []
-    for p in panels:
-        axes.append(grid[rows.index((p["pair"], p.get("where")))][cols.index(p["title"])])
+    axes = [grid[rows.index((p["pair"], p.get("where")))][cols.index(p["title"])] for p in panels]
     for ax in grid.flat:  # a difference without one of the columns leaves its cell empty
         if ax not in axes:
             ax.set_axis_off()

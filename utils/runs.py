@@ -302,24 +302,24 @@ def in_use_message(out: str) -> str:
             f"wait for it or choose another --out")
 
 
-def in_use(out: str) -> bool:
-    """Whether another process holds the lock of the run folder `out`, i.e. a run is in progress there. Takes no
-    lock itself and never blocks (not even on a FIFO in the lock's place)."""
+def lock_holder(folder: str) -> int | None:
+    """The process holding the run folder's lock (a run in progress on this machine), from /proc/locks; None when
+    nobody holds it or this system cannot tell. Reads only: taking the lock could make a starting run fail."""
     try:
-        fd = os.open(os.path.join(out, LOCK), os.O_RDONLY | os.O_NONBLOCK)
+        st = os.stat(os.path.join(folder, LOCK))
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
     except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+        return None
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        dev_inode = parts[5].split(":")
+        if len(dev_inode) == 3 and int(dev_inode[2]) == st.st_ino and \
+                (int(dev_inode[0], 16), int(dev_inode[1], 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
+            return int(parts[4])
+    return None
 
 
 class RunFolder:
